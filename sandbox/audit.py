@@ -1,0 +1,65 @@
+"""Append-only JSONL audit log in the state dir. One event per line, fsync'd per batch.
+
+Lines are written with O_APPEND in one write() each, so concurrent writers (several runs, the
+daemon) never interleave inside a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from sandbox.paths import audit_log_path
+
+
+class AuditLog:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or audit_log_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def write(self, event: object) -> None:
+        self.write_many([event])
+
+    def write_many(self, events: Iterable[object]) -> None:
+        data = b"".join(_line(e) for e in events)
+        if data:
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _line(event: object) -> bytes:
+    if hasattr(event, "model_dump_json"):
+        text = event.model_dump_json()
+    else:
+        text = json.dumps(event, separators=(",", ":"), default=str)
+    return text.encode() + b"\n"
+
+
+def read_events(path: Path | None = None, run_id: str | None = None) -> Iterator[dict[str, object]]:
+    p = path or audit_log_path()
+    if not p.exists():
+        return
+    with p.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                continue  # a torn last line after a crash; everything before it is intact
+            if run_id is None or ev.get("run_id") == run_id:
+                yield ev

@@ -1,0 +1,171 @@
+"""One typed event union for everything glassbreak reports (audit log, --output json, trace).
+
+Every event has `type`, `ts` (unix seconds, float) and `run_id` (may be empty for events that
+belong to no run, e.g. an operator's decision).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ts: float = Field(default_factory=time.time)
+    run_id: str = ""
+
+
+class RunStarted(_Event):
+    type: Literal["run_started"] = "run_started"
+    profile: str
+    profile_hash: str
+    effective_profile: str
+    agent: str | None = None
+    argv: list[str]
+    cwd: str
+    mode: Literal["enforce", "monitor"] = "enforce"
+    grant_id: str | None = None
+    approver: str | None = None
+    layers: list[str] = Field(default_factory=list)
+    degraded: list[str] = Field(
+        default_factory=list, description="layers explicitly switched off for this run"
+    )
+    uid: int | None = None
+    pid: int | None = None
+
+
+class ExecObserved(_Event):
+    """An exec seen in the run's tree (eBPF trace or exec gate), with the decision taken."""
+
+    type: Literal["exec"] = "exec"
+    pid: int
+    ppid: int | None = None
+    binary: str
+    sha256: str | None = None
+    argv: list[str]
+    decision: Literal["allow", "block", "deny"]
+    layer: str
+    rule_id: str
+    would_block: bool = Field(default=False, description="monitor mode: recorded, not enforced")
+
+
+class ExecBlocked(_Event):
+    type: Literal["blocked"] = "blocked"
+    layer: str
+    verdict: Literal["block", "deny"]
+    rule_id: str
+    reason: str
+    argv: list[str]
+    binary: str | None = None
+    sha256: str | None = None
+    pid: int | None = None
+    profile: str
+    escalation_id: str | None = None
+    enforced: bool = True
+
+
+class SyscallKilled(_Event):
+    """A process was killed by seccomp (or trapped); the syscall that did it."""
+
+    type: Literal["syscall_killed"] = "syscall_killed"
+    pid: int
+    syscall: str
+    nr: int
+    arch: str
+    signal: int
+
+
+class EventsLost(_Event):
+    type: Literal["events_lost"] = "events_lost"
+    count: int
+    source: str
+    action: str = "run killed (fail closed)"
+
+
+class GrantUsed(_Event):
+    type: Literal["grant_used"] = "grant_used"
+    grant_id: str
+    escalation_id: str | None = None
+    approver: str
+    relaxed_profile: str
+    expires_at: float
+
+
+class GrantEnded(_Event):
+    type: Literal["grant_ended"] = "grant_ended"
+    grant_id: str
+    why: Literal["expired", "revoked"]
+    killed_pids: list[int] = Field(default_factory=list)
+
+
+class EscalationRaised(_Event):
+    type: Literal["escalation_raised"] = "escalation_raised"
+    escalation_id: str
+    rule_id: str
+    layer: str
+    argv: list[str]
+    count: int = 1
+
+
+class EscalationDecided(_Event):
+    type: Literal["escalation_decided"] = "escalation_decided"
+    escalation_id: str
+    state: str
+    by: str
+    why: str | None = None
+
+
+class DecisionRefused(_Event):
+    type: Literal["decision_refused"] = "decision_refused"
+    escalation_id: str | None = None
+    by: str | None = None
+    why: str
+
+
+class WebhookDelivery(_Event):
+    type: Literal["webhook_delivery"] = "webhook_delivery"
+    escalation_id: str
+    delivery_id: str
+    url: str
+    status: Literal["delivered", "retrying", "failed"]
+    attempts: int
+    error: str | None = None
+
+
+class Degraded(_Event):
+    type: Literal["degraded"] = "degraded"
+    what: str
+    why: str
+
+
+class RunExited(_Event):
+    type: Literal["run_result"] = "run_result"
+    decision: Literal["allow", "block", "deny", "error"]
+    exit_code: int
+    signal: int | None = None
+    rule_id: str | None = None
+    reason: str | None = None
+    layer: str | None = None
+    escalation_id: str | None = None
+    duration_ms: float | None = None
+    execs: int = 0
+    blocked: int = 0
+
+
+Event = Annotated[
+    RunStarted | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed | GrantEnded
+    | EscalationRaised | EscalationDecided | DecisionRefused | WebhookDelivery | Degraded
+    | RunExited,
+    Field(discriminator="type"),
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | dict[str, object]) -> Event:
+    if isinstance(data, dict):
+        return EVENT_ADAPTER.validate_python(data)
+    return EVENT_ADAPTER.validate_json(data)

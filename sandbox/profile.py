@@ -1,0 +1,288 @@
+"""Profile models: the format security engineers write (YAML or JSON).
+
+Pure data. Loading (files, `extends`, search path, file:line errors) lives in `sandbox.loader`.
+Field names are camelCase on disk, as in the seed design's `safeBins` object.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str | int | float) -> int:
+    """'5m', '1h30m', '90s', '2d' or a number of seconds -> seconds (int, > 0)."""
+    if isinstance(text, int | float):
+        if text <= 0:
+            raise ValueError(f"duration must be positive, got {text}")
+        return int(text)
+    s = text.strip()
+    if s.isdigit():
+        return parse_duration(int(s))
+    m = DURATION_RE.match(s)
+    if not s or not m or not any(m.groups()):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 5m, 1h30m, 2d)")
+    d, h, mi, se = (int(g) if g else 0 for g in m.groups())
+    total = d * 86400 + h * 3600 + mi * 60 + se
+    if total <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return total
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Examples(Model):
+    """Example command lines checked when the profile loads; a wrong example is a load error."""
+
+    allow: list[str] = Field(default_factory=list)
+    block: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class SafeBin(Model):
+    """argv rules for one binary (getopt_long model; see sandbox.argv).
+
+    - allowedValueFlags / allowedFlags: when either is given, they form an allowlist: any
+      other flag blocks (fail closed). An entry `--flag=value` allows the flag only with that
+      exact value.
+    - forbiddenFlags (alias deniedFlags): these flags, in any spelling, block.
+    - restrictedCommands: subcommands (first operand, or a space-separated path like
+      "config set") that need an escalation: block.
+    - deniedCommands: subcommands that are never allowed: deny.
+    - allowedCommands: when given, any other subcommand blocks.
+    - minPositional / maxPositional: bounds on the number of operands.
+    - onViolation: the verdict for flag violations (block, or deny to make them unescalatable).
+    """
+
+    allowedValueFlags: list[str] | None = None
+    allowedFlags: list[str] | None = None
+    forbiddenFlags: list[str] = Field(default_factory=list)
+    deniedFlags: list[str] = Field(default_factory=list)
+    restrictedCommands: list[str] = Field(default_factory=list)
+    deniedCommands: list[str] = Field(default_factory=list)
+    allowedCommands: list[str] | None = None
+    valueFlags: list[str] = Field(
+        default_factory=list,
+        description="flags known to take a value without being allowed (so that their value "
+        "is not mistaken for the subcommand); useful with forbiddenFlags-only rules",
+    )
+    minPositional: int | None = Field(default=None, ge=0)
+    maxPositional: int | None = Field(default=None, ge=0)
+    onViolation: Literal["block", "deny"] = "block"
+    description: str | None = None
+    examples: Examples = Field(default_factory=Examples)
+
+    @field_validator(
+        "allowedValueFlags", "allowedFlags", "forbiddenFlags", "deniedFlags", "valueFlags"
+    )
+    @classmethod
+    def _flags_look_like_flags(cls, v: list[str] | None) -> list[str] | None:
+        for f in v or []:
+            if not f.startswith("-") or f in ("-", "--") or " " in f:
+                raise ValueError(f"{f!r} is not a flag (flags start with '-' or '--')")
+        return v
+
+    @property
+    def all_forbidden(self) -> list[str]:
+        return [*self.forbiddenFlags, *self.deniedFlags]
+
+    @property
+    def has_flag_allowlist(self) -> bool:
+        return self.allowedValueFlags is not None or self.allowedFlags is not None
+
+
+ExecDefault = Literal["allow", "block", "deny"]
+
+
+class ExecPolicy(Model):
+    """Which programs may run at all (besides those with a safeBins rule).
+
+    allow: absolute paths or globs (fnmatch) of the resolved binary, or bare names that are
+    resolved in the trusted directories. deny: never allowed (never escalatable).
+    default: what happens to a program matched by nothing.
+    """
+
+    allow: list[str] = Field(default_factory=list)
+    block: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    default: ExecDefault = "block"
+    allowFileless: bool = Field(
+        default=False, description="allow memfd / execveat(AT_EMPTY_PATH) / /proc/self/fd execs"
+    )
+    trustedDirs: list[str] = Field(
+        default_factory=lambda: ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                                 "/sbin", "/bin"],
+        description="directories whose binaries are identified by path; a ruled binary's "
+        "content found elsewhere is still ruled (identity by sha256)",
+    )
+    examples: Examples = Field(default_factory=Examples)
+
+
+SECCOMP_ACTION_RE = re.compile(
+    r"^(allow|kill_process|kill_thread|kill|log|trap|notify|errno:[A-Z0-9]+|errno:\d+)$"
+)
+
+
+class ArgCondition(Model):
+    """A syscall argument condition, as libseccomp's (arg index, op, value[, mask])."""
+
+    arg: int = Field(ge=0, le=5)
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "masked_eq"]
+    value: int
+    mask: int | None = None
+
+    @model_validator(mode="after")
+    def _mask_only_for_masked_eq(self) -> ArgCondition:
+        if (self.op == "masked_eq") != (self.mask is not None):
+            raise ValueError("'mask' is required with op masked_eq and only with it")
+        return self
+
+
+class SeccompRule(Model):
+    action: str
+    syscalls: list[str] = Field(min_length=1)
+    args: list[ArgCondition] = Field(default_factory=list)
+    reason: str | None = None
+    id: str | None = None
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v: str) -> str:
+        if not SECCOMP_ACTION_RE.match(v):
+            raise ValueError(
+                f"unknown seccomp action {v!r}: use allow, errno:NAME (e.g. errno:EPERM), "
+                "kill_process, log or trap"
+            )
+        return v
+
+
+class SeccompPolicy(Model):
+    defaultAction: str = "allow"
+    rules: list[SeccompRule] = Field(default_factory=list)
+
+    @field_validator("defaultAction")
+    @classmethod
+    def _default_action(cls, v: str) -> str:
+        return SeccompRule._action(v)
+
+
+class Webhook(Model):
+    url: str
+    format: Literal["generic", "slack", "n8n"] = "generic"
+    secretEnv: str | None = Field(default=None, description="env var holding the HMAC secret")
+    secretFile: str | None = Field(default=None, description="file holding the HMAC secret")
+    timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http(s)://, got {v!r}")
+        return v
+
+
+class AutoApprove(Model):
+    """Low-risk requests granted without a human (still audited and notified)."""
+
+    commands: list[str] = Field(min_length=1, description="fnmatch patterns over the joined argv")
+    maxPerHour: int = Field(default=10, ge=1)
+    ttl: str = "5m"
+    scope: Literal["command", "profile"] = "command"
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class EscalationPolicy(Model):
+    relaxedProfile: str | None = None
+    ttl: str = "5m"
+    maxTtl: str = "30m"
+    pendingTtl: str = "30m"
+    approvers: list[str] = Field(default_factory=list, description="in addition to owners")
+    webhooks: list[Webhook] = Field(default_factory=list)
+    autoApprove: list[AutoApprove] = Field(default_factory=list)
+    onExpiry: Literal["kill", "keep"] = Field(
+        default="kill", description="processes started under a grant when the window closes"
+    )
+
+    @field_validator("ttl", "maxTtl", "pendingTtl")
+    @classmethod
+    def _durations(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> EscalationPolicy:
+        if parse_duration(self.ttl) > parse_duration(self.maxTtl):
+            raise ValueError(f"ttl {self.ttl} exceeds maxTtl {self.maxTtl}")
+        return self
+
+    @property
+    def ttl_seconds(self) -> int:
+        return parse_duration(self.ttl)
+
+    @property
+    def max_ttl_seconds(self) -> int:
+        return parse_duration(self.maxTtl)
+
+    @property
+    def pending_ttl_seconds(self) -> int:
+        return parse_duration(self.pendingTtl)
+
+
+ProfileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Profile(Model):
+    """One profile as written on disk (before `extends` is resolved)."""
+
+    name: ProfileName
+    description: str | None = None
+    version: str | None = None
+    extends: str | list[str] | None = None
+    relax: bool = Field(
+        default=False,
+        description="this profile may loosen what it extends (explicit opt-in; used by the "
+        "relaxed profiles that grants switch to)",
+    )
+    owners: list[str] = Field(default_factory=list)
+    safeBins: dict[str, SafeBin] = Field(default_factory=dict)
+    exec: ExecPolicy | None = None
+    seccomp: SeccompPolicy | None = None
+    escalation: EscalationPolicy | None = None
+    examples: Examples = Field(default_factory=Examples)
+
+    @property
+    def parents(self) -> list[str]:
+        if self.extends is None:
+            return []
+        return [self.extends] if isinstance(self.extends, str) else list(self.extends)
+
+
+class ResolvedProfile(Model):
+    """A profile with its `extends` chain merged: what the policy code consumes."""
+
+    name: str
+    description: str | None = None
+    chain: list[str] = Field(default_factory=list, description="names, child first")
+    sources: list[str] = Field(default_factory=list, description="files, child first")
+    content_hash: str = ""
+    owners: list[str] = Field(default_factory=list)
+    safeBins: dict[str, SafeBin] = Field(default_factory=dict)
+    exec: ExecPolicy = Field(default_factory=ExecPolicy)
+    seccomp: SeccompPolicy = Field(default_factory=SeccompPolicy)
+    escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
+    examples: Examples = Field(default_factory=Examples)
+
+    @property
+    def approvers(self) -> list[str]:
+        return sorted(set(self.owners) | set(self.escalation.approvers))

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# glassbreak set-up for a fresh Debian/Ubuntu machine, as root. Idempotent: every step checks
+# first and does nothing when it is already done. Called by `make setup` (and so by `make demo`,
+# `make test`, `make bench`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "[setup] glassbreak's set-up needs root (apt packages, kernel headers, tracefs)." >&2
+  echo "[setup] run: sudo make setup" >&2
+  exit 1
+fi
+
+# 1. Debian packages. python3-bpfcc gives bcc's Python bindings (the PyPI 'bcc' is NOT BPF).
+PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc libseccomp2 redis-server \
+      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  say "installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# vagrant (only its 'validate' is used by the tests); without recommends it stays small.
+if ! command -v vagrant >/dev/null 2>&1; then
+  say "installing vagrant (for 'vagrant validate' of vagrant/Vagrantfile)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant >/dev/null \
+    || say "WARNING: vagrant could not be installed; the Vagrantfile test will fail"
+fi
+
+# 2. Kernel headers where bcc looks: /lib/modules/$(uname -r)/build and source. These machines
+# run a custom kernel without headers; Debian's linux-headers-amd64 works, because glassbreak's
+# BPF C reads only tracepoint args and helpers, never kernel struct fields.
+KREL=$(uname -r)
+if [ ! -e "/lib/modules/$KREL/build/include" ]; then
+  if [ -d "/usr/src/linux-headers-$KREL" ]; then
+    HDR="/usr/src/linux-headers-$KREL"
+  else
+    arch=$(dpkg --print-architecture)
+    if ! ls -d /usr/src/linux-headers-*-"$arch" >/dev/null 2>&1; then
+      say "installing linux-headers-$arch (no headers for the running kernel $KREL)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "linux-headers-$arch" >/dev/null
+    fi
+    HDR=$(ls -d /usr/src/linux-headers-*-"$arch" | sort -V | tail -n 1)
+  fi
+  say "linking kernel headers $HDR -> /lib/modules/$KREL/{build,source}"
+  mkdir -p "/lib/modules/$KREL"
+  ln -sfn "$HDR" "/lib/modules/$KREL/build"
+  ln -sfn "$HDR" "/lib/modules/$KREL/source"
+fi
+
+# 3. tracefs (bcc attaches tracepoints through it).
+if [ ! -e /sys/kernel/tracing/events ] && [ ! -e /sys/kernel/debug/tracing/events ]; then
+  say "mounting tracefs on /sys/kernel/tracing"
+  mount -t tracefs tracefs /sys/kernel/tracing || say "WARNING: could not mount tracefs"
+fi
+
+# 4. The venv, on Debian's python3 (the one python3-bpfcc is built for), with the project and
+# its dev dependencies; bcc linked in.
+PY=/usr/bin/python3
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.glassbreak-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing glassbreak and its dev dependencies into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e '.[dev]'
+  touch "$stamp"
+fi
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+BCC_DIR=$("$PY" -c 'import bcc, os; print(os.path.dirname(bcc.__file__))' 2>/dev/null || true)
+if [ -n "$BCC_DIR" ] && [ ! -e "$SITE/bcc" ]; then
+  say "linking bcc ($BCC_DIR) into the venv"
+  ln -sfn "$BCC_DIR" "$SITE/bcc"
+fi
+"$VENV/bin/python" -c 'import bcc' 2>/dev/null || { say "ERROR: bcc is not importable from $VENV"; exit 1; }
+
+# 5. cgroup v2: glassbreak needs a cgroup2 mount with cgroup.kill.
+if ! grep -q ' cgroup2 ' /proc/mounts; then
+  say "mounting cgroup2 on /sys/fs/cgroup/unified"
+  mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified || \
+    say "WARNING: could not mount cgroup2"
+fi
+say "ready: $VENV/bin/glassbreak ($("$VENV/bin/python" --version))"
