@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ALLOW = "allow"
     BLOCK = "block"  # escalatable
     DENY = "deny"  # never escalatable
@@ -16,7 +16,7 @@ class Verdict(str, Enum):
         return {"allow": 0, "block": 1, "deny": 2}[self.value]
 
 
-class Layer(str, Enum):
+class Layer(StrEnum):
     PRECHECK = "pre-check"
     EXEC_GATE = "exec-gate"  # seccomp user-notification on execve/execveat
     EXEC_TRACE = "exec-trace"  # eBPF hold at sched_process_exec

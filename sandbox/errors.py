@@ -3,9 +3,10 @@
 Exit codes (documented in README and `glassbreak --help`):
   0..124   the command's own exit code passes through
   125      the runner itself failed (bad profile, kernel feature missing, internal error)
-  126      blocked by policy (pre-check, exec gate or seccomp kill attributed to policy)
+  126      blocked by policy (the pre-check refused the command; nothing ran)
   127      command not found
-  128+N    the command died of signal N
+  128+N    the command died of signal N (159 = SIGSYS: killed by a seccomp rule; the
+           syscall is reported on stderr and in the audit log)
   2        usage error (bad command line)
 """
 

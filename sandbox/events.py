@@ -148,6 +148,7 @@ class RunExited(_Event):
     signal: int | None = None
     rule_id: str | None = None
     reason: str | None = None
+    hint: str | None = None
     layer: str | None = None
     escalation_id: str | None = None
     duration_ms: float | None = None

@@ -1,0 +1,511 @@
+"""The supervisor: the one place where policy and mechanisms meet.
+
+One run, as data flows (DESIGN.md):
+  1 load the profile                                   sandbox.loader        (pure)
+  2 an active grant for (agent, profile)? -> relaxed   escalation.service    (store)
+  3 argv pre-check of the top-level command            sandbox.policy        (pure)
+  4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> seccomp -> execve
+  5 every exec in the tree checked again               sandbox.execgate (unotify + eBPF)
+  6 events -> audit log, stderr (text or JSON lines)
+  7 blocks -> escalation requests                      escalation.service
+  8 grant expiry / revocation -> strict profile again, processes started under the grant ended
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from sandbox.decision import Decision, Layer, Verdict
+from sandbox.errors import (
+    EXIT_BLOCKED,
+    EXIT_RUNNER_FAILED,
+    EXIT_SIGNAL_BASE,
+    GlassbreakError,
+    KernelFeatureMissing,
+    StoreError,
+)
+from sandbox.events import (
+    Degraded,
+    EventsLost,
+    ExecBlocked,
+    GrantEnded,
+    GrantUsed,
+    RunExited,
+    RunStarted,
+    SyscallKilled,
+)
+
+if TYPE_CHECKING:
+    from sandbox.profile import ResolvedProfile
+
+Mode = Literal["enforce", "monitor"]
+DEGRADABLE = ("exec-gate", "ebpf")
+
+
+@dataclass
+class RunRequest:
+    argv: list[str]
+    profile: str = "readonly"
+    agent: str | None = None
+    reason: str | None = None
+    mode: Mode = "enforce"
+    wait: float | None = None  # seconds to wait for an escalation decision on a pre-check block
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    degraded: tuple[str, ...] = ()  # layers explicitly switched off (written in the audit log)
+    stdin: int = 0
+    stdout: int = 1
+    stderr: int = 2
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    exit_code: int
+    decision: str = "allow"  # allow | block | deny | error
+    rule_id: str | None = None
+    reason: str | None = None
+    layer: str | None = None
+    escalation_id: str | None = None
+    signal: int | None = None
+    execs: int = 0
+    blocked: int = 0
+    hint: str | None = None
+
+
+Emit = Callable[[Any], None]
+
+
+def new_run_id() -> str:
+    return "run_" + uuid.uuid4().hex[:12]
+
+
+class Supervisor:
+    """Runs commands under profiles. A daemon keeps one Supervisor (and so one eBPF tracer)."""
+
+    def __init__(self, *, tracer: Any | None = None, audit: Any | None = None) -> None:
+        self._tracer = tracer
+        self._tracer_error: str | None = None
+        self._audit = audit
+        self._esc_service: Any | None = None
+
+    # -- lazily built collaborators -------------------------------------------------------
+    @property
+    def audit(self) -> Any:
+        if self._audit is None:
+            from sandbox.audit import AuditLog
+
+            self._audit = AuditLog()
+        return self._audit
+
+    def escalations(self) -> Any:
+        if self._esc_service is None:
+            from escalation.service import EscalationService
+
+            self._esc_service = EscalationService.from_env()
+        return self._esc_service
+
+    def tracer(self) -> Any:
+        if self._tracer is None and self._tracer_error is None:
+            try:
+                from sandbox.ebpf import ExecTracer
+
+                self._tracer = ExecTracer()
+            except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
+                self._tracer_error = f"{type(e).__name__}: {e}"
+        if self._tracer is None:
+            raise KernelFeatureMissing(
+                f"the eBPF exec tracer could not start ({self._tracer_error})",
+                hint="run `glassbreak doctor` to see which kernel feature is missing; "
+                "`--degraded ebpf` runs without it (recorded in the audit log)",
+            )
+        return self._tracer
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, req: RunRequest, emit: Emit) -> RunResult:
+        """Run one command. `emit` receives every user-facing event (the CLI renders them)."""
+        run_id = new_run_id()
+        started = time.monotonic()
+        events: list[Any] = []
+
+        def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
+            ev.run_id = ev.run_id or run_id
+            events.append(ev)
+            if show:
+                emit(ev)
+            if sync or len(events) >= 256:
+                self._flush(events, sync=sync)
+
+        try:
+            result = self._run(req, run_id, record)
+        except GlassbreakError as e:
+            result = RunResult(run_id, e.exit_code, decision="error", reason=e.message,
+                               hint=e.hint)
+        result.run_id = run_id
+        record(
+            RunExited(
+                run_id=run_id, decision=result.decision,  # type: ignore[arg-type]
+                exit_code=result.exit_code, signal=result.signal, rule_id=result.rule_id,
+                reason=result.reason, hint=result.hint, layer=result.layer,
+                escalation_id=result.escalation_id,
+                duration_ms=round((time.monotonic() - started) * 1000, 2),
+                execs=result.execs, blocked=result.blocked,
+            ),
+            sync=True,
+        )
+        return result
+
+    def _flush(self, events: list[Any], sync: bool) -> None:
+        if events:
+            self.audit.write_many(events)
+            events.clear()
+
+    def _run(self, req: RunRequest, run_id: str, record: Emit) -> RunResult:
+        from sandbox.loader import load_profile
+        from sandbox.policy import check_argv
+
+        if not req.argv:
+            from sandbox.errors import UsageError
+
+            raise UsageError("no command given", hint="glassbreak run --profile P -- CMD ARGS...")
+        for d in req.degraded:
+            if d not in DEGRADABLE:
+                from sandbox.errors import UsageError
+
+                raise UsageError(f"unknown layer for --degraded: {d!r}",
+                                 hint=f"choose from {', '.join(DEGRADABLE)}")
+        env = dict(os.environ if req.env is None else req.env)
+        cwd = req.cwd or os.getcwd()
+        strict = load_profile(req.profile)
+        effective, grant = self._apply_grants(strict, req, env, cwd, record)
+
+        # 3. the argv pre-check of the top-level command
+        decision = check_argv(effective, req.argv, cwd=cwd, env_path=env.get("PATH"))
+        if not decision.allowed:
+            esc_id = self._block(effective, decision, Layer.PRECHECK, req, cwd, env, record,
+                                 run_id=run_id, enforced=req.mode == "enforce")
+            if req.mode == "enforce":
+                if req.wait is not None and decision.verdict is Verdict.BLOCK and esc_id:
+                    waited = self._wait_and_retry(req, strict, esc_id, env, cwd, record)
+                    if waited is not None:
+                        effective, grant = waited
+                        decision = check_argv(effective, req.argv, cwd=cwd,
+                                              env_path=env.get("PATH"))
+                if not decision.allowed:
+                    return RunResult(run_id, EXIT_BLOCKED, decision=decision.verdict.value,
+                                     rule_id=decision.rule_id, reason=decision.reason,
+                                     layer=Layer.PRECHECK.value, escalation_id=esc_id, blocked=1)
+        return self._spawn_and_supervise(req, run_id, strict, effective, grant, decision, env,
+                                         cwd, record)
+
+    # -- grants ---------------------------------------------------------------------------------
+    def _apply_grants(self, strict: ResolvedProfile, req: RunRequest, env: dict[str, str],
+                      cwd: str, record: Emit) -> tuple[ResolvedProfile, Any | None]:
+        relaxed_name = strict.escalation.relaxedProfile
+        if not relaxed_name and not strict.escalation.autoApprove:
+            return strict, None
+        try:
+            grant = self.escalations().active_grant(
+                agent=req.agent, profile=strict.name, argv=list(req.argv), cwd=cwd,
+                binary_sha256=None,
+            )
+        except StoreError as e:
+            record(Degraded(what="grants", why=f"grant store unreachable, strict profile used: "
+                                                f"{e.message}"))
+            return strict, None
+        if grant is None:
+            return strict, None
+        from sandbox.loader import load_profile
+
+        target = getattr(grant, "relaxed_profile", None) or relaxed_name
+        relaxed = load_profile(target) if target else strict
+        record(GrantUsed(grant_id=grant.id, escalation_id=getattr(grant, "escalation_id", None),
+                         approver=getattr(grant, "approver", "?"), relaxed_profile=relaxed.name,
+                         expires_at=float(getattr(grant, "expires_at", 0) or 0)), sync=True)
+        return relaxed, grant
+
+    def _wait_and_retry(self, req: RunRequest, strict: ResolvedProfile, esc_id: str,
+                        env: dict[str, str], cwd: str, record: Emit
+                        ) -> tuple[ResolvedProfile, Any | None] | None:
+        try:
+            rec = self.escalations().wait_for_decision(esc_id, req.wait or 0)
+        except StoreError as e:
+            record(Degraded(what="wait", why=e.message))
+            return None
+        if getattr(rec, "state", None) != "approved":
+            return None
+        effective, grant = self._apply_grants(strict, req, env, cwd, record)
+        return (effective, grant) if grant is not None else None
+
+    # -- blocks -> escalations --------------------------------------------------------------------
+    def _block(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
+               req: RunRequest, cwd: str, env: dict[str, str], record: Emit, *, run_id: str,
+               enforced: bool = True, pid: int | None = None, ancestry: list[Any] | None = None,
+               recent: list[Any] | None = None, sha256: str | None = None) -> str | None:
+        esc_id: str | None = None
+        delivery_note: str | None = None
+        if enforced and decision.verdict is Verdict.BLOCK:
+            esc_id, delivery_note = self._raise(profile, decision, layer, req, cwd, env,
+                                                run_id, ancestry, recent, sha256)
+        record(
+            ExecBlocked(
+                layer=layer.value, verdict=decision.verdict.value,  # type: ignore[arg-type]
+                rule_id=decision.rule_id, reason=decision.reason, argv=list(decision.argv),
+                binary=decision.binary, sha256=sha256, pid=pid, profile=profile.name,
+                escalation_id=esc_id, enforced=enforced,
+            ),
+            sync=True,
+        )
+        if delivery_note:
+            record(Degraded(what="webhook", why=delivery_note))
+        return esc_id
+
+    def _raise(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
+               req: RunRequest, cwd: str, env: dict[str, str], run_id: str,
+               ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None
+               ) -> tuple[str | None, str | None]:
+        try:
+            from escalation.service import BlockContext
+
+            if sha256 is None and decision.binary:
+                try:
+                    from sandbox.resolve import sha256_file
+
+                    sha256 = sha256_file(decision.binary)
+                except OSError:
+                    sha256 = None
+            esc = profile.escalation
+            ctx = BlockContext(
+                agent=req.agent, host=socket.gethostname(), profile=profile.name,
+                profile_hash=profile.content_hash, owners=profile.approvers, layer=layer.value,
+                rule_id=decision.rule_id, rule_reason=decision.reason,
+                verdict=decision.verdict.value, argv=list(decision.argv or req.argv),
+                binary=decision.binary, binary_sha256=sha256, cwd=cwd, env=env,
+                ancestry=ancestry or [], recent_execs=recent or [], agent_reason=req.reason,
+                run_id=run_id, relaxed_profile=esc.relaxedProfile, ttl_default=esc.ttl_seconds,
+                max_ttl=esc.max_ttl_seconds, pending_ttl=esc.pending_ttl_seconds,
+                webhooks=list(esc.webhooks),
+            )
+            rec = self.escalations().raise_block(ctx)
+        except StoreError as e:
+            return None, f"the escalation could not be recorded: {e.message}"
+        except ImportError as e:  # escalation package incomplete: say so, never drop silently
+            return None, f"escalations unavailable ({e})"
+        note = None
+        status = getattr(rec, "delivery_status", None)
+        if status in ("failed", "retrying"):
+            note = f"webhook delivery for {rec.id} is {status}; it stays in the outbox " \
+                   "(`glassbreak escalations show " + rec.id + "`)"
+        return rec.id, note
+
+    # -- spawn and supervise ----------------------------------------------------------------------
+    def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
+                             effective: ResolvedProfile, grant: Any | None, decision: Decision,
+                             env: dict[str, str], cwd: str, record: Emit) -> RunResult:
+        from sandbox.cgroup import RunCgroup
+        from sandbox.child import spawn
+        from sandbox.kmsg import KmsgWatcher
+        from sandbox.seccomp import compile_filter
+
+        use_gate = "exec-gate" not in req.degraded
+        use_ebpf = "ebpf" not in req.degraded
+        for d in req.degraded:
+            record(Degraded(what=d, why="switched off with --degraded"), sync=True)
+        filt = compile_filter(effective.seccomp, exec_notify=use_gate, guard_sigcont=use_ebpf)
+        tracer = self.tracer() if use_ebpf else None
+        executable = decision.binary or req.argv[0]
+        cg = RunCgroup.create(run_id)
+        kmsg = KmsgWatcher()
+        layers = ["pre-check", "seccomp"] + (["exec-gate"] if use_gate else []) + \
+                 (["ebpf"] if use_ebpf else [])
+        record(RunStarted(
+            profile=strict.name, profile_hash=strict.content_hash,
+            effective_profile=effective.name, agent=req.agent, argv=list(req.argv), cwd=cwd,
+            mode=req.mode, grant_id=getattr(grant, "id", None),
+            approver=getattr(grant, "approver", None), layers=layers,
+            degraded=list(req.degraded), uid=req.uid if req.uid is not None else os.getuid(),
+            pid=os.getpid(),
+        ), show=False)
+        gate = None
+        child = None
+        result = RunResult(run_id, EXIT_RUNNER_FAILED)
+        try:
+            if tracer is not None:
+                tracer.watch(cg.id)
+            child = spawn(
+                list(req.argv), executable=executable, env=env, cwd=cwd,
+                cgroup_procs=cg.procs_path, bpf=filt.bpf, notify=use_gate,
+                stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
+                uid=req.uid, gid=req.gid, groups=req.groups,
+            )
+            if use_gate or tracer is not None:
+                from sandbox.execgate import ExecGate
+
+                def on_block(info: Any) -> str | None:
+                    d: Decision = info.decision
+                    esc, note = (None, None)
+                    if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
+                        esc, note = self._raise(
+                            gate.profile if gate is not None else effective, d,
+                            Layer(info.layer), req, info.cwd or cwd, env, run_id,
+                            info.ancestry, info.recent_execs, info.sha256)
+                    if note:
+                        record(Degraded(what="webhook", why=note))
+                    return esc
+
+                gate = ExecGate(profile=effective, mode=req.mode, run_id=run_id,
+                                listener_fd=child.listener_fd, tracer=tracer, cgroup_id=cg.id,
+                                emit=lambda ev: record(ev, show=_user_visible(ev),
+                                                       sync=_user_visible(ev)),
+                                on_block=on_block)
+            result = self._loop(req, run_id, child, gate, cg, kmsg, strict, effective, grant,
+                                record)
+        finally:
+            if gate is not None:
+                gate.close()
+            if tracer is not None:
+                tracer.unwatch(cg.id)
+            cg.kill()
+            cg.wait_empty(timeout=2.0)
+            cg.remove()
+            kmsg.close()
+            if child is not None and child.listener_fd is not None:
+                try:
+                    os.close(child.listener_fd)
+                except OSError:
+                    pass
+        return result
+
+    def _loop(self, req: RunRequest, run_id: str, child: Any, gate: Any, cg: Any, kmsg: Any,
+              strict: ResolvedProfile, effective: ResolvedProfile, grant: Any | None,
+              record: Emit) -> RunResult:
+        sel = selectors.DefaultSelector()
+        sel.register(child.pidfd, selectors.EVENT_READ, "exit")
+        if gate is not None:
+            for fd in gate.fds():
+                sel.register(fd, selectors.EVENT_READ, "gate")
+        grant_deadline = _grant_deadline(grant)
+        next_grant_poll = time.monotonic() + 1.0
+        grant_open = grant is not None
+        grant_killed = False
+        status: int | None = None
+        try:
+            while status is None:
+                timeout = 1.0
+                if grant_open and grant_deadline is not None:
+                    timeout = max(0.0, min(timeout, grant_deadline - time.time()))
+                for key, _ in sel.select(timeout):
+                    if key.data == "gate":
+                        gate.handle(key.fd)
+                    elif key.data == "exit":
+                        status = _reap(child.pid)
+                if gate is not None and gate.fatal:
+                    record(EventsLost(count=getattr(gate, "lost", 0) or 1,
+                                      source=gate.fatal), sync=True)
+                    cg.kill()
+                    if status is None:
+                        status = _reap(child.pid, block=True)
+                    return RunResult(run_id, EXIT_RUNNER_FAILED, decision="error",
+                                     reason=f"fail closed: {gate.fatal}", layer="ebpf",
+                                     execs=gate.stats.execs, blocked=gate.stats.blocked)
+                if grant_open and status is None:
+                    why = None
+                    if grant_deadline is not None and time.time() >= grant_deadline:
+                        why = "expired"
+                    elif time.monotonic() >= next_grant_poll:
+                        next_grant_poll = time.monotonic() + 1.0
+                        why = self._grant_closed(grant)
+                    if why:
+                        grant_open = False
+                        grant_killed = self._close_grant(why, grant, strict, effective, gate, cg,
+                                                         record)
+            if status is None:
+                status = _reap(child.pid, block=True)
+        finally:
+            sel.close()
+        return self._result(run_id, status, child, gate, kmsg, grant_killed, record)
+
+    def _grant_closed(self, grant: Any) -> str | None:
+        try:
+            st = self.escalations().grant_status(grant.id)
+        except StoreError:
+            return "revoked"  # fail closed: a store we cannot reach honours no grant
+        return st if st in ("expired", "revoked") else None
+
+    def _close_grant(self, why: str, grant: Any, strict: ResolvedProfile,
+                     effective: ResolvedProfile, gate: Any, cg: Any, record: Emit) -> bool:
+        """The window closed: strict profile for new execs; end processes started under it."""
+        if gate is not None:
+            gate.set_profile(strict)
+        kill = effective.escalation.onExpiry == "kill" and strict.escalation.onExpiry == "kill"
+        pids = cg.pids() if kill else []
+        if kill:
+            cg.kill()
+        record(GrantEnded(grant_id=grant.id, why=why,  # type: ignore[arg-type]
+                          killed_pids=list(pids)), sync=True)
+        return kill
+
+    def _result(self, run_id: str, status: int, child: Any, gate: Any, kmsg: Any,
+                grant_killed: bool, record: Emit) -> RunResult:
+        res = RunResult(run_id, 0)
+        if gate is not None:
+            res.execs, res.blocked = gate.stats.execs, gate.stats.blocked
+            first = getattr(gate.stats, "first_block", None)
+            if first is not None:
+                res.rule_id, res.reason, res.layer, res.escalation_id = first
+        if os.WIFEXITED(status):
+            res.exit_code = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            res.signal = sig
+            res.exit_code = EXIT_SIGNAL_BASE + sig
+            if sig == signal.SIGSYS:
+                found = kmsg.find_seccomp_kill(child.pid, timeout=0.3)
+                if found:
+                    nr, name, arch = found
+                    record(SyscallKilled(pid=child.pid, syscall=name, nr=nr, arch=arch,
+                                         signal=sig), sync=True)
+                    res.reason = f"killed by seccomp: syscall {name} ({nr}, {arch})"
+                else:
+                    res.reason = "killed by seccomp (SIGSYS); the kernel did not log the syscall"
+                res.layer = "seccomp"
+            elif grant_killed:
+                res.reason = "the grant's window closed; processes started under it were ended"
+        if res.blocked:
+            res.decision = "block"
+        return res
+
+
+def _user_visible(ev: Any) -> bool:
+    return getattr(ev, "type", "") in ("blocked", "events_lost", "syscall_killed", "degraded")
+
+
+def _grant_deadline(grant: Any | None) -> float | None:
+    if grant is None:
+        return None
+    exp = getattr(grant, "expires_at", None)
+    return float(exp) if exp else None
+
+
+def _reap(pid: int, block: bool = False) -> int | None:
+    while True:
+        try:
+            wpid, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if wpid == 0:
+            return None
+        return status

@@ -1,0 +1,80 @@
+"""`glassbreak trace RUN_ID`: the run's process tree with the decision taken at every exec,
+rebuilt from the audit log (compact text, or JSON)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections import defaultdict
+from typing import Any
+
+from sandbox.audit import read_events
+from sandbox.errors import GlassbreakError
+
+
+def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
+    execs = [e for e in events if e.get("type") == "exec"]
+    blocks = [e for e in events if e.get("type") == "blocked"]
+    started = next((e for e in events if e.get("type") == "run_started"), None)
+    result = next((e for e in events if e.get("type") == "run_result"), None)
+    by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    parent: dict[int, int | None] = {}
+    for e in execs:
+        by_pid[e["pid"]].append(e)
+        parent.setdefault(e["pid"], e.get("ppid"))
+    pids = set(by_pid)
+
+    def node(pid: int) -> dict[str, Any]:
+        kids = sorted(p for p in pids if parent.get(p) == pid and p != pid)
+        return {"pid": pid, "ppid": parent.get(pid),
+                "execs": [{k: e.get(k) for k in ("binary", "argv", "decision", "layer",
+                                                 "rule_id", "sha256", "would_block")}
+                          for e in by_pid[pid]],
+                "children": [node(k) for k in kids]}
+
+    roots = sorted(p for p in pids if parent.get(p) not in pids or parent.get(p) == p)
+    return {"run_id": (started or result or {}).get("run_id"), "started": started,
+            "result": result, "tree": [node(r) for r in roots],
+            "blocked": [{k: b.get(k) for k in ("layer", "rule_id", "reason", "argv", "binary",
+                                               "pid", "escalation_id", "verdict")}
+                        for b in blocks]}
+
+
+def render_trace(run_id: str, output: str = "text") -> str:
+    events = list(read_events(run_id=run_id))
+    if not events:
+        raise GlassbreakError(
+            f"no events for run {run_id!r} in the audit log",
+            hint="run ids are printed in the JSON result of `glassbreak run --output json`; "
+            "check GLASSBREAK_STATE_DIR points at the same state dir",
+        )
+    tree = build_tree(events)
+    if output == "json":
+        return json.dumps(tree, indent=2)
+    lines: list[str] = []
+    st, res = tree["started"], tree["result"]
+    if st:
+        lines.append(f"run {run_id}  profile={st.get('effective_profile')} "
+                     f"agent={st.get('agent') or '-'} mode={st.get('mode')} "
+                     f"layers={','.join(st.get('layers') or [])}")
+    if res:
+        lines.append(f"result: {res.get('decision')} exit={res.get('exit_code')} "
+                     f"execs={res.get('execs')} blocked={res.get('blocked')}")
+
+    def walk(n: dict[str, Any], depth: int) -> None:
+        for e in n["execs"]:
+            mark = {"allow": "+", "block": "x", "deny": "X"}.get(e["decision"], "?")
+            if e.get("would_block"):
+                mark = "~"
+            argv = shlex.join(e["argv"] or [])
+            lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({e['binary']}; "
+                         f"{e['decision']} by {e['layer']}: {e['rule_id']})")
+        for c in n["children"]:
+            walk(c, depth + 1)
+
+    for r in tree["tree"]:
+        walk(r, 0)
+    for b in tree["blocked"]:
+        lines.append(f"blocked [{b['layer']}] {shlex.join(b['argv'] or [])}: {b['rule_id']} "
+                     f"({b['reason']}) escalation={b['escalation_id'] or '-'}")
+    return "\n".join(lines)
