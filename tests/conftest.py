@@ -113,3 +113,22 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
         [GLASSBREAK, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
         input=input.decode() if input else None, cwd=cwd,
     )
+
+
+STUB = "#!/bin/sh\necho \"stub-kubectl $*\"\n"
+
+
+@pytest.fixture
+def stub_kubectl() -> Iterator[Path]:
+    """A stub kubectl installed where a real one would be (/usr/local/bin, a trusted dir);
+    removed afterwards. A pre-existing real kubectl is never touched."""
+    require(is_root(), "the runner needs root for seccomp user-notification, eBPF, cgroups")
+    k = Path("/usr/local/bin/kubectl")
+    if k.exists() and k.read_text(errors="replace") != STUB:
+        pytest.fail(f"{k} exists and is not glassbreak's test stub; refusing to replace it")
+    k.write_text(STUB)
+    k.chmod(0o755)
+    try:
+        yield k
+    finally:
+        k.unlink(missing_ok=True)
