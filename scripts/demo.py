@@ -1,0 +1,198 @@
+"""`make demo`: the whole glass-break loop on embedded defaults (SQLite state, a local webhook
+receiver), narrated in plain words.
+
+  1. an allowed run            kubectl get pods -n prod
+  2. a blocked run             kubectl -n prod delete pod web-1   (exit 126, escalation raised)
+  3. the escalation arrives    a real HTTP receiver on 127.0.0.1 verifies the HMAC signature
+  4. the approval              glassbreak escalations approve ID --as sre-oncall --ttl 15s
+  5. the relaxed run           the same command now runs under k8s-ops-escalated
+  6. the expiry                a long-running escalated process is ended when the window closes
+  7. the strict run again      blocked again
+  8. the audit trail           glassbreak trace RUN_ID, escalations show ID
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+GB = str(VENV_BIN / "glassbreak")
+SECRET = "demo-secret-" + os.urandom(8).hex()
+STUB = "#!/bin/sh\necho \"stub-kubectl $*\"\n"
+received: list[dict[str, object]] = []
+
+
+def say(text: str) -> None:
+    print("\n\033[1m== " + text + "\033[0m", flush=True)
+
+
+def show(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    print("$ " + " ".join(cmd).replace(GB, "glassbreak"), flush=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    for stream in (r.stdout, r.stderr):
+        if stream.strip():
+            print(textwrap.indent(stream.rstrip(), "  "), flush=True)
+    print(f"  (exit {r.returncode})", flush=True)
+    return r
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        ts = self.headers.get("X-Glassbreak-Timestamp", "")
+        sig = self.headers.get("X-Glassbreak-Signature", "")
+        expected = "v1=" + hmac.new(SECRET.encode(), f"{ts}.".encode() + body,
+                                    hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(sig, expected)
+        self.send_response(200 if ok else 401)
+        self.end_headers()
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = {}
+        received.append({"ok": ok, "payload": payload,
+                         "delivery": self.headers.get("X-Glassbreak-Delivery")})
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make demo needs root (seccomp user-notification, eBPF, cgroups): sudo make demo")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="glassbreak-demo-"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    (work / "profiles").mkdir()
+    (work / "profiles" / "demo-k8s.yaml").write_text(textwrap.dedent(f"""\
+        name: demo-k8s
+        description: k8s-readonly, with a webhook to the demo's receiver and a short window
+        extends: k8s-readonly
+        escalation:
+          relaxedProfile: demo-k8s-ops
+          ttl: 15s
+          maxTtl: 1m
+          webhooks:
+            - {{url: "{url}", format: generic, secretEnv: GLASSBREAK_DEMO_SECRET}}
+        """))
+    (work / "profiles" / "demo-k8s-ops.yaml").write_text(textwrap.dedent("""\
+        name: demo-k8s-ops
+        description: what an approved on-call agent may do for the window (demo)
+        extends: k8s-ops-escalated
+        relax: true
+        exec:
+          allow: [/usr/bin/sleep]
+        """))
+    env = dict(os.environ, GLASSBREAK_STATE_DIR=str(work / "state"),
+               GLASSBREAK_PROFILE_PATH=str(work / "profiles"),
+               GLASSBREAK_DEMO_SECRET=SECRET, GLASSBREAK_AGENT="demo-agent",
+               PATH="/usr/local/bin:/usr/bin:/bin")
+    stub = Path("/usr/local/bin/kubectl")
+    installed = False
+    if not stub.exists():
+        stub.write_text(STUB)
+        stub.chmod(0o755)
+        installed = True
+    try:
+        return _story(env, work)
+    finally:
+        srv.shutdown()
+        if installed:
+            stub.unlink(missing_ok=True)
+        print(f"\n(state of this demo: {work / 'state'})")
+
+
+def _story(env: dict[str, str], work: Path) -> int:
+    print(f"glassbreak demo: state in {work / 'state'} (SQLite + audit.jsonl), a stub kubectl in "
+          "/usr/local/bin, a webhook receiver on 127.0.0.1")
+    say("1. An allowed run: read-only kubectl under the demo-k8s profile")
+    r = show([GB, "run", "-p", "demo-k8s", "--reason", "check pods", "--", "kubectl", "get",
+              "pods", "-n", "prod"], env)
+    if r.returncode != 0:
+        return _fail("the allowed run failed")
+
+    say("2. A blocked run: `delete` is a restricted subcommand; the agent gets exit 126")
+    r = show([GB, "run", "-p", "demo-k8s", "--output", "json", "--reason",
+              "pod web-1 is wedged, restart it", "--", "kubectl", "-n", "prod", "delete", "pod",
+              "web-1"], env)
+    result = json.loads(r.stderr.strip().splitlines()[-1])
+    esc = result.get("escalation_id")
+    if r.returncode != 126 or not esc:
+        return _fail("the block did not raise an escalation")
+    print(f"  -> blocked by {result['rule_id']}; escalation {esc} raised")
+
+    say("3. The escalation reaches the owner's webhook (signed, verified by the receiver)")
+    deadline = time.monotonic() + 15
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not received:
+        show([GB, "escalations", "deliver"], env)
+    if not received:
+        return _fail("no webhook arrived")
+    got = received[-1]
+    payload = got["payload"] if isinstance(got["payload"], dict) else {}
+    print(f"  receiver: delivery {got['delivery']} signature {'OK' if got['ok'] else 'BAD'}; "
+          f"escalation {payload.get('id') or payload.get('escalation_id')} for "
+          f"{payload.get('argv')!r}, owners {payload.get('owners')}")
+    show([GB, "escalations", "show", esc], env)
+
+    say("4. The agent cannot approve itself; the owner sre-oncall approves for 15 seconds")
+    show([GB, "escalations", "approve", esc, "--as", "demo-agent"], env)
+    r = show([GB, "escalations", "approve", esc, "--as", "sre-oncall", "--ttl", "15s",
+              "--reason", "restart is safe, incident 42"], env)
+    if r.returncode != 0:
+        return _fail("the approval failed")
+
+    say("5. The relaxed run: the same command now runs under demo-k8s-ops")
+    r = show([GB, "run", "-p", "demo-k8s", "--", "kubectl", "-n", "prod", "delete", "pod",
+              "web-1"], env)
+    if r.returncode != 0:
+        return _fail("the relaxed run failed")
+
+    say("6. The expiry: a long-running escalated process is ended when the window closes")
+    t0 = time.monotonic()
+    show([GB, "run", "-p", "demo-k8s", "--", "sh", "-c", "sleep 60"], env)
+    print(f"  (ended after {time.monotonic() - t0:.1f} s, at the end of the grant's window)")
+
+    say("7. The strict profile again: the same delete is blocked")
+    r = show([GB, "run", "-p", "demo-k8s", "--", "kubectl", "-n", "prod", "delete", "pod",
+              "web-1"], env)
+    if r.returncode != 126:
+        return _fail("the run after expiry was not blocked")
+
+    say("8. The audit trail")
+    show([GB, "escalations", "list"], env)
+    show([GB, "grants", "list"], env)
+    audit = Path(env["GLASSBREAK_STATE_DIR"]) / "audit.jsonl"
+    kinds: dict[str, int] = {}
+    for line in audit.read_text().splitlines():
+        t = json.loads(line).get("type", "?")
+        kinds[t] = kinds.get(t, 0) + 1
+    print(f"  {audit}: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    print("\nDone: allowed, blocked, escalated, approved, relaxed, expired, strict again.")
+    return 0
+
+
+def _fail(why: str) -> int:
+    print(f"\ndemo FAILED: {why}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    if shutil.which("true") is None:
+        sys.exit("coreutils missing")
+    sys.exit(main())
