@@ -1,0 +1,363 @@
+"""Spawn the sandboxed child with os.fork: cgroup, stdio, privileges, no_new_privs, seccomp, exec.
+
+In the child, in this order (every failure is reported to the parent, never a traceback):
+  1 PR_SET_PDEATHSIG(SIGKILL), then getppid() must still be the parent (else _exit)
+  2 enter the run's leaf cgroup (write "0" to its cgroup.procs, opened by the parent)
+  3 stdio (dup2), 4 chdir, 5 drop privileges (setgroups, setgid, setuid; PDEATHSIG is cleared by
+  a credential change, so it is set and checked again), 6 default signal dispositions and an
+  empty mask, 7 close every other fd, 8 PR_SET_NO_NEW_PRIVS, 9 seccomp(SET_MODE_FILTER) with the
+  raw BPF compiled by the parent (SECCOMP_FILTER_FLAG_NEW_LISTENER when notify), 10 send the
+  listener fd to the parent over SCM_RIGHTS and close it (the sandboxed program never holds its
+  own listener), 11 execve.
+
+Reports go over a SOCK_SEQPACKET socketpair whose child end is O_CLOEXEC: a successful execve
+closes it (EOF), a failed step sends (step, errno).
+
+IMPORTANT (notify=True): once the filter is loaded, the child's own execve is a notified syscall.
+spawn() therefore returns as soon as it holds the listener fd, BEFORE the child has exec'd; the
+child waits in execve until the caller answers that first notification (CONTINUE or an errno).
+An exec failure after that (ENOENT, EACCES, or the gate's EPERM) is read with
+Child.exec_error() once the child has exited (exit code 127 for ENOENT, 126 otherwise).
+
+PDEATHSIG fires when the *thread* that forked dies: fork from a long-lived thread. It only covers
+the direct child; the run's cgroup (sandbox.cgroup) covers the rest of the tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import gc
+import os
+import platform
+import select
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+from sandbox.errors import CommandNotFound, GlassbreakError, RunnerError
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(platform.machine(), -1)
+
+STEPS = ("set PDEATHSIG", "check parent", "enter cgroup", "set up stdio", "chdir",
+         "drop privileges", "reset signals", "close fds", "set no_new_privs", "load seccomp filter",
+         "send seccomp listener", "execve")
+S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP, S_SECCOMP, \
+    S_SEND, S_EXEC = range(len(STEPS))
+OK = -1
+_REPORT = struct.Struct("ii")
+SPAWN_TIMEOUT = 10.0
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _get_libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                              ctypes.c_ulong]
+        lib.prctl.restype = ctypes.c_int
+        lib.syscall.restype = ctypes.c_long
+        lib.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        lib.signal.restype = ctypes.c_void_p
+        _libc = lib
+    return _libc
+
+
+@dataclass
+class Child:
+    """The spawned child. `pidfd` and `listener_fd` belong to the caller (close them)."""
+
+    pid: int
+    pidfd: int
+    listener_fd: int | None
+    argv: list[str] = field(default_factory=list)
+    _sock: socket.socket | None = field(default=None, repr=False)
+    status: int | None = None
+
+    def poll(self) -> int | None:
+        """The wait status if the child has exited (reaps it), else None."""
+        if self.status is None:
+            try:
+                pid, st = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.status
+            if pid:
+                self.status = st
+        return self.status
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the exit (pidfd readable); the wait status, or None on timeout."""
+        if self.status is not None:
+            return self.status
+        select.select([self.pidfd], [], [], timeout)
+        return self.poll()
+
+    def exit_code(self) -> int | None:
+        """Shell-style code: the exit code, or 128+N for death by signal N."""
+        st = self.poll()
+        if st is None:
+            return None
+        return os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    def exec_error(self) -> GlassbreakError | None:
+        """After the child exited: why its execve failed (None if it exec'd or sent nothing)."""
+        if self._sock is None:
+            return None
+        try:
+            data = self._sock.recv(64, socket.MSG_DONTWAIT)
+        except (BlockingIOError, OSError):
+            return None
+        if len(data) != _REPORT.size:
+            return None
+        step, err = _REPORT.unpack(data)
+        return _error(step, err, self.argv) if step != OK else None
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.listener_fd):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.pidfd, self.listener_fd = -1, None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _error(step: int, err: int, argv: list[str]) -> GlassbreakError:
+    what = STEPS[step] if 0 <= step < len(STEPS) else f"step {step}"
+    cmd = argv[0] if argv else "?"
+    if step == S_EXEC and err == errno.ENOENT:
+        return CommandNotFound(f"command not found: {cmd}",
+                               hint="check the spelling and PATH, or give an absolute path")
+    if step == S_EXEC:
+        return RunnerError(f"cannot execute {cmd}: {os.strerror(err)}",
+                           hint="check that the file is an executable the sandbox may run")
+    hints = {
+        S_CGROUP: "check that cgroup v2 is mounted and writable (`glassbreak doctor`)",
+        S_CHDIR: "the working directory must exist and be accessible to the run's user",
+        S_PRIVS: "dropping to another uid/gid needs root",
+        S_SECCOMP: "the kernel refused the seccomp filter; run `glassbreak doctor`",
+        S_NNP: "the kernel refused no_new_privs; run `glassbreak doctor`",
+    }
+    return RunnerError(f"the sandboxed child failed to {what}: {os.strerror(err)} "
+                       f"(errno {err})", hint=hints.get(step, "run `glassbreak doctor`"))
+
+
+def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
+          cgroup_procs: str | None, bpf: bytes | None, notify: bool,
+          stdin: int = 0, stdout: int = 1, stderr: int = 2,
+          uid: int | None = None, gid: int | None = None, groups: list[int] | None = None,
+          new_session: bool = False) -> Child:
+    """Fork the sandboxed child; returns once it holds the filter (see the module doc)."""
+    if not argv:
+        raise RunnerError("empty command", hint="give the command after `--`")
+    if notify and not bpf:
+        raise RunnerError("notify=True needs a seccomp filter", hint="internal error")
+    libc = _get_libc()
+    prog = None
+    buf = None
+    if bpf:
+        if len(bpf) % 8 or not 0 < len(bpf) // 8 <= 4096:
+            raise RunnerError(f"bad seccomp program ({len(bpf)} bytes)", hint="internal error")
+        if SYS_SECCOMP < 0:
+            raise RunnerError(f"unsupported architecture {platform.machine()}",
+                              hint="glassbreak supports x86_64 and aarch64")
+        buf = ctypes.create_string_buffer(bpf, len(bpf))
+        prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if notify else 0
+    exe_b = os.fsencode(executable)
+    argv_b = [os.fsencode(a) for a in argv]
+    env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    cwd_b = os.fsencode(cwd)
+    all_signals = [s for s in range(1, 65) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+    ok_msg = _REPORT.pack(OK, 0)
+    parent = os.getpid()
+
+    cg_fd = os.open(cgroup_procs, os.O_WRONLY | os.O_CLOEXEC) if cgroup_procs else -1
+    psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if csock.fileno() < 3:
+        moved = fcntl.fcntl(csock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+        csock.close()
+        csock = socket.socket(fileno=moved)
+    cfd = csock.fileno()
+    nosig = socket.MSG_NOSIGNAL
+
+    def report(step: int, err: int) -> None:
+        try:
+            csock.send(_REPORT.pack(step, err), nosig)
+        except OSError:
+            pass
+
+    try:
+        pid = os.fork()
+    except OSError as e:
+        psock.close()
+        csock.close()
+        if cg_fd >= 0:
+            os.close(cg_fd)
+        raise RunnerError(f"fork failed: {e.strerror}", hint="the system is out of processes "
+                          "or memory; retry later") from e
+    if pid == 0:  # ---- the child: no imports, no logging, nothing that can block -----------
+        step = S_PDEATH
+        try:
+            gc.disable()
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                report(step, ctypes.get_errno())
+                os._exit(125)
+            step = S_PARENT
+            if os.getppid() != parent:
+                os._exit(125)
+            step = S_CGROUP
+            if cg_fd >= 0:
+                os.write(cg_fd, b"0")
+                os.close(cg_fd)
+            step = S_STDIO
+            tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (stdin, stdout, stderr)]
+            for i, fd in enumerate(tmp):
+                os.dup2(fd, i)
+            step = S_CHDIR
+            os.chdir(cwd_b)
+            step = S_PRIVS
+            if uid is not None or gid is not None or groups is not None:
+                if groups is not None or uid is not None:
+                    os.setgroups(groups if groups is not None else ([gid] if gid is not None
+                                                                    else []))
+                if gid is not None:
+                    os.setgid(gid)
+                if uid is not None:
+                    os.setuid(uid)
+                if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
+                if os.getppid() != parent:
+                    os._exit(125)
+            if new_session:
+                os.setsid()
+            step = S_SIGNALS
+            for s in all_signals:
+                libc.signal(s, None)  # SIG_DFL
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            step = S_CLOSE
+            os.closerange(3, cfd)
+            os.closerange(cfd + 1, 0x7FFFFFFF)
+            step = S_NNP
+            if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                report(step, ctypes.get_errno())
+                os._exit(125)
+            if prog is not None:
+                step = S_SECCOMP
+                lfd = libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags,
+                                   ctypes.byref(prog))
+                if lfd < 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
+                step = S_SEND
+                if notify:
+                    socket.send_fds(csock, [ok_msg], [lfd], nosig)
+                    os.close(lfd)
+                else:
+                    csock.send(ok_msg, nosig)
+            else:
+                csock.send(ok_msg, nosig)
+            step = S_EXEC
+            os.execve(exe_b, argv_b, env_b)  # noqa: S606
+        except OSError as e:
+            report(step, e.errno or errno.EIO)
+            os._exit(127 if (step == S_EXEC and e.errno == errno.ENOENT) else 126
+                     if step == S_EXEC else 125)
+        except BaseException:  # noqa: BLE001 - the child must never unwind into the caller
+            report(step, errno.EIO)
+            os._exit(125)
+        os._exit(125)  # not reached
+
+    # ---- the parent -------------------------------------------------------------------------
+    csock.close()
+    if cg_fd >= 0:
+        os.close(cg_fd)
+    del buf, prog
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        psock.close()
+        _reap(pid)
+        raise RunnerError(f"pidfd_open failed: {e.strerror}", hint="needs Linux >= 5.3") from e
+    child = Child(pid=pid, pidfd=pidfd, listener_fd=None, argv=list(argv), _sock=psock)
+    try:
+        first, lfd = _recv(psock, pidfd, pid)
+        if first is None:
+            raise RunnerError("the sandboxed child died before it was ready",
+                              hint="run `glassbreak doctor`; the kernel may lack a feature")
+        if first[0] != OK:
+            raise _error(first[0], first[1], argv)
+        child.listener_fd = lfd
+        if notify and lfd is None:
+            raise RunnerError("the child did not pass its seccomp listener", hint="internal error")
+        if not notify:  # nothing waits on us: the exec result comes now (EOF = exec'd)
+            nxt, _ = _recv(psock, pidfd, pid)
+            if nxt is not None and nxt[0] != OK:
+                raise _error(nxt[0], nxt[1], argv)
+        return child
+    except BaseException:
+        child.send_signal(signal.SIGKILL)
+        child.status = _reap(pid)
+        child.close()
+        raise
+
+
+def _recv(sock: socket.socket, pidfd: int, pid: int) -> tuple[tuple[int, int] | None, int | None]:
+    """One report (step, errno) and an optional fd; (None, None) on EOF. Never hangs."""
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RunnerError(f"the sandboxed child did not get ready within {SPAWN_TIMEOUT:.0f} s",
+                              hint="the system may be overloaded; retry")
+        r, _, _ = select.select([sock], [], [], min(left, 0.5))
+        if not r:
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
+        except InterruptedError:
+            continue
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return None, None
+        if len(data) != _REPORT.size:
+            for fd in fds:
+                os.close(fd)
+            raise RunnerError("garbled report from the sandboxed child", hint="internal error")
+        step, err = _REPORT.unpack(data)
+        return (step, err), (fds[0] if fds else None)
+
+
+def _reap(pid: int) -> int | None:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
+
+
+__all__ = ["Child", "spawn", "STEPS"]

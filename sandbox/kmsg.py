@@ -1,0 +1,103 @@
+"""Which syscall killed a process: the kernel's seccomp audit records (type=1326) in /dev/kmsg.
+
+When a seccomp filter kills a task, the kernel logs (if kill_process is in
+/proc/sys/kernel/seccomp/actions_logged and no audit daemon takes the records over netlink):
+
+  audit: type=1326 audit(...): ... pid=N comm="x" exe="/x" sig=31 arch=c000003e syscall=83 ...
+
+Open a KmsgWatcher BEFORE the run starts (it seeks to the end, so only new records are read);
+after a SIGSYS death call find_seccomp_kill(pid). None means the kernel did not log it (audit
+daemon, rate limit, actions_logged): report "killed by seccomp (SIGSYS), syscall unknown".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import time
+
+KMSG = "/dev/kmsg"
+ACTIONS_LOGGED = "/proc/sys/kernel/seccomp/actions_logged"
+_REC = re.compile(rb"type=1326 .*?\bpid=(\d+) .*?\bsig=(\d+) arch=([0-9a-f]+) syscall=(\d+)")
+ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "i386", 0xC00000B7: "aarch64",
+              0x40000028: "arm"}
+
+
+def kernel_logs_kills() -> bool:
+    try:
+        with open(ACTIONS_LOGGED) as f:
+            return "kill_process" in f.read().split()
+    except OSError:
+        return False
+
+
+class KmsgWatcher:
+    """Non-blocking reader of new /dev/kmsg records; remembers seccomp kills by pid."""
+
+    def __init__(self) -> None:
+        self.kills: dict[int, tuple[int, str, str]] = {}
+        self.enabled = kernel_logs_kills()
+        self._fd = -1
+        if not self.enabled:
+            return
+        try:
+            self._fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            self._fd = -1
+            self.enabled = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def drain(self) -> None:
+        """Read every record available now and remember the seccomp kills."""
+        while self._fd >= 0:
+            try:
+                rec = os.read(self._fd, 8192)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EPIPE:  # overwritten while we were away: skip ahead
+                    continue
+                return
+            if not rec:
+                return
+            self._parse(rec)
+
+    def _parse(self, rec: bytes) -> None:
+        m = _REC.search(rec)
+        if not m:
+            return
+        pid, _sig, arch_hex, nr = int(m[1]), int(m[2]), int(m[3], 16), int(m[4])
+        from sandbox.seccomp import syscall_name
+
+        arch = ARCH_NAMES.get(arch_hex, f"{arch_hex:#x}")
+        self.kills[pid] = (nr, syscall_name(nr, arch_hex), arch)
+
+    def find_seccomp_kill(self, pid: int, timeout: float = 0.2) -> tuple[int, str, str] | None:
+        """(syscall nr, name, arch) of the seccomp kill of `pid`, waiting up to `timeout`."""
+        if self._fd < 0:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            self.drain()
+            if pid in self.kills:
+                return self.kills[pid]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            select.select([self._fd], [], [], left)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> KmsgWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

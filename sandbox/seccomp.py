@@ -1,0 +1,310 @@
+"""Compile a profile's SeccompPolicy into a raw seccomp BPF program (libseccomp via pyseccomp).
+
+Compiled in the PARENT; the child only loads the bytes (sandbox.child). Semantics:
+
+- actions: allow, log, trap, errno:NAME / errno:N, kill_process; `kill` and `kill_thread` are
+  mapped to kill_process (never leave half a process running). `notify` answers with
+  SECCOMP_RET_USER_NOTIF (only meaningful with a listener, i.e. exec_notify=True).
+- several rules naming the same syscall: the strictest action wins
+  (kill_process > trap > errno > notify > log > allow). An unconditional rule covers every
+  argument, so a weaker unconditional rule never hides a stricter argument rule: glassbreak's own
+  guards are kept by expressing the weaker action on the complement of the guard's condition;
+  a profile's own conflicting pair is a ProfileError.
+- exec_notify: execve and execveat answer SECCOMP_RET_USER_NOTIF (the supervisor decides) unless
+  the profile is stricter for them.
+- guard_sigcont: nothing inside the sandbox may send SIGCONT (it would release a process that the
+  eBPF tracer holds with SIGSTOP): kill/tkill/tgkill/rt_sigqueueinfo/rt_tgsigqueueinfo/
+  pidfd_send_signal with SIGCONT, fcntl(F_SETSIG, SIGCONT), prctl(PR_SET_PDEATHSIG, SIGCONT) and
+  clone() with SIGCONT as exit signal all fail with EPERM; clone3 fails with ENOSYS (its flags are
+  behind a pointer that seccomp cannot read, so libc falls back to clone).
+- foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
+  and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
+  action too (visible in the BPF, not in libseccomp's pseudo code).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import functools
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import ProfileError
+
+if TYPE_CHECKING:
+    from sandbox.profile import ArgCondition, SeccompPolicy
+
+SIGCONT = int(signal.SIGCONT)
+F_SETSIG = 10
+PR_SET_PDEATHSIG = 1
+LOW32 = 0xFFFFFFFF
+
+RANK = {"allow": 0, "log": 1, "notify": 2, "errno": 3, "trap": 4, "kill_process": 5}
+OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+
+# (syscall, [(arg index, mask, value), ...]): the call is refused when every condition holds.
+SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
+    ("kill", ((1, LOW32, SIGCONT),)),
+    ("tkill", ((1, LOW32, SIGCONT),)),
+    ("tgkill", ((2, LOW32, SIGCONT),)),
+    ("rt_sigqueueinfo", ((1, LOW32, SIGCONT),)),
+    ("rt_tgsigqueueinfo", ((2, LOW32, SIGCONT),)),
+    ("pidfd_send_signal", ((1, LOW32, SIGCONT),)),
+    ("fcntl", ((1, LOW32, F_SETSIG), (2, LOW32, SIGCONT))),
+    ("prctl", ((0, LOW32, PR_SET_PDEATHSIG), (1, LOW32, SIGCONT))),
+    ("clone", ((0, 0xFF, SIGCONT),)),
+)
+
+
+@dataclass(frozen=True)
+class SyscallRule:
+    """One row of the compiled table (for `profile explain`)."""
+
+    syscall: str
+    action: str
+    condition: str = ""
+    source: str = "profile"  # profile | exec-gate | sigcont-guard | clone3
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    bpf: bytes
+    notify: bool
+    default_action: str
+    syscalls: tuple[SyscallRule, ...] = field(default_factory=tuple)
+    _build: Any = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def pfc(self) -> str:
+        """libseccomp's pseudo filter code (plus the x32 note it does not print)."""
+        flt = self._build()
+        text = _export(flt, pfc=True).decode()
+        return text + "# x32 syscall numbers (nr >= 0x40000000): invalid architecture action\n"
+
+    @property
+    def instructions(self) -> int:
+        return len(self.bpf) // 8
+
+
+def _lib() -> Any:
+    try:
+        import pyseccomp
+    except (ImportError, RuntimeError) as e:
+        from sandbox.errors import KernelFeatureMissing
+
+        raise KernelFeatureMissing(
+            f"libseccomp is not usable ({e})",
+            hint="install libseccomp2 and the pyseccomp package (`make setup`)",
+        ) from e
+    return pyseccomp
+
+
+def check_syscall_names(names: Iterable[str]) -> list[str]:
+    """Validate syscall names for the native arch; unknown names raise ProfileError (all listed).
+
+    Names of syscalls that exist on other arches only (libseccomp pseudo numbers) are accepted:
+    a rule for them is a no-op here.
+    """
+    sc = _lib()
+    out: list[str] = []
+    bad: list[str] = []
+    for n in names:
+        if n in out:
+            continue
+        if not n or sc.resolve_syscall(sc.Arch.NATIVE, n) == -1:
+            bad.append(n)
+        else:
+            out.append(n)
+    if bad:
+        raise ProfileError(
+            "unknown syscall name" + ("s" if len(bad) > 1 else "") + ": "
+            + ", ".join(repr(b) for b in bad),
+            hint="check the spelling; `ausyscall --dump` lists this machine's syscalls",
+        )
+    return out
+
+
+def syscall_name(nr: int, arch: int | None = None) -> str:
+    """Syscall number -> name for `arch` (AUDIT_ARCH_* value; native when None)."""
+    sc = _lib()
+    try:
+        return str(sc.resolve_syscall(arch or sc.Arch.NATIVE, nr).decode())
+    except (ValueError, OSError):
+        return f"syscall_{nr}"
+
+
+def _action(text: str, sc: Any) -> tuple[str, int]:
+    """Profile action text -> (rank key, libseccomp action value)."""
+    if text in ("kill_process", "kill", "kill_thread"):
+        return "kill_process", sc.KILL_PROCESS
+    if text == "allow":
+        return "allow", sc.ALLOW
+    if text == "log":
+        return "log", sc.LOG
+    if text == "trap":
+        return "trap", sc.TRAP
+    if text == "notify":
+        return "notify", sc.NOTIFY
+    if text.startswith("errno:"):
+        val = text[6:]
+        if val.isdigit():
+            num = int(val)
+        else:
+            num = getattr(_errno, val, -1)
+            if not isinstance(num, int) or num < 0 or val not in _errno.errorcode.values():
+                raise ProfileError(f"unknown errno name {val!r} in seccomp action {text!r}",
+                                   hint="use a name from `errno -l` such as EPERM or EACCES")
+        if not 0 < num < 4096:
+            raise ProfileError(f"errno value {num} out of range in {text!r}",
+                               hint="use 1..4095, e.g. errno:EPERM")
+        return "errno", sc.ERRNO(num)
+    raise ProfileError(f"unknown seccomp action {text!r}",
+                       hint="use allow, errno:NAME, kill_process, log or trap")
+
+
+@dataclass
+class _Cond:
+    key: str
+    value: int
+    label: str
+    args: list[Any]
+    text: str
+    source: str
+    reason: str | None
+    guard: tuple[tuple[int, int, int], ...] | None = None
+
+
+def _cond_text(conds: list[ArgCondition]) -> str:
+    parts = []
+    for c in conds:
+        if c.op == "masked_eq":
+            parts.append(f"arg{c.arg} & {c.mask:#x} == {c.value}")
+        else:
+            parts.append(f"arg{c.arg} {c.op} {c.value}")
+    return " and ".join(parts)
+
+
+def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
+                   guard_sigcont: bool = True) -> CompiledFilter:
+    """SeccompPolicy -> CompiledFilter (raw BPF for the native arch). Pure apart from libseccomp."""
+    sc = _lib()
+    dkey, dval = _action(policy.defaultAction, sc)
+    uncond: dict[str, tuple[str, int, str, str, str | None]] = {}
+    conds: dict[str, list[_Cond]] = {}
+
+    def put_uncond(name: str, text: str, source: str, reason: str | None) -> None:
+        key, val = _action(text, sc)
+        cur = uncond.get(name)
+        if cur is None or RANK[key] > RANK[cur[0]]:
+            uncond[name] = (key, val, text, source, reason)
+
+    all_names = [n for r in policy.rules for n in r.syscalls]
+    check_syscall_names(all_names)
+    for rule in policy.rules:
+        for name in rule.syscalls:
+            if not rule.args:
+                put_uncond(name, rule.action, rule.id or "profile", rule.reason)
+                continue
+            key, val = _action(rule.action, sc)
+            args = [sc.Arg(c.arg, OPS[c.op], c.value & 0xFFFFFFFFFFFFFFFF,
+                           (c.mask or 0) & 0xFFFFFFFFFFFFFFFF) if c.op != "masked_eq"
+                    else sc.Arg(c.arg, OPS[c.op], c.mask & 0xFFFFFFFFFFFFFFFF,  # type: ignore[operator]
+                                c.value & 0xFFFFFFFFFFFFFFFF)
+                    for c in rule.args]
+            conds.setdefault(name, []).append(
+                _Cond(key, val, rule.action, args, _cond_text(rule.args), rule.id or "profile",
+                      rule.reason))
+    if exec_notify:
+        for name in ("execve", "execveat"):
+            put_uncond(name, "notify", "exec-gate", "every exec is checked by the supervisor")
+    if guard_sigcont:
+        for name, guard in SIGCONT_GUARDS:
+            text = " and ".join(
+                f"arg{a} == {v}" if m == LOW32 else f"arg{a} & {m:#x} == {v}" for a, m, v in guard)
+            conds.setdefault(name, []).append(_Cond(
+                "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM",
+                [sc.Arg(a, sc.MASKED_EQ, m, v) for a, m, v in guard], text, "sigcont-guard",
+                "nothing in the sandbox may continue a process held by the exec tracer",
+                guard=guard))
+    # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
+    # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
+    # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.
+    cur = uncond.get("clone3")
+    if cur is None or RANK[cur[0]] <= RANK["errno"]:
+        uncond["clone3"] = ("errno", sc.ERRNO(_errno.ENOSYS), "errno:ENOSYS", "clone3",
+                            "clone3 flags cannot be filtered; libc falls back to clone")
+
+    def build() -> tuple[Any, list[SyscallRule]]:
+        flt = sc.SyscallFilter(dval)
+        flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+        rows: list[SyscallRule] = []
+
+        def add(val: int, name: str, *args: Any) -> None:
+            try:
+                flt.add_rule(val, name, *args)
+            except OSError as e:
+                raise ProfileError(f"libseccomp refused a rule for {name}: {e.strerror}",
+                                   hint="simplify the argument conditions of that rule") from e
+
+        for name in sorted(set(uncond) | set(conds)):
+            u = uncond.get(name)
+            cs = conds.get(name, [])
+            if u is not None:
+                ukey, uval, utext, usrc, ureason = u
+                stricter = [c for c in cs if RANK[c.key] > RANK[ukey]]
+                if not stricter:
+                    if ukey != dkey:
+                        add(uval, name)
+                    rows.append(SyscallRule(name, utext, "", usrc, ureason))
+                    continue
+                for c in stricter:
+                    if ukey != dkey and c.guard is None:
+                        raise ProfileError(
+                            f"seccomp rules for {name} conflict: the unconditional action "
+                            f"{utext} would hide the stricter {c.label} when {c.text}",
+                            hint="drop the unconditional rule or make it the default action")
+                    add(c.value, name, *c.args)
+                    rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+                if ukey != dkey:
+                    # the weaker action on the complement of each guard: any bit that differs
+                    for c in stricter:
+                        assert c.guard is not None
+                        for a, m, v in c.guard:
+                            for bit in range(32):
+                                if m & (1 << bit):
+                                    add(uval, name, sc.Arg(a, sc.MASKED_EQ, 1 << bit,
+                                                           (~v) & (1 << bit)))
+                rows.append(SyscallRule(name, utext, "otherwise", usrc, ureason))
+                continue
+            for c in cs:
+                if c.key == dkey:
+                    continue
+                add(c.value, name, *c.args)
+                rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+        return flt, rows
+
+    flt, rows = build()
+    bpf = _export(flt, pfc=False)
+    return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
+                          syscalls=tuple(rows), _build=lambda: build()[0])
+
+
+def _export(flt: Any, *, pfc: bool) -> bytes:
+    fd = os.memfd_create("glassbreak-seccomp", os.MFD_CLOEXEC)
+    try:
+        with os.fdopen(fd, "w+b", closefd=False) as f:
+            (flt.export_pfc if pfc else flt.export_bpf)(f)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
