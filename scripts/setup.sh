@@ -54,6 +54,16 @@ if [ ! -e "/lib/modules/$KREL/build/include" ]; then
   ln -sfn "$HDR" "/lib/modules/$KREL/build"
   ln -sfn "$HDR" "/lib/modules/$KREL/source"
 fi
+# Debian splits headers: <ver>-<arch> (generated, config) includes <ver>-common (the sources);
+# bcc needs `source` to be the one with include/linux/kconfig.h.
+if [ ! -e "/lib/modules/$KREL/source/include/linux/kconfig.h" ]; then
+  COMMON=$(sed -n 's|^include \(/usr/src/[^ ]*\)/Makefile$|\1|p' "/lib/modules/$KREL/build/Makefile" \
+    2>/dev/null | head -n 1)
+  if [ -n "$COMMON" ] && [ -e "$COMMON/include/linux/kconfig.h" ]; then
+    say "linking kernel header sources $COMMON -> /lib/modules/$KREL/source"
+    ln -sfn "$COMMON" "/lib/modules/$KREL/source"
+  fi
+fi
 
 # 3. tracefs (bcc attaches tracepoints through it).
 if [ ! -e /sys/kernel/tracing/events ] && [ ! -e /sys/kernel/debug/tracing/events ]; then
