@@ -1,0 +1,377 @@
+"""The escalation service: the one API the runner, the CLI and the approval server use.
+
+    svc = EscalationService.from_env()
+    svc.active_grant(agent=, profile=, argv=, cwd=, binary_sha256=) -> Grant | None
+    svc.raise_block(BlockContext(...)) -> EscalationRecord
+    svc.decide(esc_id, approve=True, by="alice", ttl_s=600) -> EscalationRecord
+    svc.wait_for_decision(esc_id, timeout_s) -> EscalationRecord
+    svc.grant_status(grant_id) -> "active" | "expired" | "revoked"
+    svc.revoke(grant_id, by="alice") ; svc.subscribe_revocations(callback) -> stop()
+
+Every transition is written to the store (history: who, when, why) and to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from fnmatch import fnmatchcase
+from typing import Any
+
+from escalation.models import BlockContext, Delivery, EscalationRecord, Grant, Transition
+from escalation.redact import redact_argv, redact_env
+from escalation.store import Store, command_key, dedupe_key, open_store
+from sandbox.errors import EscalationError, StoreError
+from sandbox.events import DecisionRefused, EscalationDecided, EscalationRaised, GrantEnded
+from sandbox.profile import Webhook, parse_duration
+
+__all__ = ["BlockContext", "EscalationRecord", "EscalationService", "Grant"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+class EscalationService:
+    def __init__(self, store: Store, audit: Any | None = None, config: Any | None = None,
+                 emit: Callable[[object], None] | None = None) -> None:
+        self.store = store
+        self._audit = audit
+        self._config = config
+        self._emit = emit
+
+    @classmethod
+    def from_env(cls) -> EscalationService:
+        """GLASSBREAK_STORE=redis://... (Redis), sqlite:///path, or unset (SQLite in the state
+        dir). Raises StoreError when the store cannot be opened."""
+        return cls(open_store())
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from escalation.config import load_config
+
+            self._config = load_config()
+        return self._config
+
+    def emit(self, event: object) -> None:
+        if self._emit is not None:
+            self._emit(event)
+            return
+        if self._audit is None:
+            from sandbox.audit import AuditLog
+
+            self._audit = AuditLog()
+        self._audit.write(event)
+
+    def _public_url(self) -> str | None:
+        try:
+            return self.config.public_url()  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - a bad config must not stop a delivery
+            return None
+
+    # -- grants (hot path of every run with an escalation block) -------------------------------
+    def active_grant(self, *, agent: str | None, profile: str, argv: list[str], cwd: str,
+                     binary_sha256: str | None = None, binary: str | None = None
+                     ) -> Grant | None:
+        """A profile grant for (agent, profile), else a command grant for exactly this argv,
+        cwd and binary content (one-shot ones consumed atomically here). StoreError when
+        the store is unreachable: the caller uses the strict profile (fail closed)."""
+        if binary_sha256 is None and binary:
+            binary_sha256 = _sha256_file(binary)
+        key = command_key(list(argv), cwd, binary_sha256)
+        now = time.time()
+        cands = self.store.candidate_grants(agent, profile, key)
+        cands.sort(key=lambda g: (g.scope != "profile", g.one_shot, -g.expires_at))
+        for g in cands:
+            if g.status(now) != "active":
+                continue
+            if g.scope == "command" and g.cmd_key != key:
+                continue
+            if g.one_shot:
+                if not self.store.consume_grant(g.id, now):
+                    continue  # another run won the race
+                g.consumed_at = now
+            return g
+        return None
+
+    def grant_status(self, grant_id: str) -> str:
+        return self.store.grant_live(grant_id, time.time())
+
+    def get_grant(self, grant_id: str) -> Grant | None:
+        return self.store.get_grant(grant_id)
+
+    def list_grants(self, include_ended: bool = False) -> list[Grant]:
+        return self.store.list_grants(include_ended=include_ended)
+
+    def revoke(self, grant_id: str, *, by: str, why: str | None = None) -> Grant:
+        g = self.store.get_grant(grant_id)
+        if g is None:
+            raise EscalationError(f"no grant {grant_id}", hint="see `glassbreak grants list`")
+        rec = self.store.get_escalation(g.escalation_id) if g.escalation_id else None
+        allowed = {g.approver, *(rec.owners if rec else [])}
+        if by not in allowed:
+            self._refuse(g.escalation_id, by, f"{by} may not revoke grant {grant_id}: only "
+                         f"its approver or the profile's owners ({', '.join(sorted(allowed))})")
+        if g.revoked_at is not None:
+            return g
+        out = self.store.revoke_grant(grant_id, by, why, time.time())
+        if out is None:
+            raise EscalationError(f"grant {grant_id} vanished while revoking")
+        self.store.publish_revocation(grant_id)
+        if g.escalation_id:
+            self.store.add_history(g.escalation_id, Transition(kind="revoked", by=by, why=why))
+        self.emit(GrantEnded(grant_id=grant_id, why="revoked"))
+        return out
+
+    def subscribe_revocations(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """callback(grant_id) for every revocation on any host ("*" = the channel was lost:
+        treat every grant as ended). Redis: pub/sub; SQLite: polled 4x a second."""
+        return self.store.subscribe_revocations(callback)
+
+    # -- raising -------------------------------------------------------------------------------
+    def raise_block(self, ctx: BlockContext, *, inline_budget_s: float = 2.0
+                    ) -> EscalationRecord:
+        now = time.time()
+        rec = EscalationRecord(
+            id=new_id("esc"), created_at=now, updated_at=now, last_seen=now,
+            expires_at=now + ctx.pending_ttl,
+            dedupe=dedupe_key(ctx.agent, ctx.profile, ctx.rule_id, ctx.argv, ctx.cwd),
+            agent=ctx.agent, host=ctx.host, profile=ctx.profile, profile_hash=ctx.profile_hash,
+            owners=sorted(set(ctx.owners)), layer=ctx.layer, rule_id=ctx.rule_id,
+            rule_reason=ctx.rule_reason, verdict=ctx.verdict, argv=redact_argv(ctx.argv),
+            binary=ctx.binary, binary_sha256=ctx.binary_sha256, cwd=ctx.cwd,
+            env=redact_env(ctx.env), ancestry=ctx.ancestry[-32:],
+            recent_execs=ctx.recent_execs[-50:], agent_reason=ctx.agent_reason,
+            run_ids=[ctx.run_id] if ctx.run_id else [], relaxed_profile=ctx.relaxed_profile,
+            ttl_default=min(ctx.ttl_default, ctx.max_ttl), max_ttl=ctx.max_ttl,
+            on_expiry=ctx.on_expiry, webhooks=self._webhooks(ctx.webhooks),
+            history=[Transition(kind="raised", by=ctx.agent or "agent:?",
+                                why=ctx.agent_reason)],
+        )
+        rec.cmd_key = command_key(list(ctx.argv), ctx.cwd, ctx.binary_sha256)
+        rec, created = self.store.create_or_attach(rec, now, ctx.run_id)
+        self.emit(EscalationRaised(run_id=ctx.run_id, escalation_id=rec.id,
+                                   rule_id=rec.rule_id, layer=rec.layer, argv=rec.argv,
+                                   count=rec.count))
+        if created:
+            self._queue(rec, "escalation.raised")
+            self._auto_approve(rec, ctx)
+            self._flush_inline(rec.id, inline_budget_s)
+        return self.get(rec.id) or rec
+
+    def _webhooks(self, profile_hooks: list[Webhook]) -> list[Webhook]:
+        hooks = list(profile_hooks)
+        try:
+            hooks += [w for w in self.config.webhooks if w not in hooks]
+        except Exception as e:  # noqa: BLE001 - reported, never silently dropped
+            self.emit(DecisionRefused(why=f"glassbreak config unreadable, its webhooks are "
+                                          f"skipped: {e}"))
+        return hooks
+
+    def _queue(self, rec: EscalationRecord, event: str) -> None:
+        for w in rec.webhooks:
+            self.store.save_delivery(Delivery(id=new_id("dlv"), escalation_id=rec.id,
+                                              event=event, webhook=w))  # type: ignore[arg-type]
+
+    def _flush_inline(self, esc_id: str, budget_s: float) -> None:
+        """One quick try for this escalation, then whatever else is due, within budget_s."""
+        if budget_s <= 0:
+            return
+        start = time.monotonic()
+        self.deliver(escalation_id=esc_id, budget_s=budget_s, timeout=min(1.5, budget_s))
+        left = budget_s - (time.monotonic() - start)
+        if left > 0.2:
+            self.deliver(budget_s=left, timeout=min(1.5, left))
+
+    def deliver(self, *, escalation_id: str | None = None, budget_s: float = 30.0,
+                timeout: float | None = None) -> list[Delivery]:
+        """Flush the outbox (what is due now). Used inline, by `escalations deliver`, by
+        `serve`'s background loop."""
+        from escalation.webhook import flush
+
+        return flush(self.store, self.store.get_escalation, self.emit, self._public_url(),
+                     escalation_id=escalation_id, budget_s=budget_s, timeout=timeout)
+
+    def _auto_approve(self, rec: EscalationRecord, ctx: BlockContext) -> None:
+        cmd = " ".join(ctx.argv)
+        for i, rule in enumerate(ctx.auto_approve):
+            if not any(fnmatchcase(cmd, p) for p in rule.commands):
+                continue
+            name = f"auto:autoApprove[{i}]"
+            hour = int(time.time() // 3600)
+            n = self.store.bump_counter(f"auto:{ctx.profile}:{ctx.agent}:{i}:{hour}", 3600,
+                                        time.time())
+            if n > rule.maxPerHour:
+                self._refuse(rec.id, name, f"auto-approval rate limit reached ({rule.maxPerHour}"
+                             f"/hour for agent {ctx.agent}); left pending for a human",
+                             raise_=False)
+                return
+            scope = rule.scope if rule.scope == "command" or rec.relaxed_profile else "command"
+            self._approve(rec, by=name, why=f"matches {rule.commands}",
+                          ttl_s=min(parse_duration(rule.ttl), rec.max_ttl), scope=scope,
+                          one_shot=False)
+            return
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, esc_id: str) -> EscalationRecord | None:
+        rec = self.store.get_escalation(esc_id)
+        if rec is None:
+            return None
+        rec = self._expire_if_due(rec)
+        ds = self.store.deliveries_for(rec.id)
+        rec.deliveries = [d.info() for d in ds]
+        if ds:
+            states = {d.state for d in ds}
+            rec.delivery_status = ("failed" if "failed" in states else
+                                   "retrying" if "retrying" in states else
+                                   "pending" if "pending" in states else "delivered")
+        return rec
+
+    def list(self, state: str | None = None, limit: int = 100) -> list[EscalationRecord]:
+        out = []
+        for r in self.store.list_escalations(None, limit=limit):
+            r = self._expire_if_due(r)
+            if state is None or r.state == state:
+                out.append(r)
+        return out
+
+    def sweep(self) -> int:
+        """Expire every overdue pending request (serve calls it every second)."""
+        return sum(1 for r in self.store.list_escalations("pending", limit=1000)
+                   if self._expire_if_due(r).state == "expired")
+
+    def _expire_if_due(self, rec: EscalationRecord) -> EscalationRecord:
+        now = time.time()
+        if rec.state != "pending" or now < rec.expires_at:
+            return rec
+        new = rec.model_copy(deep=True)
+        why = "no decision before the pending TTL ran out: denied (expired)"
+        new.state, new.updated_at, new.decided_at = "expired", now, now
+        new.decided_by, new.decision_reason = "system:expiry", why
+        new.history.append(Transition(kind="expired", by="system:expiry", why=why))
+        if self.store.cas_escalation(new, "pending"):
+            self.emit(EscalationDecided(escalation_id=rec.id, state="expired",
+                                        by="system:expiry", why=why))
+            self._queue(new, "escalation.decided")
+            return new
+        return self.store.get_escalation(rec.id) or new
+
+    def wait_for_decision(self, esc_id: str, timeout_s: float) -> EscalationRecord:
+        """Poll until the request is decided or expired, or timeout_s passes (then the record
+        is returned still pending)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            rec = self.get(esc_id)
+            if rec is None:
+                raise EscalationError(f"no escalation {esc_id}")
+            if rec.state != "pending" or time.monotonic() >= deadline:
+                return rec
+            time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
+
+    # -- deciding ------------------------------------------------------------------------------
+    def _refuse(self, esc_id: str | None, by: str | None, why: str, *, via: str = "cli",
+                raise_: bool = True) -> None:
+        self.emit(DecisionRefused(escalation_id=esc_id, by=by, why=f"{why} (via {via})"))
+        if esc_id:
+            try:
+                self.store.add_history(esc_id, Transition(kind="refused", by=by or "?",
+                                                          why=f"{why} (via {via})"))
+            except StoreError:
+                pass
+        if raise_:
+            raise EscalationError(why)
+
+    def refuse(self, esc_id: str | None, by: str | None, why: str, via: str) -> None:
+        """Record a refused decision (bad signature, stale, replay...) without raising."""
+        self._refuse(esc_id, by, why, via=via, raise_=False)
+
+    def decide(self, esc_id: str, *, approve: bool, by: str, reason: str | None = None,
+               ttl_s: int | None = None, scope: str | None = None, one_shot: bool = False,
+               via: str = "cli") -> EscalationRecord:
+        """An authenticated person decides. Refused (recorded + EscalationError) when: the
+        request is unknown, not pending or expired; `by` is the requesting agent or not an
+        owner/approver of the profile; the TTL exceeds maxTtl; a deny has no reason."""
+        rec = self.get(esc_id)
+        if rec is None:
+            self._refuse(None, by, f"no escalation {esc_id}", via=via)
+            raise AssertionError  # unreachable
+        if not by:
+            self._refuse(esc_id, by, "the decider's name is required", via=via)
+        if rec.agent is not None and by == rec.agent:
+            self._refuse(esc_id, by, f"{by} is the requesting agent and cannot decide its own "
+                         "escalation", via=via)
+        if by not in rec.owners:
+            self._refuse(esc_id, by, f"{by} is not an owner/approver of profile {rec.profile} "
+                         f"(owners: {', '.join(rec.owners) or 'none named'})", via=via)
+        if rec.state != "pending":
+            self._refuse(esc_id, by, f"escalation {esc_id} is already {rec.display_state} (by "
+                         f"{rec.decided_by}); only pending requests can be decided", via=via)
+        if not approve:
+            if not reason:
+                self._refuse(esc_id, by, "a denial needs a reason (--reason)", via=via)
+            return self._finish(rec, "denied", by, reason, None)
+        ttl = rec.ttl_default if ttl_s is None else ttl_s
+        if ttl <= 0 or ttl > rec.max_ttl:
+            self._refuse(esc_id, by, f"ttl {ttl}s is outside (0, maxTtl {rec.max_ttl}s]",
+                         via=via)
+        scope = scope or ("profile" if rec.relaxed_profile else "command")
+        if scope == "profile" and not rec.relaxed_profile:
+            self._refuse(esc_id, by, f"profile {rec.profile} names no escalation.relaxedProfile; "
+                         "approve with scope command", via=via)
+        return self._approve(rec, by=by, why=reason, ttl_s=ttl, scope=scope, one_shot=one_shot,
+                             via=via)
+
+    def _approve(self, rec: EscalationRecord, *, by: str, why: str | None, ttl_s: int,
+                 scope: str, one_shot: bool, via: str = "cli") -> EscalationRecord:
+        now = time.time()
+        g = Grant(id=new_id("gr"), escalation_id=rec.id, agent=rec.agent, profile=rec.profile,
+                  scope=scope,  # type: ignore[arg-type]
+                  relaxed_profile=rec.relaxed_profile if scope == "profile" else None,
+                  argv=rec.argv if scope == "command" else None,
+                  cwd=rec.cwd if scope == "command" else None,
+                  binary_sha256=rec.binary_sha256 if scope == "command" else None,
+                  cmd_key=rec.cmd_key if scope == "command" else None,
+                  one_shot=one_shot and scope == "command", approver=by, reason=why,
+                  created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry)
+        return self._finish(rec, "approved", by, why, g, via=via)
+
+    def _finish(self, rec: EscalationRecord, state: str, by: str, why: str | None,
+                grant: Grant | None, via: str = "cli") -> EscalationRecord:
+        now = time.time()
+        new = rec.model_copy(deep=True)
+        new.state = state  # type: ignore[assignment]
+        new.updated_at = new.decided_at = now
+        new.decided_by, new.decision_reason = by, why
+        new.grant_id = grant.id if grant else None
+        detail = why or ""
+        if grant:
+            detail = (f"{why + '; ' if why else ''}grant {grant.id} ({grant.scope}"
+                      f"{', one-shot' if grant.one_shot else ''}) until "
+                      f"{time.strftime('%H:%M:%S', time.localtime(grant.expires_at))}")
+        new.history.append(Transition(kind=state, by=by, why=detail))  # type: ignore[arg-type]
+        new.deliveries, new.delivery_status = [], "none"
+        if grant:
+            self.store.put_grant(grant)  # before the state flips: an approval has its grant
+        if not self.store.cas_escalation(new, "pending"):
+            if grant:
+                self.store.revoke_grant(grant.id, "system", "lost a concurrent decision", now)
+            self._refuse(rec.id, by, f"escalation {rec.id} was decided concurrently", via=via)
+        self.emit(EscalationDecided(escalation_id=rec.id, state=state, by=by, why=detail))
+        self._queue(new, "escalation.decided")
+        self._flush_inline(rec.id, 1.0)
+        return self.get(rec.id) or new
+
+
+def _sha256_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
