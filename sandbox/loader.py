@@ -198,6 +198,15 @@ def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
 
 
+def _value_at(data: Any, loc: Loc) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
 def _validation_error(src: Source, err: ValidationError) -> ProfileError:
     msgs: list[str] = []
     hints: list[str] = []
@@ -217,6 +226,11 @@ def _validation_error(src: Source, err: ValidationError) -> ProfileError:
                              + ", ".join(fields))
         else:
             problem = e["msg"]
+            value = _value_at(src.data, loc)
+            if isinstance(value, list):  # a list-level validator: point at the item it names
+                hit = [i for i, v in enumerate(value) if repr(v) in problem]
+                if hit:
+                    loc, shown = (*loc, hit[0]), (*shown, hit[0])
         msgs.append(f"{src.where(loc)}: {_dotted(shown) or '(top level)'}: {problem}")
     hint = "; ".join(dict.fromkeys(hints)) or "fix the field; `glassbreak profile schema` " \
         "prints the full format"
@@ -360,8 +374,9 @@ def _merge_safebin(parent: SafeBin, child: SafeBin, relax: bool) -> SafeBin:
     return parent.model_copy(update=upd2)
 
 
-def _covered(entry: str, allow: list[str], trusted: list[str]) -> bool:
-    """Is every program `entry` (path, glob or bare name) matches also matched by `allow`?"""
+def _covered(entry: str, allow: list[str], trusted: list[str], some_dir: bool = False) -> bool:
+    """Is every program `entry` (path, glob or bare name) matches also matched by `allow`?
+    (`some_dir`: a bare name is covered when one trusted-dir spelling of it is matched.)"""
     meta = any(c in entry for c in "*?[")
     for p in allow:
         if entry == p:
@@ -379,7 +394,8 @@ def _covered(entry: str, allow: list[str], trusted: list[str]) -> bool:
                 return True
         elif "/" not in p and fnmatch.fnmatchcase(entry, p):
             return True
-        elif "/" in p and all(fnmatch.fnmatchcase(f"{d}/{entry}", p) for d in trusted):
+        elif "/" in p and (any if some_dir else all)(
+                fnmatch.fnmatchcase(f"{d}/{entry}", p) for d in trusted):
             return True
     return False
 
@@ -403,7 +419,7 @@ def _merge_exec(parent: ExecPolicy, child: ExecPolicy, relax: bool, src: Source,
         upd["allow"] = list(child.allow)
     if guarded:
         for b in child_bins:
-            if b not in parent_bins and not _covered(b, parent.allow, parent.trustedDirs):
+            if b not in parent_bins and not _covered(b, parent.allow, parent.trustedDirs, True):
                 raise ProfileError(
                     f"{src.where(('safeBins', b))}: safeBins.{b}: adds a program that the "
                     "profile this one extends does not allow",
@@ -592,7 +608,12 @@ CheckFn = Callable[..., Any]
 def check_examples(p: ResolvedProfile, origins: dict[tuple[str, str, str], str] | None = None,
                    check: CheckFn | None = None) -> None:
     """Every example line must get its stated verdict from the policy (lenient matching)."""
-    if check is None:
+    todo: list[tuple[str, str, str]] = []
+    for scope, ex in [("", p.examples), ("exec", p.exec.examples),
+                      *((b, r.examples) for b, r in p.safeBins.items())]:
+        todo += [(scope, kind, line) for kind in ("allow", "block", "deny")
+                 for line in getattr(ex, kind)]
+    if check is None and todo:
         try:
             from sandbox.policy import check_argv
         except ImportError as e:
@@ -600,11 +621,6 @@ def check_examples(p: ResolvedProfile, origins: dict[tuple[str, str, str], str] 
                                f"missing ({e})", hint="reinstall glassbreak: make setup") from e
         check = check_argv
     origins = origins or {}
-    todo: list[tuple[str, str, str]] = []
-    for scope, ex in [("", p.examples), ("exec", p.exec.examples),
-                      *((b, r.examples) for b, r in p.safeBins.items())]:
-        todo += [(scope, kind, line) for kind in ("allow", "block", "deny")
-                 for line in getattr(ex, kind)]
     for scope, kind, line in todo:
         where = origins.get((scope, kind, line), p.sources[0] if p.sources else p.name)
         try:
@@ -614,6 +630,7 @@ def check_examples(p: ResolvedProfile, origins: dict[tuple[str, str, str], str] 
                                hint="fix the quoting") from None
         if not argv:
             raise ProfileError(f"{where}: empty example line", hint="remove it")
+        assert check is not None
         d = check(p, argv, lenient=True)
         got = getattr(d.verdict, "value", d.verdict)
         if got != kind:
