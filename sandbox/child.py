@@ -195,7 +195,11 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
     ok_msg = _REPORT.pack(OK, 0)
     parent = os.getpid()
 
-    cg_fd = os.open(cgroup_procs, os.O_WRONLY | os.O_CLOEXEC) if cgroup_procs else -1
+    try:
+        cg_fd = os.open(cgroup_procs, os.O_WRONLY | os.O_CLOEXEC) if cgroup_procs else -1
+    except OSError as e:
+        raise RunnerError(f"cannot open the run's cgroup {cgroup_procs}: {e.strerror}",
+                          hint="check cgroup v2 with `glassbreak doctor`") from e
     psock, csock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     if csock.fileno() < 3:
         moved = fcntl.fcntl(csock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)

@@ -1,0 +1,307 @@
+"""`glassbreak doctor`: is every kernel feature the runner needs really there?
+
+Each probe does the real thing, cheaply: a forked child loads a seccomp filter with a
+user-notification listener and checks that the filter answers; bpf(2) loads a trivial program,
+creates a ring buffer and loads a tracepoint program that calls bpf_send_signal (the verifier
+refuses it when the helper is missing). One line per check:
+    ok|MISSING  name  detail  (fix: ...)
+Exit 1 when a required check is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ARCH = platform.machine()
+SYS = {"x86_64": {"bpf": 321, "seccomp": 317, "getppid": 110},
+       "aarch64": {"bpf": 280, "seccomp": 277, "getppid": 173}}.get(ARCH, {})
+BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_TRACEPOINT = 1, 5
+BPF_FUNC_send_signal = 109
+PROBE_ERRNO = 99
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{'ok' if self.ok else 'MISSING':8} {self.name:22} {self.detail}"
+        if not self.ok and self.fix:
+            text += f"  (fix: {self.fix})"
+        if not self.ok and not self.required:
+            text += "  [optional]"
+        return text
+
+
+def _libc() -> ctypes.CDLL:
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.syscall.restype = ctypes.c_long
+    lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                          ctypes.c_ulong]
+    return lib
+
+
+def _bpf(cmd: int, attr: bytes) -> tuple[int, int]:
+    lib = _libc()
+    buf = ctypes.create_string_buffer(attr.ljust(128, b"\0"), 128)
+    fd = lib.syscall(SYS["bpf"], cmd, buf, 128)
+    err = ctypes.get_errno()
+    if fd >= 0:
+        os.close(fd)
+    return fd, err
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def _prog_load(prog_type: int, insns: bytes) -> tuple[int, int]:
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII", prog_type, len(insns) // 8, ctypes.addressof(code),
+                       ctypes.addressof(lic), 0, 0, 0, 0, 0)
+    return _bpf(BPF_PROG_LOAD, attr)
+
+
+MOV_R0_0 = _insn(0xB7)
+EXIT = _insn(0x95)
+
+
+def check_bpf() -> Check:
+    fd, err = _prog_load(BPF_PROG_TYPE_SOCKET_FILTER, MOV_R0_0 + EXIT)
+    if fd >= 0:
+        return Check("bpf syscall", True, True, "bpf(BPF_PROG_LOAD) of a trivial program works")
+    return Check("bpf syscall", False, True, f"bpf(BPF_PROG_LOAD) failed: {os.strerror(err)}",
+                 "run as root on a kernel with CONFIG_BPF_SYSCALL; "
+                 "check kernel.unprivileged_bpf_disabled")
+
+
+def check_ringbuf() -> Check:
+    attr = struct.pack("<IIIII", BPF_MAP_TYPE_RINGBUF, 0, 0, 4096 * 4, 0)
+    fd, err = _bpf(BPF_MAP_CREATE, attr)
+    if fd >= 0:
+        return Check("ring buffer", True, True, "BPF_MAP_TYPE_RINGBUF created")
+    return Check("ring buffer", False, True, f"ring buffer map refused: {os.strerror(err)}",
+                 "needs Linux >= 5.8 (or the VM in vagrant/)")
+
+
+def check_send_signal() -> Check:
+    insns = _insn(0xB7, dst=1, imm=0) + _insn(0x85, imm=BPF_FUNC_send_signal) + MOV_R0_0 + EXIT
+    fd, err = _prog_load(BPF_PROG_TYPE_TRACEPOINT, insns)
+    if fd >= 0:
+        return Check("bpf_send_signal", True, True,
+                     "a tracepoint program calling bpf_send_signal() passed the verifier")
+    return Check("bpf_send_signal", False, True,
+                 f"the verifier refused bpf_send_signal(): {os.strerror(err)}",
+                 "needs Linux >= 5.3 (or the VM in vagrant/)")
+
+
+def _seccomp_probe() -> int:
+    """Fork a child: no_new_privs, a filter (getppid -> errno 99) with a listener. Bits:
+    1 nnp, 2 filter loaded, 4 listener created, 8 filter answers."""
+    if not SYS:
+        return 0
+    lib = _libc()
+    ret_k, ld_w_abs, jeq_k = 0x06, 0x20, 0x15
+    prog = struct.pack("<HBBI", ld_w_abs, 0, 0, 0) \
+        + struct.pack("<HBBI", jeq_k, 0, 1, SYS["getppid"]) \
+        + struct.pack("<HBBI", ret_k, 0, 0, 0x00050000 | PROBE_ERRNO) \
+        + struct.pack("<HBBI", ret_k, 0, 0, 0x7FFF0000)
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = Fprog(4, ctypes.cast(buf, ctypes.c_void_p))
+    pid = os.fork()
+    if pid == 0:
+        bits = 0
+        try:
+            if lib.prctl(38, 1, 0, 0, 0) == 0 and lib.prctl(39, 0, 0, 0, 0) == 1:
+                bits |= 1
+            fd = lib.syscall(SYS["seccomp"], 1, 1 << 3, ctypes.byref(fprog))
+            if fd >= 0:
+                bits |= 2 | 4
+            elif lib.syscall(SYS["seccomp"], 1, 0, ctypes.byref(fprog)) == 0:
+                bits |= 2
+            if bits & 2 and lib.syscall(SYS["getppid"]) == -1 and \
+                    ctypes.get_errno() == PROBE_ERRNO:
+                bits |= 8
+        finally:
+            os._exit(bits)
+    _, status = os.waitpid(pid, 0)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+
+
+def check_seccomp() -> list[Check]:
+    bits = _seccomp_probe()
+    fix = "needs CONFIG_SECCOMP_FILTER (Linux >= 5.0 for user notification); see vagrant/"
+    return [
+        Check("no_new_privs", bool(bits & 1), True,
+              "PR_SET_NO_NEW_PRIVS set" if bits & 1 else "prctl(PR_SET_NO_NEW_PRIVS) failed",
+              "needs Linux >= 3.5"),
+        Check("seccomp filters", bool(bits & 8), True,
+              "a filter loaded in a child answered errno" if bits & 8
+              else "seccomp(SECCOMP_SET_MODE_FILTER) did not work", fix),
+        Check("seccomp user-notify", bool(bits & 4), True,
+              "SECCOMP_FILTER_FLAG_NEW_LISTENER gave a listener" if bits & 4
+              else "no seccomp user-notification listener", fix),
+    ]
+
+
+def check_arch() -> Check:
+    ok = ARCH in ("x86_64", "aarch64")
+    return Check("architecture", ok, True, ARCH + (" supported" if ok else " not supported"),
+                 "glassbreak supports x86_64 and aarch64; use the VM in vagrant/")
+
+
+def check_libseccomp() -> Check:
+    try:
+        import pyseccomp  # noqa: F401
+    except (ImportError, RuntimeError) as e:
+        return Check("libseccomp", False, True, f"pyseccomp/libseccomp not usable: {e}",
+                     "apt-get install libseccomp2; pip install pyseccomp (make setup)")
+    return Check("libseccomp", True, True, "pyseccomp + libseccomp loaded")
+
+
+def _tracefs() -> str | None:
+    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.isdir(f"{d}/events/sched"):
+            return d
+    return None
+
+
+def check_tracefs() -> Check:
+    d = _tracefs()
+    if d is None:
+        return Check("tracefs", False, True, "tracefs is not mounted",
+                     "mount -t tracefs tracefs /sys/kernel/tracing (make setup does it)")
+    want = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
+    missing = [t for t in want if not os.path.isdir(f"{d}/events/sched/{t}")]
+    if missing:
+        return Check("tracefs", False, True, f"{d}: missing tracepoints {', '.join(missing)}",
+                     "use a kernel with CONFIG_TRACEPOINTS (or the VM in vagrant/)")
+    return Check("tracefs", True, True, f"{d} with sched_process_exec/fork/exit")
+
+
+def check_headers() -> Check:
+    d = f"/lib/modules/{platform.release()}/build/include"
+    if os.path.isdir(d):
+        return Check("kernel headers", True, True, f"{d} ({os.path.realpath(d)})")
+    return Check("kernel headers", False, True, f"{d} does not exist",
+                 "install linux-headers and link them there (make setup does it)")
+
+
+def check_bcc() -> Check:
+    t = time.perf_counter()
+    try:
+        import bcc  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any failure means bcc is unusable
+        return Check("bcc", False, True, f"cannot import bcc: {type(e).__name__}: {e}",
+                     "apt-get install python3-bpfcc and link it into the venv (make setup)")
+    return Check("bcc", True, True, f"bcc importable ({(time.perf_counter() - t) * 1000:.0f} ms)")
+
+
+def check_cgroup() -> Check:
+    from sandbox.cgroup import PARENT, cgroup2_mount
+    from sandbox.errors import GlassbreakError
+
+    try:
+        mount = cgroup2_mount()
+    except GlassbreakError as e:
+        return Check("cgroup v2", False, True, e.message, e.hint or "")
+    base = mount / PARENT
+    try:
+        base.mkdir(exist_ok=True)
+    except OSError as e:
+        return Check("cgroup v2", False, True, f"cannot create {base}: {e.strerror}",
+                     "run as root (or delegate a cgroup v2 subtree)")
+    if not (base / "cgroup.kill").exists():
+        return Check("cgroup v2", False, True, f"{mount}: no cgroup.kill",
+                     "needs Linux >= 5.14 (or the VM in vagrant/)")
+    return Check("cgroup v2", True, True, f"{mount} with cgroup.kill")
+
+
+def check_kill_logging() -> Check:
+    from sandbox.kmsg import kernel_logs_kills
+
+    ok = kernel_logs_kills()
+    return Check("seccomp kill log", ok, False,
+                 "kill_process is logged (the killing syscall is reported)" if ok
+                 else "the kernel does not log seccomp kills",
+                 "echo kill_process >> /proc/sys/kernel/seccomp/actions_logged")
+
+
+def check_root() -> Check:
+    ok = os.geteuid() == 0
+    return Check("root", ok, True, "running as root" if ok else f"uid {os.geteuid()}",
+                 "run glassbreak as root (or through the daemon, `glassbreak serve`)")
+
+
+def check_redis() -> Check:
+    exe = shutil.which("redis-server")
+    return Check("redis-server", exe is not None, False,
+                 exe or "not installed (only needed for the multi-host Redis store)",
+                 "apt-get install redis-server")
+
+
+def run_checks() -> list[Check]:
+    probes: list[Callable[[], Check | list[Check]]] = [
+        check_arch, check_root, check_libseccomp, check_seccomp, check_bpf, check_ringbuf,
+        check_send_signal, check_tracefs, check_headers, check_bcc, check_cgroup,
+        check_kill_logging, check_redis,
+    ]
+    out: list[Check] = []
+    for probe in probes:
+        try:
+            res = probe()
+        except Exception as e:  # noqa: BLE001 - a crashing probe is a missing feature
+            name = probe.__name__.removeprefix("check_")
+            res = Check(name, False, True, f"probe failed: {type(e).__name__}: {e}",
+                        "report this with the output of `uname -a`")
+        out.extend(res if isinstance(res, list) else [res])
+    return out
+
+
+def _command() -> Any:
+    import click
+
+    @click.command("doctor")
+    @click.option("--output", type=click.Choice(["text", "json"]), default="text",
+                  show_default=True)
+    def doctor(output: str) -> None:
+        """Check the kernel features glassbreak needs (exit 1 when a required one is missing)."""
+        t = time.perf_counter()
+        checks = run_checks()
+        ms = (time.perf_counter() - t) * 1000
+        bad = [c for c in checks if c.required and not c.ok]
+        if output == "json":
+            click.echo(json.dumps({"ok": not bad, "duration_ms": round(ms, 1),
+                                   "checks": [asdict(c) for c in checks]}))
+        else:
+            for c in checks:
+                click.echo(c.line())
+            verdict = "all required features present" if not bad else \
+                f"{len(bad)} required feature(s) missing: {', '.join(c.name for c in bad)}"
+            click.echo(f"-- {verdict} ({ms:.0f} ms)")
+        raise SystemExit(1 if bad else 0)
+
+    return doctor
+
+
+doctor_command = _command()
