@@ -1,0 +1,171 @@
+"""sandbox.child.spawn on the real kernel: order of steps, listener hand-over, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _sandbox_helpers import Responder, run_sandboxed
+from conftest import REPO, is_root, require
+
+from sandbox.child import spawn
+from sandbox.errors import CommandNotFound, RunnerError
+from sandbox.profile import SeccompPolicy
+from sandbox.seccomp import compile_filter
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    require(is_root(), "needs root")
+
+
+def test_stdio_env_cwd_nnp_seccomp_and_closed_fds(tmp_path):
+    f = compile_filter(SeccompPolicy(), exec_notify=True)
+    leak = os.open("/dev/null", os.O_RDONLY)  # inheritable on purpose: must not reach the child
+    os.set_inheritable(leak, True)
+    try:
+        r = run_sandboxed(["/bin/sh", "-c", "echo $GBTEST; pwd; ls /proc/$$/fd; "
+                           "grep -E '^(NoNewPrivs|Seccomp):' /proc/$$/status"],
+                          bpf=f.bpf, notify=True, env={"GBTEST": "hello", "PATH": "/usr/bin:/bin"},
+                          cwd=str(tmp_path))
+    finally:
+        os.close(leak)
+    lines = r.out.split()
+    assert lines[0] == "hello" and lines[1] == str(tmp_path)
+    assert "NoNewPrivs:\t1" in r.out.replace(" ", "\t") or "NoNewPrivs: 1" in r.out
+    assert "Seccomp:\t2" in r.out
+    fds = r.out.split(str(tmp_path))[1].split("NoNewPrivs")[0].split()
+    assert fds == ["0", "1", "2"], r.out  # the shell holds only stdio: no listener, no leaks
+
+
+def test_listener_not_held_by_the_sandboxed_program():
+    f = compile_filter(SeccompPolicy(), exec_notify=True)
+    child = spawn(["sleep", "5"], executable="/bin/sleep", env={}, cwd="/", cgroup_procs=None,
+                  bpf=f.bpf, notify=True)
+    assert child.listener_fd is not None
+    assert os.readlink(f"/proc/self/fd/{child.listener_fd}") == "anon_inode:seccomp notify"
+    resp = Responder(child.listener_fd).start()
+    try:
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{child.pid}/exe") != "/usr/bin/sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        targets = [os.readlink(f"/proc/{child.pid}/fd/{n}")
+                   for n in os.listdir(f"/proc/{child.pid}/fd")]
+        assert not any("seccomp" in t for t in targets), targets
+    finally:
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(5) is not None
+        resp.stop()
+        child.close()
+
+
+def test_command_not_found():
+    with pytest.raises(CommandNotFound) as e:
+        spawn(["nosuchcmd"], executable="/nonexistent/nosuchcmd", env={}, cwd="/",
+              cgroup_procs=None, bpf=None, notify=False)
+    assert e.value.exit_code == 127 and "nosuchcmd" in e.value.message
+    # with the exec gate, spawn returns before exec: the failure comes from exec_error()
+    f = compile_filter(SeccompPolicy(), exec_notify=True)
+    child = spawn(["nosuchcmd"], executable="/nonexistent/nosuchcmd", env={}, cwd="/",
+                  cgroup_procs=None, bpf=f.bpf, notify=True)
+    resp = Responder(child.listener_fd).start()
+    try:
+        child.wait(5)
+        assert child.exit_code() == 127
+        assert isinstance(child.exec_error(), CommandNotFound)
+    finally:
+        resp.stop()
+        child.close()
+
+
+def test_failures_before_exec_are_reported_with_the_step(tmp_path):
+    with pytest.raises(RunnerError, match="chdir"):
+        spawn(["true"], executable="/bin/true", env={}, cwd=str(tmp_path / "missing"),
+              cgroup_procs=None, bpf=None, notify=False)
+    with pytest.raises(RunnerError, match="seccomp"):  # a program the kernel refuses
+        spawn(["true"], executable="/bin/true", env={}, cwd="/", cgroup_procs=None,
+              bpf=b"\xff" * 8, notify=True)
+    with pytest.raises(RunnerError, match="cgroup"):
+        spawn(["true"], executable="/bin/true", env={}, cwd="/",
+              cgroup_procs=str(tmp_path / "cgroup.procs"), bpf=None, notify=False)
+
+
+def test_drop_privileges(tmp_path):
+    r_out, w_out = os.pipe()
+    child = spawn(["/bin/sh", "-c", "id -u; id -g; id -G"], executable="/bin/sh",
+                  env={"PATH": "/usr/bin:/bin"}, cwd="/", cgroup_procs=None, bpf=None,
+                  notify=False, stdout=w_out, uid=65534, gid=65534, groups=[65534])
+    os.close(w_out)
+    out = b""
+    while chunk := os.read(r_out, 4096):
+        out += chunk
+    os.close(r_out)
+    child.wait(5)
+    child.close()
+    assert out.decode().split() == ["65534", "65534", "65534"]
+
+
+HELPER = r"""
+import os, sys, time
+sys.path[:0] = [sys.argv[1]]
+from sandbox.child import spawn
+c = spawn(["sleep", "60"], executable="/bin/sleep", env={}, cwd="/", cgroup_procs=None,
+          bpf=None, notify=False)
+print(c.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_pdeathsig_child_dies_with_its_supervisor():
+    helper = subprocess.Popen([sys.executable, "-c", HELPER, str(REPO)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert helper.stdout is not None
+        pid = int(helper.stdout.readline())
+        assert _alive(pid)
+        helper.kill()
+        helper.wait(5)
+        deadline = time.monotonic() + 1.0
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(pid), "the sandboxed child outlived its supervisor"
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+
+
+def test_spawn_is_fast():
+    f = compile_filter(SeccompPolicy(), exec_notify=False)
+    t = time.perf_counter()
+    for _ in range(20):
+        c = spawn(["true"], executable="/bin/true", env={}, cwd="/", cgroup_procs=None,
+                  bpf=f.bpf, notify=False)
+        c.wait(5)
+        c.close()
+    per = (time.perf_counter() - t) / 20
+    assert per < 0.05, f"spawn+exec+exit takes {per * 1000:.1f} ms"
+
+
+def test_module_has_no_heavy_imports():
+    out = subprocess.run([sys.executable, "-c", "import sys; import sandbox.child, "
+                          "sandbox.seccomp, sandbox.cgroup, sandbox.kmsg; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                          "('httpx','redis','bcc','uvicorn','pydantic','pyseccomp')))"],
+                         capture_output=True, text=True, cwd=str(Path(REPO)))
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
