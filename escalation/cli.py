@@ -1,0 +1,236 @@
+"""`glassbreak escalations|grants|serve` (click). The lead's sandbox.cli mounts these objects."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from sandbox.errors import GlassbreakError
+
+F = TypeVar("F", bound=Callable[..., Any])
+OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
+                      show_default=True, help="text for people, json for machines")
+
+
+def _service() -> Any:
+    from escalation.service import EscalationService
+
+    return EscalationService.from_env()
+
+
+def _fail(e: GlassbreakError, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(e.to_dict()), err=True)
+    else:
+        click.echo(e.render(), err=True)
+    sys.exit(e.exit_code)
+
+
+def guarded(fn: F) -> F:
+    """Every GlassbreakError becomes a clear message and its exit code, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except GlassbreakError as e:
+            _fail(e, kw.get("output", "text"))
+    return wrapper  # type: ignore[return-value]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _dump(obj: Any) -> Any:
+    return json.loads(obj.model_dump_json())
+
+
+@click.group()
+def escalations() -> None:
+    """List, show, approve and deny escalation requests; flush the webhook outbox."""
+
+
+@escalations.command("list")
+@click.option("--state", type=click.Choice(["pending", "approved", "denied", "expired"]))
+@OUTPUT
+@guarded
+def list_cmd(state: str | None, output: str) -> None:
+    recs = _service().list(state)
+    if output == "json":
+        click.echo(json.dumps([_dump(r) for r in recs]))
+        return
+    if not recs:
+        click.echo("no escalations" + (f" in state {state}" if state else ""))
+    for r in recs:
+        click.echo(f"{r.id}  {r.display_state:<16} {_when(r.created_at)}  agent={r.agent or '-'}"
+                   f"  profile={r.profile}  rule={r.rule_id}  x{r.count}  "
+                   f"{' '.join(r.argv)[:60]}")
+
+
+@escalations.command("show")
+@click.argument("esc_id")
+@OUTPUT
+@guarded
+def show_cmd(esc_id: str, output: str) -> None:
+    rec = _service().get(esc_id)
+    if rec is None:
+        raise GlassbreakError(f"no escalation {esc_id}", hint="see `glassbreak escalations list`")
+    if output == "json":
+        click.echo(json.dumps(_dump(rec)))
+        return
+    lines = [
+        f"escalation {rec.id}: {rec.display_state}" + (f" by {rec.decided_by}"
+                                                        if rec.decided_by else ""),
+        f"  trigger   {rec.layer} / {rec.rule_id}: {rec.rule_reason}",
+        f"  command   {' '.join(rec.argv)}",
+        f"  cwd       {rec.cwd}",
+        f"  binary    {rec.binary or '?'} sha256={rec.binary_sha256 or '?'}",
+        f"  agent     {rec.agent or '-'} on {rec.host}; reason: {rec.agent_reason or '(none)'}",
+        f"  profile   {rec.profile} ({rec.profile_hash[:16]}) relaxed: "
+        f"{rec.relaxed_profile or '-'}",
+        f"  owners    {', '.join(rec.owners) or '(none named)'}",
+        f"  seen      {rec.count}x, created {_when(rec.created_at)}, pending until "
+        f"{_when(rec.expires_at)}",
+        f"  grant     {rec.grant_id or '-'}",
+        "  env       " + (" ".join(f"{k}={v}" for k, v in sorted(rec.env.items()))[:300]
+                          or "-"),
+        f"  ancestry  {len(rec.ancestry)} process(es); recent execs: {len(rec.recent_execs)}",
+        f"  delivery  {rec.delivery_status}",
+    ]
+    for d in rec.deliveries:
+        lines.append(f"    {d.id} {d.event} -> {d.url} [{d.format}]: {d.state} after "
+                     f"{d.attempts} attempt(s)" + (f"; last error: {d.last_error}"
+                                                   if d.last_error else "")
+                     + (f"; next try {_when(d.next_at)}" if d.next_at else ""))
+    lines.append("  history")
+    for t in rec.history:
+        lines.append(f"    {_when(t.at)} {t.kind:<9} by {t.by}" + (f": {t.why}" if t.why
+                                                                   else ""))
+    click.echo("\n".join(lines))
+
+
+@escalations.command("approve")
+@click.argument("esc_id")
+@click.option("--as", "as_", required=True, metavar="NAME",
+              help="your name; must be an owner/approver of the profile")
+@click.option("--ttl", help="grant duration (e.g. 10m); default the profile's ttl, <= maxTtl")
+@click.option("--reason")
+@click.option("--scope", type=click.Choice(["command", "profile"]),
+              help="profile: the relaxed profile for that agent (default when the profile "
+                   "names one); command: only this exact argv + cwd + binary")
+@click.option("--once", is_flag=True, help="one-shot command grant (used by one run)")
+@OUTPUT
+@guarded
+def approve_cmd(esc_id: str, as_: str, ttl: str | None, reason: str | None, scope: str | None,
+                once: bool, output: str) -> None:
+    from sandbox.profile import parse_duration
+
+    try:
+        ttl_s = parse_duration(ttl) if ttl else None
+    except ValueError as e:
+        raise GlassbreakError(str(e)) from None
+    rec = _service().decide(esc_id, approve=True, by=as_, reason=reason, ttl_s=ttl_s,
+                            scope=scope or ("command" if once else None), one_shot=once)
+    _decided(rec, output)
+
+
+@escalations.command("deny")
+@click.argument("esc_id")
+@click.option("--as", "as_", required=True, metavar="NAME")
+@click.option("--reason", required=True)
+@OUTPUT
+@guarded
+def deny_cmd(esc_id: str, as_: str, reason: str, output: str) -> None:
+    _decided(_service().decide(esc_id, approve=False, by=as_, reason=reason), output)
+
+
+def _decided(rec: Any, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(_dump(rec)))
+    else:
+        extra = f"; grant {rec.grant_id}" if rec.grant_id else ""
+        click.echo(f"{rec.id}: {rec.display_state} by {rec.decided_by}{extra}")
+
+
+@escalations.command("deliver")
+@click.option("--budget", default=30.0, show_default=True, help="seconds to spend at most")
+@OUTPUT
+@guarded
+def deliver_cmd(budget: float, output: str) -> None:
+    """Send what is due in the webhook outbox (after a crash, an outage...)."""
+    svc = _service()
+    svc.sweep()
+    done = svc.deliver(budget_s=budget)
+    if output == "json":
+        click.echo(json.dumps([_dump(d) for d in done]))
+        return
+    if not done:
+        click.echo("outbox: nothing due")
+    for d in done:
+        click.echo(f"{d.id} ({d.escalation_id}, {d.event}): {d.state} after {d.attempts} "
+                   f"attempt(s)" + (f"; {d.last_error}" if d.last_error else ""))
+
+
+@click.group()
+def grants() -> None:
+    """List and revoke grants."""
+
+
+@grants.command("list")
+@click.option("--all", "all_", is_flag=True, help="include expired and revoked grants")
+@OUTPUT
+@guarded
+def grants_list(all_: bool, output: str) -> None:
+    gs = _service().list_grants(include_ended=all_)
+    if output == "json":
+        click.echo(json.dumps([_dump(g) | {"status": g.status()} for g in gs]))
+        return
+    if not gs:
+        click.echo("no active grants")
+    for g in gs:
+        what = g.relaxed_profile if g.scope == "profile" else " ".join(g.argv or [])[:50]
+        click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={g.agent or '-'} "
+                   f"profile={g.profile} -> {what}  by {g.approver} until "
+                   f"{_when(g.expires_at)}  ({g.escalation_id})"
+                   + ("  one-shot" + (" (used)" if g.consumed_at else "") if g.one_shot
+                      else ""))
+
+
+@grants.command("revoke")
+@click.argument("grant_id")
+@click.option("--as", "as_", required=True, metavar="NAME")
+@click.option("--reason")
+@OUTPUT
+@guarded
+def grants_revoke(grant_id: str, as_: str, reason: str | None, output: str) -> None:
+    g = _service().revoke(grant_id, by=as_, why=reason)
+    if output == "json":
+        click.echo(json.dumps(_dump(g) | {"status": g.status()}))
+    else:
+        click.echo(f"{g.id}: revoked by {g.revoked_by}; running sessions stop honouring it "
+                   "within a second")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@OUTPUT
+@guarded
+def serve(host: str, port: int, output: str) -> None:
+    """Run the approval HTTP API (and flush the webhook outbox in the background)."""
+    from escalation.api import serve as run
+
+    svc = _service()
+    svc.store.ping()
+    msg = {"listening": f"http://{host}:{port}", "store": svc.store.url.split("@")[-1]}
+    click.echo(json.dumps(msg) if output == "json" else
+               f"glassbreak approvals on http://{host}:{port} (store {msg['store']})")
+    sys.stdout.flush()
+    run(svc, host=host, port=port)
