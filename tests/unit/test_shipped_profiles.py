@@ -39,7 +39,9 @@ exec:
 seccomp:
   defaultAction: allow
   rules:
-    - {action: "errno:EPERM", syscalls: [ptrace, process_vm_writev], reason: "no debugging other processes"}
+    - action: "errno:EPERM"
+      syscalls: [ptrace, process_vm_writev]
+      reason: "no debugging other processes"
 escalation:
   relaxedProfile: k8s-ops-escalated
   ttl: 5m
