@@ -13,7 +13,7 @@ from _sandbox_helpers import run_sandboxed
 from conftest import REPO, is_root, require
 
 from sandbox import cgroup as cgmod
-from sandbox.cgroup import RunCgroup, cleanup_stale, cgroup2_mount
+from sandbox.cgroup import RunCgroup, cgroup2_mount, cleanup_stale
 
 pytestmark = pytest.mark.kernel
 
