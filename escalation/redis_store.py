@@ -249,7 +249,9 @@ class RedisStore(Store):
             while not stop.is_set():
                 try:
                     msg = ps.get_message(timeout=0.2)
-                except self._redis.RedisError:
+                except (self._redis.RedisError, OSError, ValueError):
+                    if stop.is_set():
+                        break
                     callback("*")  # lost the channel: callers must treat grants as ended
                     stop.wait(1.0)
                     try:
@@ -259,7 +261,10 @@ class RedisStore(Store):
                     continue
                 if msg and msg.get("type") == "message":
                     callback(msg["data"].decode())
-            ps.close()
+            try:
+                ps.close()
+            except (self._redis.RedisError, OSError, ValueError):
+                pass
 
         threading.Thread(target=loop, name="glassbreak-revocations", daemon=True).start()
         return stop.set

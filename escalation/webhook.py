@@ -20,7 +20,7 @@ from escalation.store import Store
 from sandbox.errors import GlassbreakError
 from sandbox.events import WebhookDelivery
 
-LEASE_S = 30.0
+LEASE_MARGIN_S = 2.0  # a lease outlives one attempt by this much
 
 
 def max_attempts() -> int:
@@ -137,7 +137,7 @@ def flush(store: Store, get_record: Callable[[str], EscalationRecord | None],
     for d in store.due_deliveries(time.time(), escalation_id=escalation_id):
         if time.monotonic() >= deadline:
             break
-        lease = max(LEASE_S, (timeout or d.webhook.timeout) + 5)
+        lease = (timeout or d.webhook.timeout) + LEASE_MARGIN_S
         if not store.claim_delivery(d.id, lease, time.time()):
             continue
         rec = get_record(d.escalation_id)
