@@ -171,10 +171,13 @@ def check_arch() -> Check:
 
 
 def check_libseccomp() -> Check:
+    from sandbox.errors import GlassbreakError
+    from sandbox.seccomp import _lib
+
     try:
-        import pyseccomp  # noqa: F401
-    except (ImportError, RuntimeError) as e:
-        return Check("libseccomp", False, True, f"pyseccomp/libseccomp not usable: {e}",
+        _lib()
+    except GlassbreakError as e:
+        return Check("libseccomp", False, True, e.message,
                      "apt-get install libseccomp2; pip install pyseccomp (make setup)")
     return Check("libseccomp", True, True, "pyseccomp + libseccomp loaded")
 

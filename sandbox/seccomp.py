@@ -90,7 +90,33 @@ class CompiledFilter:
         return len(self.bpf) // 8
 
 
+_SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+
+
 def _lib() -> Any:
+    """Import pyseccomp; its import-time ctypes.util.find_library() runs ldconfig/gcc
+    subprocesses (~15 ms on the cold path), so the two well-known sonames are tried with a
+    plain dlopen first and the slow search is the fallback."""
+    import sys
+
+    if "pyseccomp" in sys.modules:
+        return sys.modules["pyseccomp"]
+    import ctypes
+    import ctypes.util
+
+    slow = ctypes.util.find_library
+
+    def fast(name: str) -> str | None:
+        so = _SONAMES.get(name)
+        if so:
+            try:
+                ctypes.CDLL(so)
+                return so
+            except OSError:
+                pass
+        return slow(name)
+
+    ctypes.util.find_library = fast
     try:
         import pyseccomp
     except (ImportError, RuntimeError) as e:
@@ -100,6 +126,8 @@ def _lib() -> Any:
             f"libseccomp is not usable ({e})",
             hint="install libseccomp2 and the pyseccomp package (`make setup`)",
         ) from e
+    finally:
+        ctypes.util.find_library = slow
     return pyseccomp
 
 
