@@ -9,11 +9,11 @@ import time
 import uuid
 
 import pytest
-from _sandbox_helpers import run_sandboxed
-from conftest import REPO, is_root, require
 
 from sandbox import cgroup as cgmod
 from sandbox.cgroup import RunCgroup, cgroup2_mount, cleanup_stale
+from tests._sandbox_helpers import run_sandboxed
+from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
 

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from _sandbox_helpers import Responder, run_sandboxed
-from conftest import REPO, is_root, require
 
 from sandbox.child import spawn
 from sandbox.errors import CommandNotFound, RunnerError
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import compile_filter
+from tests._sandbox_helpers import Responder, run_sandboxed
+from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import is_root, require
 
 from sandbox import doctor
 from sandbox.doctor import Check, doctor_command, run_checks
+from tests.conftest import is_root, require
 
 pytestmark = pytest.mark.kernel
 

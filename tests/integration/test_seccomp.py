@@ -6,13 +6,13 @@ import errno
 import struct
 
 import pytest
-from _sandbox_helpers import compile_c, run_sandboxed
-from conftest import is_root, require
 
 from sandbox.errors import ProfileError
 from sandbox.kmsg import KmsgWatcher, kernel_logs_kills
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import check_syscall_names, compile_filter
+from tests._sandbox_helpers import compile_c, run_sandboxed
+from tests.conftest import is_root, require
 
 pytestmark = pytest.mark.kernel
 

@@ -7,12 +7,12 @@ import errno
 import platform
 
 import pytest
-from _sandbox_helpers import compile_c, run_sandboxed
-from conftest import is_root, require
 
 from sandbox.kmsg import KmsgWatcher, kernel_logs_kills
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import compile_filter
+from tests._sandbox_helpers import compile_c, run_sandboxed
+from tests.conftest import is_root, require
 
 pytestmark = pytest.mark.kernel
 

@@ -8,11 +8,11 @@ import errno
 import platform
 
 import pytest
-from _sandbox_helpers import compile_c, run_sandboxed
-from conftest import REPO, is_root, require
 
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import compile_filter
+from tests._sandbox_helpers import compile_c, run_sandboxed
+from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
 
