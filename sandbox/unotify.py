@@ -17,6 +17,7 @@ import errno as errno_mod
 import os
 import re
 import stat
+import struct
 from dataclasses import dataclass, field
 
 # ioctls (include/uapi/linux/seccomp.h, x86_64 / aarch64 share the generic encoding)
@@ -176,58 +177,76 @@ class TooLarge(Exception):
 
 
 class MemReader:
-    """pread over /proc/PID/mem with a one-window cache (argv strings are usually close)."""
-
-    WINDOW = 4096
+    """pread over /proc/PID/mem, one page at a time, pages cached for this one notification
+    (argv and envp strings and their pointer arrays usually share a few pages)."""
 
     def __init__(self, pid: int) -> None:
         self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        self._base = -1
-        self._data = b""
+        self._pages: dict[int, bytes] = {}
 
     def close(self) -> None:
         os.close(self.fd)
 
-    def _window(self, addr: int) -> None:
-        base = addr - (addr % self.WINDOW)
-        try:
-            self._data = os.pread(self.fd, self.WINDOW, base)
-        except OSError:
-            self._data = b""
-        self._base = base
-
-    def read(self, addr: int, n: int) -> bytes:
-        out = bytearray()
-        while n > 0:
-            if not (self._base <= addr < self._base + len(self._data)):
-                self._window(addr)
-                if not self._data:
-                    raise OSError(errno_mod.EFAULT, f"cannot read the caller's memory at {addr:#x}")
-            off = addr - self._base
-            chunk = self._data[off : off + n]
-            out += chunk
-            addr += len(chunk)
-            n -= len(chunk)
-        return bytes(out)
+    def _page(self, base: int) -> bytes:
+        data = self._pages.get(base)
+        if data is None:
+            try:
+                data = os.pread(self.fd, PAGE, base)
+            except OSError:
+                data = b""
+            if not data:
+                raise OSError(errno_mod.EFAULT, f"cannot read the caller's memory at {base:#x}")
+            if len(self._pages) > 512:
+                self._pages.clear()
+            self._pages[base] = data
+        return data
 
     def cstring(self, addr: int, limit: int = PATH_MAX) -> bytes:
         if addr == 0:
             raise OSError(errno_mod.EFAULT, "NULL string pointer")
-        out = bytearray()
+        out = b""
         while len(out) < limit:
-            if not (self._base <= addr < self._base + len(self._data)):
-                self._window(addr)
-                if not self._data:
-                    raise OSError(errno_mod.EFAULT, f"cannot read the caller's memory at {addr:#x}")
-            off = addr - self._base
-            end = self._data.find(b"\0", off)
+            base = addr - addr % PAGE
+            data = self._page(base)
+            off = addr - base
+            end = data.find(b"\0", off)
             if end >= 0:
-                out += self._data[off:end]
-                return bytes(out[:limit]) if len(out) <= limit else _too_long(limit)
-            piece = self._data[off:]
+                out += data[off:end]
+                if len(out) > limit:
+                    break
+                return out
+            out += data[off:]
+            addr = base + len(data)
+        raise TooLarge(f"a string longer than {limit} bytes")
+
+    def pointers(self, addr: int, max_n: int) -> list[int]:
+        """A NULL-terminated array of 8-byte pointers (without the NULL)."""
+        out: list[int] = []
+        while True:
+            base = addr - addr % PAGE
+            data = self._page(base)
+            off = addr - base
+            n = (len(data) - off) // 8
+            if n <= 0:  # a pointer straddling pages
+                out.append(int.from_bytes(self.read(addr, 8), "little"))
+                n, chunk = 1, out[-1:]
+            else:
+                chunk = list(struct.unpack_from(f"<{n}Q", data, off))
+                out.extend(chunk)
+            if 0 in chunk:
+                return out[: out.index(0)]
+            if len(out) > max_n:
+                raise TooLarge(f"more than {max_n} entries")
+            addr += 8 * n
+
+    def read(self, addr: int, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            base = addr - addr % PAGE
+            piece = self._page(base)[addr - base : addr - base + n - len(out)]
             out += piece
             addr += len(piece)
-        raise TooLarge(f"a string longer than {limit} bytes")
+        return out
 
     def string_array(self, addr: int, max_n: int, max_bytes: int) -> list[bytes]:
         """A NULL-terminated char*[] (argv/envp). NULL pointer -> []."""
@@ -235,21 +254,13 @@ class MemReader:
             return []
         out: list[bytes] = []
         total = 0
-        while True:
-            if len(out) >= max_n:
-                raise TooLarge(f"more than {max_n} entries")
-            ptr = int.from_bytes(self.read(addr + 8 * len(out), 8), "little")
-            if ptr == 0:
-                return out
+        for ptr in self.pointers(addr, max_n):
             s = self.cstring(ptr, limit=min(max_bytes - total, 128 * 1024) + 1)
             total += len(s) + 1
             if total > max_bytes:
                 raise TooLarge(f"more than {max_bytes} bytes")
             out.append(s)
-
-
-def _too_long(limit: int) -> bytes:
-    raise TooLarge(f"a string longer than {limit} bytes")
+        return out
 
 
 # -- what an exec asks for --------------------------------------------------------------------
@@ -270,6 +281,7 @@ class ExecRequest:
     envp: list[str]
     binary: str | None  # resolved absolute path (symlinks followed), None if fileless
     cwd: str | None
+    abspath: str | None = None  # the path made absolute (cwd / dirfd), symlinks kept
     fileless: str | None = None  # why this is a fileless / fd exec (memfd, AT_EMPTY_PATH, ...)
     fd_target: str | None = None  # what the fd points to (readlink), for the message
     error: str | None = None  # could not be read: the reason (the exec is then refused)
@@ -387,4 +399,6 @@ def read_exec(listener: Listener, n: Notif) -> ExecRequest:
         req.fd_target = binary or "?"
         return req
     req.binary = binary
+    req.abspath = os.path.normpath(req.path if req.path.startswith("/") else
+                                   os.path.join(base or "/", req.path))
     return req
