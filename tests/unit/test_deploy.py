@@ -43,7 +43,8 @@ def test_unit_has_the_expected_sections_and_keys() -> None:
     svc = u["Service"]
     exec_start = svc["ExecStart"].split()
     assert exec_start[0].endswith("/glassbreak") and exec_start[1] == "serve"
-    assert SOCKET in exec_start and "127.0.0.1:8787" in exec_start
+    assert exec_start[2:] == ["--host", "127.0.0.1", "--port", "8787"]  # API on loopback only
+    assert f"GLASSBREAK_SOCKET={SOCKET}" in svc["Environment"]
     assert svc["User"] == "root"
     assert svc["RuntimeDirectory"] == "glassbreak"  # -> /run/glassbreak
     assert svc["StateDirectory"] == "glassbreak"    # -> /var/lib/glassbreak
@@ -130,7 +131,9 @@ def test_daemonset_mounts_what_the_kernel_features_need() -> None:
         assert bool(m.get("readOnly", False)) is ro, path
     hostpaths = {v["hostPath"]["path"] for v in vols.values() if "hostPath" in v}
     assert hostpaths == {h for h, _ in expect.values()}, "an unexplained hostPath"
-    assert SOCKET in c["command"] and "127.0.0.1:8787" in c["command"]
+    assert c["command"][1:] == ["serve", "--host", "127.0.0.1", "--port", "8787"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["GLASSBREAK_SOCKET"] == SOCKET
 
 
 def test_unit_and_daemonset_agree_on_capabilities() -> None:
