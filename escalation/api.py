@@ -104,9 +104,10 @@ def build_app(svc: EscalationService) -> Any:
             except ValidationError as e:
                 raise Refused(422, f"bad decision body: {e.errors()[0]['msg']}") from None
             if d.escalation_id != esc_id:
-                await call(svc.refuse, esc_id, d.approver, "body names another escalation "
-                           f"({d.escalation_id}) than the URL (tampered)", "api")
-                raise Refused(401, "body and URL name different escalations (tampered)")
+                msg = (f"body and URL name different escalations ({d.escalation_id} vs "
+                       f"{esc_id}): tampered")
+                await call(svc.refuse, esc_id, d.approver, msg, "api")
+                raise Refused(401, msg)
             if who is not None and d.approver not in (None, who):
                 await call(svc.refuse, esc_id, who, f"token of {who} used to decide as "
                            f"{d.approver}", "api")
