@@ -72,7 +72,7 @@ def test_json_output_last_line_is_result(env: dict[str, str]) -> None:
 def test_seccomp_errno_inside_child(env: dict[str, str], tmp_path: Path) -> None:
     prof = tmp_path / "nomkdir.yaml"
     prof.write_text(
-        "name: nomkdir\nextends: readonly\nseccomp:\n  rules:\n"
+        "name: nomkdir\nextends: base\nseccomp:\n  rules:\n"
         "    - {action: 'errno:EACCES', syscalls: [mkdir, mkdirat], reason: no new dirs}\n"
         "exec:\n  allow: [/usr/bin/mkdir]\n"
     )
