@@ -283,7 +283,10 @@ class EscalationService:
             except StoreError:
                 pass
         if raise_:
-            raise EscalationError(why)
+            raise EscalationError(why, hint=f"see `glassbreak escalations show {esc_id}`; only "
+                                  "a named owner/approver of the profile may decide, never the "
+                                  "requesting agent" if esc_id else
+                                  "see `glassbreak escalations list`")
 
     def refuse(self, esc_id: str | None, by: str | None, why: str, via: str) -> None:
         """Record a refused decision (bad signature, stale, replay...) without raising."""
