@@ -106,7 +106,8 @@ def _subject(profile: ResolvedProfile, prog: ResolvedProgram,
         deny_paths=(prog.path_as_found, prog.realpath, *extra_deny),
         allow_paths=(prog.realpath,),
         names=(prog.path_as_found.rpartition("/")[2], prog.realpath.rpartition("/")[2]),
-        trusted=in_trusted_dir(prog.realpath, trusted_set(dirs)),
+        trusted=in_trusted_dir(prog.realpath, trusted_set(dirs))
+        or in_trusted_dir(prog.path_as_found, trusted_set(dirs)),
         identities=tuple(ids), binary=prog.realpath, path_as_found=prog.path_as_found,
     )
 

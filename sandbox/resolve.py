@@ -10,7 +10,9 @@ How glassbreak knows which safeBins rule applies to a binary (the identity rule)
 2. **Name in a trusted directory.** A key that is a name (`kubectl`) rules a binary whose name is
    `kubectl` in one of the profile's `exec.trustedDirs` (compared after realpath, so /bin and
    /usr/bin are the same directory on merged-/usr systems). Both the name as found and the name of
-   the symlink target count: `/usr/bin/k -> kubectl` is kubectl.
+   the symlink target count: `/usr/bin/k -> kubectl` is kubectl. Symlinks in a trusted directory
+   are trusted like its files (`/usr/bin/kubectl -> /usr/lib/google-cloud-sdk/bin/kubectl`):
+   whoever can write a trusted directory is trusted.
 3. **Content.** The sha256 of every ruled binary found in the trusted directories (and of every
    absolute-path key) is computed and cached by (st_dev, st_ino, st_mtime_ns, st_size). A binary
    anywhere, under any name, whose content equals one of them is that ruled binary: a copy, hard
@@ -291,6 +293,8 @@ def ruled_hashes(keys: Sequence[str], dirs: Sequence[str]) -> dict[int, dict[str
             if key.startswith("/"):
                 files.append((key, key))
             elif "/" not in key:
+                # symlinks in a trusted dir are trusted (/usr/bin/kubectl -> /usr/lib/sdk/...):
+                # whoever can write a trusted dir is trusted anyway
                 files.extend((key, os.path.join(d, key)) for d in tdirs)
         return _hash_table(files)
     return ttl_cached(("ruled", tuple(keys), tuple(dirs)), build)
@@ -311,7 +315,7 @@ def identify(keys: Sequence[str], dirs: Sequence[str], prog: ResolvedProgram) ->
         elif key == found_name or key == real_name:
             by_name = (found_trusted and found_name == key) or (real_trusted and real_name == key)
             if by_name:
-                out.append(Identity(key, "name", real_trusted))
+                out.append(Identity(key, "name", True))
             else:
                 out.append(Identity(key, "untrusted-name", False))
     have = {i.key for i in out if i.grants_allow}
