@@ -337,7 +337,9 @@ def read_trace_view(pid: int, filename: str) -> TraceView:
         return v
     path = filename if filename.startswith("/") else os.path.join(v.cwd, filename)
     real = os.path.realpath(path)
-    if real != v.exe and _interpreter_of(real) == v.exe:
+    if real == v.exe:
+        v.binary = os.path.normpath(path)  # the same image, under the name it was run by
+    elif _interpreter_of(real) == v.exe:
         v.script = True
         v.binary = os.path.normpath(path)
         idx = next((i for i in range(1, min(len(cmdline), 4)) if cmdline[i] == filename), None)
