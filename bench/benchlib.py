@@ -104,6 +104,8 @@ def net_ratio(num: float | None, den: float | None, num_base: float | None,
     if None in (num, den, num_base, den_base):
         return None
     assert num is not None and den is not None and num_base is not None and den_base is not None
+    if num - num_base <= 0 or den - den_base <= 0:
+        return None  # noise larger than the work: no meaningful figure
     return ratio(num - num_base, den - den_base)
 
 

@@ -41,6 +41,7 @@ def test_ratio_and_net_ratio(bl: ModuleType) -> None:
     # exec loop 1.2 s under glassbreak (start-up 0.7 s) vs 0.4 s bare (start-up 0.001 s)
     assert bl.net_ratio(1.2, 0.4, 0.7, 0.001) == pytest.approx(0.5 / 0.399)
     assert bl.net_ratio(1.2, 0.4, None, 0.001) is None
+    assert bl.net_ratio(1.8, 0.25, 3.4, 0.004) is None  # start-up noisier than the work
 
 
 def _medians(**kw: float | None) -> dict[str, float | None]:
