@@ -1,5 +1,5 @@
-"""Helpers and fixtures for the escalation tests: both stores, a service recording its events, a block
-context factory, and a tiny real webhook receiver on 127.0.0.1."""
+"""Helpers and fixtures for the escalation tests: both stores, a service recording its
+events, a block context factory, and a tiny real webhook receiver on 127.0.0.1."""
 
 from __future__ import annotations
 

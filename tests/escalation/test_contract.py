@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -109,7 +110,8 @@ def test_one_shot_command_grant(svc: EscalationService) -> None:
     ctx = block_ctx(relaxed_profile=None)
     rec = svc.raise_block(ctx)
     d = svc.decide(rec.id, approve=True, by="alice", scope="command", one_shot=True)
-    kw = dict(agent="agent-7", profile="k8s-readonly", argv=ctx.argv, cwd=ctx.cwd)
+    kw: dict[str, Any] = dict(agent="agent-7", profile="k8s-readonly", argv=ctx.argv,
+                              cwd=ctx.cwd)
     assert svc.active_grant(**kw, binary_sha256="ee" * 32) is None  # other binary content
     assert svc.active_grant(**kw, binary_sha256="cd" * 32, ) is not None
     assert svc.active_grant(**kw, binary_sha256="cd" * 32) is None  # consumed
