@@ -125,11 +125,7 @@ def sha256_file(path: str) -> str:
 
     Raises OSError if the file cannot be read. A file that changes while it is read is hashed
     but not cached."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise
-    key = _stat_key(st)
+    key = _stat_key(os.stat(path))
     hit = _HASHES.get(key)
     if hit is not None:
         return hit
