@@ -21,7 +21,7 @@ from escalation.signing import signature, slack_signature
 from escalation.store import open_store
 from sandbox.audit import read_events
 from tests.conftest import GLASSBREAK, free_port
-from tests.escalation.helpers import block_ctx, make_config
+from tests.escalation.helpers import SECRET, Receiver, block_ctx, hook, make_config
 
 DECISION_SECRET = "decide-secret-42"
 SLACK_SECRET = "slack-secret-42"
@@ -34,6 +34,7 @@ class Server:
                                      config=make_config())
 
     def raise_one(self, **kw: Any) -> str:
+        kw.setdefault("cwd", f"/srv/{uuid.uuid4().hex[:8]}")  # a fresh request every time
         return self.svc.raise_block(block_ctx(**kw)).id
 
     def refusals(self) -> list[dict[str, Any]]:
@@ -41,8 +42,10 @@ class Server:
                 if e["type"] == "decision_refused"]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server for the module; every test works on its own escalations."""
+    tmp_path = tmp_path_factory.mktemp("serve")
     state = tmp_path / "state"
     state.mkdir()
     cfg = tmp_path / "config.yaml"
@@ -55,7 +58,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     env = {"GLASSBREAK_STATE_DIR": str(state), "GLASSBREAK_STORE": store_url,
            "GLASSBREAK_CONFIG": str(cfg), "GLASSBREAK_DECISION_SECRET": DECISION_SECRET,
            "GLASSBREAK_SLACK_SIGNING_SECRET": SLACK_SECRET, "BOB_TOKEN": "bob-token",
-           "PATH": "/usr/bin:/bin"}
+           "GB_TEST_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen([GLASSBREAK, "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -100,7 +103,7 @@ def test_openapi_and_listing(server: Server) -> None:
     assert spec["openapi"].startswith("3.") and "/api/escalations/{esc_id}/decision" in \
         spec["paths"]
     esc = server.raise_one()
-    assert [e["id"] for e in httpx.get(server.base + "/api/escalations").json()] == [esc]
+    assert esc in [e["id"] for e in httpx.get(server.base + "/api/escalations").json()]
     assert httpx.get(f"{server.base}/api/escalations/{esc}").json()["state"] == "pending"
     assert httpx.get(f"{server.base}/api/escalations/nope").status_code == 404
 
@@ -111,7 +114,7 @@ def test_signed_approval_by_owner(server: Server) -> None:
                              "reason": "stuck pod"})
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "approved" and r.json()["decided_by"] == "alice"
-    g = server.svc.active_grant(agent="agent-7", profile="k8s-readonly", argv=["x"], cwd="/")
+    g = server.svc.get_grant(r.json()["grant_id"])
     assert g is not None and g.approver == "alice" and g.escalation_id == esc
     assert g.expires_at - g.created_at == pytest.approx(60, abs=1)
 
@@ -238,8 +241,23 @@ def test_slack_callback(server: Server) -> None:
 def test_revoke_over_api(server: Server) -> None:
     esc = server.raise_one()
     gid = server.svc.decide(esc, approve=True, by="alice").grant_id
-    assert [g["id"] for g in httpx.get(server.base + "/api/grants").json()] == [gid]
+    assert gid in [g["id"] for g in httpx.get(server.base + "/api/grants").json()]
     r = httpx.post(f"{server.base}/api/grants/{gid}/revoke", json={"grant_id": gid},
                    headers={"Authorization": "Bearer bob-token"})
     assert r.status_code == 200 and r.json()["status"] == "revoked"
     assert server.svc.grant_status(gid or "") == "revoked"
+
+
+def test_serve_flushes_the_outbox(server: Server) -> None:
+    rcv = Receiver().start()
+    try:
+        rec = server.svc.raise_block(block_ctx(cwd="/outbox", webhooks=[hook(rcv.url)]),
+                                     inline_budget_s=0)  # as if the runner died at once
+        assert rcv.arrived.wait(5), "serve did not flush the outbox"
+        assert rcv.got[0]["valid"] and rcv.got[0]["json"]["escalation"]["id"] == rec.id
+        deadline = time.monotonic() + 5
+        while server.svc.get(rec.id).delivery_status != "delivered":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        rcv.stop()
