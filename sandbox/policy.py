@@ -41,6 +41,7 @@ from sandbox.resolve import (
     program_at,
     realpath_cached,
     resolve_program,
+    sha256_file,
     trusted_set,
     ttl_cached,
     unique_trusted_dirs,
@@ -179,6 +180,14 @@ class _Checker:
                     self.note(f"program: `{argv[0]}` not found here; judged by name (lenient)")
         if prog is None:
             return self.judge(_virtual_subject(self.p, argv[0], cwd, True), argv)
+        if self.p.grantedCommands and depth == 0:
+            granted = _granted(self.p, argv, prog)
+            if granted is not None:
+                if self.trace is not None:
+                    self.note(f"exactly the command approved in grant {granted}")
+                return self.decide(Verdict.ALLOW, f"grant:{granted}",
+                                   f"exactly the command approved in grant {granted}", argv,
+                                   _subject(self.p, prog))
         if is_loader(prog):
             return self.loader(prog, argv, cwd, env_path, lenient, depth)
         if not in_applet:
@@ -301,6 +310,26 @@ class _Checker:
         what = {"allow": "allows", "block": "blocks (escalatable)", "deny": "denies"}[ex.default]
         return self.decide(verdict, "exec.default", f"`{shown}` matches no exec.allow entry "
                            f"and the profile's exec.default {what} other programs", argv, s)
+
+
+def _granted(profile: ResolvedProfile, argv: Sequence[str], prog: ResolvedProgram) -> str | None:
+    """The id of a command grant for exactly this argv and binary content, if any.
+
+    argv[0] may be spelled differently by the layers (`kubectl` at the pre-check, the script
+    path `/usr/local/bin/kubectl` in the kernel's view), so it is compared by name, and the
+    program itself by content hash when the grant recorded one."""
+    for g in profile.grantedCommands:
+        if not g.argv or list(argv[1:]) != g.argv[1:] \
+                or os.path.basename(argv[0]) != os.path.basename(g.argv[0]):
+            continue
+        if g.binary_sha256 is not None:
+            try:
+                if sha256_file(prog.realpath) != g.binary_sha256:
+                    continue
+            except OSError:
+                continue
+        return g.grant_id
+    return None
 
 
 def check_argv(profile: ResolvedProfile, argv: Sequence[str], *, cwd: str | None = None,

@@ -268,6 +268,14 @@ class Profile(Model):
         return [self.extends] if isinstance(self.extends, str) else list(self.extends)
 
 
+class GrantedCommand(Model):
+    """A command-scope grant in force for one run: exactly this argv and binary content."""
+
+    grant_id: str
+    argv: list[str]
+    binary_sha256: str | None = None
+
+
 class ResolvedProfile(Model):
     """A profile with its `extends` chain merged: what the policy code consumes."""
 
@@ -282,6 +290,10 @@ class ResolvedProfile(Model):
     seccomp: SeccompPolicy = Field(default_factory=SeccompPolicy)
     escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
     examples: Examples = Field(default_factory=Examples)
+    grantedCommands: list[GrantedCommand] = Field(
+        default_factory=list,
+        description="set by the runner from command-scope grants, never by profile files",
+    )
 
     @property
     def approvers(self) -> list[str]:

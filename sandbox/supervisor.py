@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sandbox.decision import Decision, Layer, Verdict
 from sandbox.errors import (
@@ -87,6 +87,10 @@ class RunResult:
 Emit = Callable[[Any], None]
 
 
+class Record(Protocol):
+    def __call__(self, ev: Any, *, show: bool = True, sync: bool = False) -> None: ...
+
+
 def new_run_id() -> str:
     return "run_" + uuid.uuid4().hex[:12]
 
@@ -95,10 +99,14 @@ class Supervisor:
     """Runs commands under profiles. A daemon keeps one Supervisor (and so one eBPF tracer)."""
 
     def __init__(self, *, tracer: Any | None = None, audit: Any | None = None) -> None:
+        # Without a relaxedProfile or autoApprove rule, only a command-scope grant could apply;
+        # the store is consulted when it holds any grant at all (cheap for SQLite).
+        self._maybe_grants = True
         self._tracer = tracer
         self._tracer_error: str | None = None
         self._audit = audit
         self._esc_service: Any | None = None
+        self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
 
     # -- lazily built collaborators -------------------------------------------------------
     @property
@@ -171,7 +179,7 @@ class Supervisor:
             self.audit.write_many(events)
             events.clear()
 
-    def _run(self, req: RunRequest, run_id: str, record: Emit) -> RunResult:
+    def _run(self, req: RunRequest, run_id: str, record: Record) -> RunResult:
         from sandbox.loader import load_profile
         from sandbox.policy import check_argv
 
@@ -193,10 +201,12 @@ class Supervisor:
         # 3. the argv pre-check of the top-level command
         decision = check_argv(effective, req.argv, cwd=cwd, env_path=env.get("PATH"))
         if not decision.allowed:
-            esc_id = self._block(effective, decision, Layer.PRECHECK, req, cwd, env, record,
+            esc_id = self._block(strict, decision, Layer.PRECHECK, req, cwd, env, record,
                                  run_id=run_id, enforced=req.mode == "enforce")
             if req.mode == "enforce":
-                if req.wait is not None and decision.verdict is Verdict.BLOCK and esc_id:
+                auto = esc_id is not None and self._states.get(esc_id) == "approved"
+                if (auto or req.wait is not None) and decision.verdict is Verdict.BLOCK \
+                        and esc_id:
                     waited = self._wait_and_retry(req, strict, esc_id, env, cwd, record)
                     if waited is not None:
                         effective, grant = waited
@@ -211,14 +221,15 @@ class Supervisor:
 
     # -- grants ---------------------------------------------------------------------------------
     def _apply_grants(self, strict: ResolvedProfile, req: RunRequest, env: dict[str, str],
-                      cwd: str, record: Emit) -> tuple[ResolvedProfile, Any | None]:
+                      cwd: str, record: Record) -> tuple[ResolvedProfile, Any | None]:
         relaxed_name = strict.escalation.relaxedProfile
-        if not relaxed_name and not strict.escalation.autoApprove:
+        if not relaxed_name and not strict.escalation.autoApprove and not self._maybe_grants:
             return strict, None
+        binary = _resolved_binary(req.argv, env, cwd)
         try:
             grant = self.escalations().active_grant(
                 agent=req.agent, profile=strict.name, argv=list(req.argv), cwd=cwd,
-                binary_sha256=None,
+                binary=binary,
             )
         except StoreError as e:
             record(Degraded(what="grants", why=f"grant store unreachable, strict profile used: "
@@ -226,17 +237,26 @@ class Supervisor:
             return strict, None
         if grant is None:
             return strict, None
-        from sandbox.loader import load_profile
+        if getattr(grant, "scope", "profile") == "command":
+            from sandbox.profile import GrantedCommand
 
-        target = getattr(grant, "relaxed_profile", None) or relaxed_name
-        relaxed = load_profile(target) if target else strict
+            effective = strict.model_copy(update={"grantedCommands": [GrantedCommand(
+                grant_id=grant.id, argv=list(grant.argv or req.argv),
+                binary_sha256=grant.binary_sha256)]})
+        else:
+            from sandbox.loader import load_profile
+
+            target = getattr(grant, "relaxed_profile", None) or relaxed_name
+            effective = load_profile(target) if target else strict
         record(GrantUsed(grant_id=grant.id, escalation_id=getattr(grant, "escalation_id", None),
-                         approver=getattr(grant, "approver", "?"), relaxed_profile=relaxed.name,
+                         approver=getattr(grant, "approver", "?"),
+                         relaxed_profile=effective.name if grant.scope != "command"
+                         else f"{strict.name} + command grant",
                          expires_at=float(getattr(grant, "expires_at", 0) or 0)), sync=True)
-        return relaxed, grant
+        return effective, grant
 
     def _wait_and_retry(self, req: RunRequest, strict: ResolvedProfile, esc_id: str,
-                        env: dict[str, str], cwd: str, record: Emit
+                        env: dict[str, str], cwd: str, record: Record
                         ) -> tuple[ResolvedProfile, Any | None] | None:
         try:
             rec = self.escalations().wait_for_decision(esc_id, req.wait or 0)
@@ -250,7 +270,7 @@ class Supervisor:
 
     # -- blocks -> escalations --------------------------------------------------------------------
     def _block(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
-               req: RunRequest, cwd: str, env: dict[str, str], record: Emit, *, run_id: str,
+               req: RunRequest, cwd: str, env: dict[str, str], record: Record, *, run_id: str,
                enforced: bool = True, pid: int | None = None, ancestry: list[Any] | None = None,
                recent: list[Any] | None = None, sha256: str | None = None) -> str | None:
         esc_id: str | None = None
@@ -295,9 +315,11 @@ class Supervisor:
                 ancestry=ancestry or [], recent_execs=recent or [], agent_reason=req.reason,
                 run_id=run_id, relaxed_profile=esc.relaxedProfile, ttl_default=esc.ttl_seconds,
                 max_ttl=esc.max_ttl_seconds, pending_ttl=esc.pending_ttl_seconds,
-                webhooks=list(esc.webhooks),
+                webhooks=list(esc.webhooks), auto_approve=list(esc.autoApprove),
+                on_expiry=esc.onExpiry,
             )
             rec = self.escalations().raise_block(ctx)
+            self._states[rec.id] = str(getattr(rec, "state", ""))
         except StoreError as e:
             return None, f"the escalation could not be recorded: {e.message}"
         except ImportError as e:  # escalation package incomplete: say so, never drop silently
@@ -312,7 +334,7 @@ class Supervisor:
     # -- spawn and supervise ----------------------------------------------------------------------
     def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
                              effective: ResolvedProfile, grant: Any | None, decision: Decision,
-                             env: dict[str, str], cwd: str, record: Emit) -> RunResult:
+                             env: dict[str, str], cwd: str, record: Record) -> RunResult:
         from sandbox.cgroup import RunCgroup
         from sandbox.child import spawn
         from sandbox.kmsg import KmsgWatcher
@@ -352,16 +374,21 @@ class Supervisor:
             if use_gate or tracer is not None:
                 from sandbox.execgate import ExecGate
 
+                raised: dict[tuple[str, tuple[str, ...]], str | None] = {}
+
                 def on_block(info: Any) -> str | None:
                     d: Decision = info.decision
+                    key = (d.rule_id, tuple(info.argv or d.argv))
+                    if key in raised:  # the same block again in this run (a shell retrying
+                        return raised[key]  # PATH entries, both layers): one request
                     esc, note = (None, None)
                     if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
                         esc, note = self._raise(
-                            gate.profile if gate is not None else effective, d,
-                            Layer(info.layer), req, info.cwd or cwd, env, run_id,
+                            strict, d, Layer(info.layer), req, info.cwd or cwd, env, run_id,
                             info.ancestry, info.recent_execs, info.sha256)
                     if note:
                         record(Degraded(what="webhook", why=note))
+                    raised[key] = esc
                     return esc
 
                 gate = ExecGate(profile=effective, mode=req.mode, run_id=run_id,
@@ -389,7 +416,7 @@ class Supervisor:
 
     def _loop(self, req: RunRequest, run_id: str, child: Any, gate: Any, cg: Any, kmsg: Any,
               strict: ResolvedProfile, effective: ResolvedProfile, grant: Any | None,
-              record: Emit) -> RunResult:
+              record: Record) -> RunResult:
         sel = selectors.DefaultSelector()
         sel.register(child.pidfd, selectors.EVENT_READ, "exit")
         if gate is not None:
@@ -444,7 +471,7 @@ class Supervisor:
         return st if st in ("expired", "revoked") else None
 
     def _close_grant(self, why: str, grant: Any, strict: ResolvedProfile,
-                     effective: ResolvedProfile, gate: Any, cg: Any, record: Emit) -> bool:
+                     effective: ResolvedProfile, gate: Any, cg: Any, record: Record) -> bool:
         """The window closed: strict profile for new execs; end processes started under it."""
         if gate is not None:
             gate.set_profile(strict)
@@ -457,7 +484,7 @@ class Supervisor:
         return kill
 
     def _result(self, run_id: str, status: int, child: Any, gate: Any, kmsg: Any,
-                grant_killed: bool, record: Emit) -> RunResult:
+                grant_killed: bool, record: Record) -> RunResult:
         res = RunResult(run_id, 0)
         if gate is not None:
             res.execs, res.blocked = gate.stats.execs, gate.stats.blocked
@@ -509,3 +536,12 @@ def _reap(pid: int, block: bool = False) -> int | None:
         if wpid == 0:
             return None
         return status
+
+
+def _resolved_binary(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
+    try:
+        from sandbox.resolve import resolve_program
+
+        return resolve_program(argv[0], env.get("PATH"), cwd).realpath
+    except GlassbreakError:
+        return None
