@@ -105,10 +105,10 @@ class ExecTracer:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise ValueError("ringbuf_pages must be a power of two")
         text = BPF_SOURCE.read_text()
-        self._bpf = BPF(text=text, cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-w"])
-        self._watched = self._bpf["watched"]
-        self._fast = self._bpf["fast_allow"]
-        self._ring = self._bpf["events"]
+        self._bpf = BPF(text=text.encode(), cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-w"])
+        self._watched = self._bpf[b"watched"]
+        self._fast = self._bpf[b"fast_allow"]
+        self._ring = self._bpf[b"events"]
         self._ring.open_ring_buffer(self._on_event)
         self._lock = threading.RLock()
         self._queues: dict[int, deque[TraceEvent]] = {}
