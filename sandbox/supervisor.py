@@ -17,6 +17,7 @@ import os
 import selectors
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -104,6 +105,7 @@ class Supervisor:
         self._maybe_grants = True
         self._tracer = tracer
         self._tracer_error: str | None = None
+        self._prewarm: threading.Thread | None = None
         self._audit = audit
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
@@ -124,14 +126,27 @@ class Supervisor:
             self._esc_service = EscalationService.from_env()
         return self._esc_service
 
-    def tracer(self) -> Any:
-        if self._tracer is None and self._tracer_error is None:
-            try:
-                from sandbox.ebpf import ExecTracer
+    def prewarm(self) -> None:
+        """Start compiling the eBPF program (~0.6 s in clang, outside the GIL) in a thread, so a
+        cold run overlaps it with imports, profile loading and the pre-check."""
+        if self._tracer is None and self._prewarm is None:
+            self._prewarm = threading.Thread(target=self._build_tracer, name="gb-bpf",
+                                             daemon=True)
+            self._prewarm.start()
 
-                self._tracer = ExecTracer()
-            except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
-                self._tracer_error = f"{type(e).__name__}: {e}"
+    def _build_tracer(self) -> None:
+        try:
+            from sandbox.ebpf import ExecTracer
+
+            self._tracer = ExecTracer()
+        except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
+            self._tracer_error = f"{type(e).__name__}: {e}"
+
+    def tracer(self) -> Any:
+        if self._prewarm is not None:
+            self._prewarm.join()
+        elif self._tracer is None and self._tracer_error is None:
+            self._build_tracer()
         if self._tracer is None:
             raise KernelFeatureMissing(
                 f"the eBPF exec tracer could not start ({self._tracer_error})",
@@ -391,11 +406,19 @@ class Supervisor:
                     raised[key] = esc
                     return esc
 
+                shown: set[tuple[str, tuple[str, ...]]] = set()
+
+                def gate_emit(ev: Any) -> None:
+                    visible = _user_visible(ev)
+                    if getattr(ev, "type", "") == "blocked":  # one line per distinct block
+                        key = (ev.rule_id, tuple(ev.argv[1:]))
+                        visible = key not in shown
+                        shown.add(key)
+                    record(ev, show=visible, sync=_user_visible(ev))
+
                 gate = ExecGate(profile=effective, mode=req.mode, run_id=run_id,
                                 listener_fd=child.listener_fd, tracer=tracer, cgroup_id=cg.id,
-                                emit=lambda ev: record(ev, show=_user_visible(ev),
-                                                       sync=_user_visible(ev)),
-                                on_block=on_block)
+                                emit=gate_emit, on_block=on_block)
             result = self._loop(req, run_id, child, gate, cg, kmsg, strict, effective, grant,
                                 record)
         finally:
