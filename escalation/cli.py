@@ -221,10 +221,25 @@ def grants_revoke(grant_id: str, as_: str, reason: str | None, output: str) -> N
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8787, show_default=True, type=int)
+@click.option("--socket", "socket_path", default=None, metavar="PATH",
+              help="Also serve runs on this unix socket (default $GLASSBREAK_SOCKET or "
+              "/run/glassbreak/glassbreak.sock when --no-http is given).")
+@click.option("--no-http", is_flag=True, help="Do not serve the approval HTTP API.")
 @OUTPUT
 @guarded
-def serve(host: str, port: int, output: str) -> None:
-    """Run the approval HTTP API (and flush the webhook outbox in the background)."""
+def serve(host: str, port: int, socket_path: str | None, no_http: bool, output: str) -> None:
+    """Run the daemon: runs on a unix socket and/or the approval HTTP API (with the webhook
+    outbox flushed in the background)."""
+    if no_http or socket_path:
+        import threading
+
+        from sandbox.daemon import serve_socket
+
+        if no_http:
+            serve_socket(socket_path)
+            return
+        threading.Thread(target=serve_socket, args=(socket_path,), daemon=True,
+                         name="glassbreak-run-socket").start()
     from escalation.api import serve as run
 
     svc = _service()

@@ -8,16 +8,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sandbox.errors import GlassbreakError
 
 
-def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str | None,
-                mode: str, wait: float | None, degraded: Sequence[str], output: str) -> int:
+def make_emit(output: str, fd: int = 2) -> Callable[[Any], None]:
+    """The renderer of glassbreak's own events: text lines or JSON lines, written to `fd`."""
     from sandbox.render import render_text
-    from sandbox.supervisor import RunRequest, Supervisor
 
     def emit(ev: Any) -> None:
         if output == "json":
@@ -28,10 +27,30 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
                 return
             line = rendered
         try:
-            os.write(2, (line + "\n").encode())
+            os.write(fd, (line + "\n").encode())
         except OSError:
             pass
 
+    return emit
+
+
+def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str | None,
+                mode: str, wait: float | None, degraded: Sequence[str],
+                output: str) -> int:
+    from sandbox import thinclient
+
+    code = thinclient.try_daemon({
+        "argv": argv, "profile": profile, "agent": agent, "reason": reason, "mode": mode,
+        "wait": None if wait is None else str(max(1, int(wait))),
+        "degraded": list(degraded), "output": output})
+    if code is not None:
+        return code
+    from sandbox.supervisor import RunRequest, Supervisor
+
+    sup = Supervisor()
+    if "ebpf" not in degraded:
+        sup.prewarm()  # compile the eBPF program while the profile loads (cold runs)
+    emit = make_emit(output)
     req = RunRequest(argv=argv, profile=profile, agent=agent, reason=reason,
                      mode=mode,  # type: ignore[arg-type]
                      wait=wait, degraded=tuple(degraded))
@@ -43,7 +62,7 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
     for s in (signal.SIGTERM, signal.SIGHUP):
         old[s] = signal.signal(s, _terminate)
     try:
-        res = Supervisor().run(req, emit)
+        res = sup.run(req, emit)
     except GlassbreakError as e:
         print(e.render(), file=sys.stderr)
         return e.exit_code

@@ -1,0 +1,383 @@
+"""The glassbreak daemon's run socket (issue 5): warm runs for any local user.
+
+Protocol (unix SOCK_STREAM, JSON lines):
+  client -> daemon  one request line {"argv", "profile", "agent", "reason", "mode", "wait",
+                    "degraded", "output", "cwd", "env"}, sent with the caller's stdin, stdout and
+                    stderr fds attached (SCM_RIGHTS); then any number of {"signal": N} lines.
+  daemon -> client  {"exit_code": N}, then the daemon closes the connection.
+
+Permission model: the socket is 0666 in a 0755 directory, so any local user may run. The caller's
+identity comes from the kernel (SO_PEERCRED), never from the request: the command runs as the
+caller's uid, gid and supplementary groups (a non-root caller never runs anything as root), in
+the caller's real cwd (checked against /proc/PID/cwd). Named profiles come from the daemon's
+profile search path; a non-root caller may also name a profile file it owns or that is world
+readable. Only root may switch layers off (--degraded). The caller picks the profile for its own
+commands, exactly as it could in process; the daemon adds no privilege but speed.
+
+If the daemon dies its runs die with it: each child has PDEATHSIG (it is forked from the run's
+thread, which lives until the child is reaped) and the cgroup watchdog kills the rest.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.errors import EXIT_RUNNER_FAILED, EXIT_SIGNAL_BASE, GlassbreakError
+from sandbox.supervisor import RunRequest, Supervisor
+
+DEFAULT_SOCKET = "/run/glassbreak/glassbreak.sock"
+MAX_REQUEST = 4 * 1024 * 1024
+INTERACTIVE = (signal.SIGINT, signal.SIGQUIT)  # like a terminal: to every process of the run
+ENDING = (signal.SIGTERM, signal.SIGHUP)  # like in process: end the run's tree
+
+
+def socket_path() -> str:
+    return os.environ.get("GLASSBREAK_SOCKET") or DEFAULT_SOCKET
+
+
+@dataclass
+class _Run:
+    child_pid: int | None = None
+    cg: Any = None
+    pending: list[int] = field(default_factory=list)
+    ended_by: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attach(self, child_pid: int, cg: Any) -> None:
+        with self.lock:
+            self.child_pid, self.cg = child_pid, cg
+            pending, self.pending = self.pending, []
+        for s in pending:
+            self.deliver(s)
+
+    def deliver(self, sig: int) -> None:
+        with self.lock:
+            if self.cg is None:
+                if sig in ENDING:
+                    self.ended_by = self.ended_by or sig
+                self.pending.append(sig)
+                return
+            cg, pid = self.cg, self.child_pid
+        if sig in ENDING or sig == signal.SIGKILL:
+            self.ended_by = self.ended_by or sig
+            cg.kill()
+            return
+        pids: list[int] = list(cg.pids()) if sig in INTERACTIVE else []
+        if not pids and pid is not None:
+            pids = [pid]
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+
+
+class DaemonSupervisor(Supervisor):
+    """A Supervisor that tells the daemon each run's child and cgroup, so the client's signals
+    can reach them. (Works around Supervisor.run not exposing the child; see the report.)"""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.runs: dict[int, _Run] = {}
+
+    def _loop(self, req: RunRequest, run_id: str, child: Any, gate: Any, cg: Any,
+              *rest: Any) -> Any:
+        run = self.runs.get(id(req))
+        if run is not None:
+            run.attach(child.pid, cg)
+        return super()._loop(req, run_id, child, gate, cg, *rest)
+
+
+def peer_creds(conn: socket.socket) -> tuple[int, int, int, list[int]]:
+    """(pid, uid, gid, groups) of the connected process, from the kernel."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    groups: list[int] = []
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups = [int(g) for g in line.split()[1:]]
+                    break
+    except OSError:
+        groups = [gid]
+    return pid, uid, gid, groups
+
+
+def recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
+    """The first JSON line and the fds that came with it; returns leftover bytes too."""
+    fds = array.array("i")
+    buf = b""
+    while b"\n" not in buf:
+        data, anc, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(16 * fds.itemsize))
+        for level, typ, cdata in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+        if not data:
+            break
+        buf += data
+        if len(buf) > MAX_REQUEST:
+            break
+    line, _, rest = buf.partition(b"\n")
+    try:
+        req = json.loads(line)
+    except ValueError:
+        req = None
+    if not isinstance(req, dict):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("malformed request")
+    return req, list(fds), rest
+
+
+class Daemon:
+    def __init__(self, path: str | None = None, *, tracer: Any | None = None) -> None:
+        self.path = path or socket_path()
+        self.sup = DaemonSupervisor(tracer=tracer)
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        d = os.path.dirname(self.path) or "."
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+                probe.close()
+                raise GlassbreakError(f"another glassbreak daemon is serving {self.path}",
+                                      hint="stop it first, or use --socket PATH")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(self.path)  # stale socket of a dead daemon
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(self.path)
+        os.chmod(self.path, 0o666)  # noqa: S103 - any local user may run (see top)
+        s.listen(128)
+        self.sock = s
+
+    def serve_forever(self) -> None:
+        assert self.sock is not None
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True,
+                             name="glassbreak-conn").start()
+
+    # -- one connection -----------------------------------------------------------------------
+    def _handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            pid, uid, gid, groups = peer_creds(conn)
+            try:
+                body, fds, rest = recv_request(conn)
+            except (ValueError, OSError):
+                return
+            if len(fds) != 3:
+                _reply(conn, EXIT_RUNNER_FAILED)
+                return
+            code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups)
+            _reply(conn, code)
+        except Exception as e:  # noqa: BLE001 - one bad connection never ends the daemon
+            print(f"glassbreak daemon: connection failed: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()
+
+    def _serve_run(self, conn: socket.socket, body: dict[str, Any], fds: list[int],
+                   rest: bytes, pid: int, uid: int, gid: int, groups: list[int]) -> int:
+        from sandbox.runclient import make_emit
+
+        output = "json" if body.get("output") == "json" else "text"
+        emit = make_emit(output, fds[2])
+        try:
+            req = self._request(body, fds, pid, uid, gid, groups)
+        except GlassbreakError as e:
+            _write_error(fds[2], e, output)
+            return e.exit_code
+        run = _Run()
+        self.sup.runs[id(req)] = run
+        result: dict[str, int] = {}
+
+        def work() -> None:
+            try:
+                result["code"] = self.sup.run(req, emit).exit_code
+            except GlassbreakError as e:
+                _write_error(fds[2], e, output)
+                result["code"] = e.exit_code
+            except Exception as e:  # noqa: BLE001
+                _write_error(fds[2], GlassbreakError(
+                    f"internal error in the daemon: {type(e).__name__}: {e}",
+                    hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"), output)
+                result["code"] = EXIT_RUNNER_FAILED
+            finally:
+                try:
+                    conn.shutdown(socket.SHUT_RD)  # wakes the signal reader below
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=work, daemon=True, name="glassbreak-run")
+        t.start()
+        try:
+            self._read_signals(conn, rest, run, t)
+        finally:
+            t.join()
+            self.sup.runs.pop(id(req), None)
+        code = result.get("code", EXIT_RUNNER_FAILED)
+        if run.ended_by is not None and code != 0:
+            sig = run.ended_by
+            msg = f"glassbreak: glassbreak received signal {sig}; the run's process tree was ended"
+            _write_line(fds[2], msg)
+            return EXIT_SIGNAL_BASE + signal.SIGTERM
+        return code
+
+    def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run,
+                      t: threading.Thread) -> None:
+        while True:
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                try:
+                    sig = int(json.loads(line).get("signal"))
+                except (ValueError, TypeError, AttributeError):
+                    continue
+                if 0 < sig < signal.NSIG:
+                    run.deliver(sig)
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                if t.is_alive():  # the client went away: fail closed, end the run
+                    run.deliver(signal.SIGKILL)
+                return
+            buf += data
+
+    def _request(self, body: dict[str, Any], fds: list[int], pid: int, uid: int, gid: int,
+                 groups: list[int]) -> RunRequest:
+        from sandbox.errors import UsageError
+
+        argv = body.get("argv")
+        env = body.get("env")
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise UsageError("no command given", hint="glassbreak run --profile P -- CMD ARGS...")
+        if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in env.items())):
+            raise UsageError("the request's environment is malformed",
+                             hint="upgrade the glassbreak client to match the daemon")
+        degraded = tuple(str(d) for d in body.get("degraded") or ())
+        if degraded and uid != 0:
+            raise GlassbreakError(
+                f"--degraded {','.join(degraded)} is refused: only root may switch a layer off "
+                f"through the daemon (you are uid {uid})",
+                hint="run without --degraded, or ask an administrator to run it as root")
+        cwd = _caller_cwd(pid, body.get("cwd"))
+        profile = str(body.get("profile") or "readonly")
+        profile = _caller_profile(profile, cwd, uid)
+        wait: float | None = None
+        if body.get("wait") is not None:
+            from sandbox.profile import parse_duration
+
+            try:
+                wait = float(parse_duration(str(body["wait"])))
+            except ValueError as e:
+                raise GlassbreakError(str(e), hint="e.g. --wait=5m") from None
+        mode = body.get("mode") or "enforce"
+        if mode not in ("enforce", "monitor"):
+            raise UsageError(f"unknown --mode {mode!r}", hint="choose enforce or monitor")
+        root = uid == 0
+        return RunRequest(
+            argv=list(argv), profile=profile, agent=body.get("agent"), reason=body.get("reason"),
+            mode=mode,  # type: ignore[arg-type]
+            wait=wait, degraded=degraded, env=dict(env), cwd=cwd,
+            stdin=fds[0], stdout=fds[1], stderr=fds[2],
+            uid=None if root else uid, gid=None if root else gid,
+            groups=None if root else groups,
+        )
+
+
+def _caller_cwd(pid: int, claimed: Any) -> str:
+    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory."""
+    try:
+        real = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        real = None
+    if isinstance(claimed, str) and claimed:
+        if real is None:
+            return claimed
+        try:
+            if os.path.samefile(claimed, real):
+                return claimed
+        except OSError:
+            pass
+    if real is None:
+        raise GlassbreakError("could not read the caller's working directory",
+                              hint="run from a directory that exists")
+    return real
+
+
+def _caller_profile(profile: str, cwd: str, uid: int) -> str:
+    """A profile path is resolved against the caller's cwd; a non-root caller may only name
+    files it owns or that are world readable (the daemon reads them as root)."""
+    from sandbox.loader import _looks_like_path
+
+    if not _looks_like_path(profile):
+        return profile
+    path = os.path.normpath(os.path.join(cwd, profile))
+    if uid != 0:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path  # the loader reports a missing file clearly
+        if st.st_uid != uid and not st.st_mode & 0o004:
+            raise GlassbreakError(
+                f"profile file {path} is neither yours nor world readable",
+                hint="the daemon reads profiles as root; make the file readable or use a "
+                "named profile")
+    return path
+
+
+def _write_line(fd: int, text: str) -> None:
+    try:
+        os.write(fd, (text + "\n").encode())
+    except OSError:
+        pass
+
+
+def _write_error(fd: int, e: GlassbreakError, output: str) -> None:
+    _write_line(fd, json.dumps(e.to_dict()) if output == "json" else e.render())
+
+
+def _reply(conn: socket.socket, code: int) -> None:
+    try:
+        conn.sendall(json.dumps({"exit_code": code}).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def serve_socket(path: str | None = None, *, announce: bool = True) -> None:
+    """`glassbreak serve --socket PATH`: load the eBPF tracer once and serve runs forever."""
+    from sandbox.ebpf import ExecTracer
+
+    tracer: Any | None
+    try:
+        tracer = ExecTracer()
+    except Exception as e:  # noqa: BLE001 - runs then fail with the doctor hint (or --degraded)
+        print(f"glassbreak daemon: the eBPF tracer could not start ({e}); runs will say so",
+              file=sys.stderr, flush=True)
+        tracer = None
+    d = Daemon(path, tracer=tracer)
+    d.bind()
+    if announce:
+        print(json.dumps({"socket": d.path, "pid": os.getpid()}), flush=True)
+    d.serve_forever()
