@@ -50,6 +50,7 @@ class _Run:
     cg: Any = None
     pending: list[int] = field(default_factory=list)
     ended_by: int | None = None
+    done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def attach(self, child_pid: int, cg: Any) -> None:
@@ -68,7 +69,8 @@ class _Run:
                 return
             cg, pid = self.cg, self.child_pid
         if sig in ENDING or sig == signal.SIGKILL:
-            self.ended_by = self.ended_by or sig
+            if sig in ENDING:
+                self.ended_by = self.ended_by or sig
             cg.kill()
             return
         pids: list[int] = list(cg.pids()) if sig in INTERACTIVE else []
@@ -222,6 +224,7 @@ class Daemon:
                     hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"), output)
                 result["code"] = EXIT_RUNNER_FAILED
             finally:
+                run.done.set()
                 try:
                     conn.shutdown(socket.SHUT_RD)  # wakes the signal reader below
                 except OSError:
@@ -230,7 +233,7 @@ class Daemon:
         t = threading.Thread(target=work, daemon=True, name="glassbreak-run")
         t.start()
         try:
-            self._read_signals(conn, rest, run, t)
+            self._read_signals(conn, rest, run)
         finally:
             t.join()
             self.sup.runs.pop(id(req), None)
@@ -242,8 +245,7 @@ class Daemon:
             return EXIT_SIGNAL_BASE + signal.SIGTERM
         return code
 
-    def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run,
-                      t: threading.Thread) -> None:
+    def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run) -> None:
         while True:
             while b"\n" in buf:
                 line, _, buf = buf.partition(b"\n")
@@ -258,7 +260,7 @@ class Daemon:
             except OSError:
                 data = b""
             if not data:
-                if t.is_alive():  # the client went away: fail closed, end the run
+                if not run.done.is_set():  # the client went away: fail closed, end the run
                     run.deliver(signal.SIGKILL)
                 return
             buf += data

@@ -1,0 +1,210 @@
+"""The daemon's run socket and the thin client, end to end: a real `glassbreak serve --socket
+--no-http` process (ended by pid), the real console script as the client, the real kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GLASSBREAK, is_root, require
+
+pytestmark = pytest.mark.kernel
+
+HEAVY = ("click", "pydantic", "httpx", "redis", "yaml", "bcc")
+
+
+class Daemon:
+    def __init__(self, proc: subprocess.Popen[str], sock: Path, state: Path) -> None:
+        self.proc, self.sock, self.state = proc, sock, state
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def start_daemon(d: Path) -> Daemon:
+    require(is_root(), "the daemon needs root (seccomp user-notification, eBPF, cgroups)")
+    state = d / "state"
+    state.mkdir(exist_ok=True)
+    sock = d / "gb.sock"
+    env = dict(os.environ, GLASSBREAK_STATE_DIR=str(state))
+    proc = subprocess.Popen([GLASSBREAK, "serve", "--socket", str(sock), "--no-http"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout=10)
+        pytest.fail(f"the daemon did not start: {proc.stderr.read() if proc.stderr else ''}")
+    assert json.loads(line)["socket"] == str(sock)
+    return Daemon(proc, sock, state)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    d = Path(tempfile.mkdtemp(prefix="gb-daemon-"))
+    os.chmod(d, 0o755)  # `nobody` must reach the socket
+    dm = start_daemon(d)
+    try:
+        yield dm
+    finally:
+        dm.stop()
+
+
+def client_env(dm: Daemon | None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PATH="/usr/local/bin:/usr/bin:/bin", **extra)
+    env.pop("GLASSBREAK_STATE_DIR", None)
+    if dm is None:
+        env["GLASSBREAK_NO_DAEMON"] = "1"
+        env["GLASSBREAK_STATE_DIR"] = tempfile.mkdtemp(prefix="gb-inproc-")
+    else:
+        env["GLASSBREAK_SOCKET"] = str(dm.sock)
+    return env
+
+
+def gb(dm: Daemon | None, *argv: str, prefix: tuple[str, ...] = (), timeout: float = 30,
+       **kw: object) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("env", client_env(dm))
+    return subprocess.run([*prefix, GLASSBREAK, "run", "-p", "readonly", "--", *argv],
+                          capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore
+
+
+CASES = [
+    (["/bin/echo", "hi"], 0),
+    (["sh", "-c", "exit 7"], 7),
+    (["rm", "/etc/passwd"], 126),
+    (["no-such-command-xyz"], 127),
+    (["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize("argv,code", CASES, ids=[c[0][-1][:12] for c in CASES])
+def test_same_exit_codes_and_stderr_as_in_process(daemon: Daemon, argv: list[str],
+                                                  code: int) -> None:
+    warm = gb(daemon, *argv)
+    cold = gb(None, *argv)
+    assert warm.returncode == code, warm.stderr
+    assert cold.returncode == code, cold.stderr
+    assert warm.stdout == cold.stdout
+
+    def norm(text: str) -> list[str]:  # escalation ids differ between runs
+        return [ln.split("esc-")[0] for ln in text.splitlines()]
+
+    assert norm(warm.stderr) == norm(cold.stderr)
+    if code == 126:
+        line = [ln for ln in warm.stderr.splitlines() if "BLOCKED" in ln]
+        assert len(line) == 1 and "[pre-check]" in line[0] and "rule=exec.default" in line[0]
+        audit = [json.loads(x) for x in (daemon.state / "audit.jsonl").read_text().splitlines()]
+        blocked = [e for e in audit if e["type"] == "blocked" and e["argv"] == argv]
+        assert blocked and blocked[-1]["layer"] == "pre-check"
+        assert blocked[-1]["binary"] == "/usr/bin/rm"
+
+
+def test_runs_as_the_caller_in_its_cwd_with_its_env(daemon: Daemon) -> None:
+    cwd = tempfile.mkdtemp(prefix="gb-cwd-")
+    os.chmod(cwd, 0o755)
+    r = gb(daemon, "sh", "-c", 'id -u; id -g; pwd; echo "$GB_TEST_VAR"',
+           prefix=("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"),
+           cwd=cwd, env=client_env(daemon, GB_TEST_VAR="from-the-caller"))
+    assert r.returncode == 0, r.stderr
+    uid, gid, pwd, var = r.stdout.split("\n")[:4]
+    assert (int(uid), int(gid)) == (65534, 65534)  # never root for a non-root caller
+    assert pwd == cwd and var == "from-the-caller"
+
+
+def test_non_root_caller_may_not_degrade(daemon: Daemon) -> None:
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        GLASSBREAK, "run", "-p", "readonly", "--degraded", "ebpf", "--", "id"],
+                       capture_output=True, text=True, timeout=30, env=client_env(daemon),
+                       cwd="/")
+    assert r.returncode == 125
+    assert "only root may switch a layer off" in r.stderr and r.stdout == ""
+
+
+def test_stdio_are_the_callers_fds(daemon: Daemon, tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        r = gb(daemon, "cat", input="through-the-caller-stdin\n", env=client_env(daemon))
+        r2 = subprocess.run([GLASSBREAK, "run", "-p", "readonly", "--", "/bin/echo", "to-file"],
+                            stdout=f, stderr=subprocess.PIPE, text=True, timeout=30,
+                            env=client_env(daemon))
+    assert r.returncode == 0 and r.stdout == "through-the-caller-stdin\n", r.stderr
+    assert r2.returncode == 0 and out.read_text() == "to-file\n"
+
+
+def _wait_line(p: subprocess.Popen[str], timeout: float = 10) -> str:
+    assert p.stdout is not None
+    os.set_blocking(p.stdout.fileno(), True)
+    deadline = time.monotonic() + timeout
+    line = p.stdout.readline()
+    assert line and time.monotonic() < deadline, "the command did not start"
+    return line.strip()
+
+
+def test_ctrl_c_reaches_the_command(daemon: Daemon) -> None:
+    p = subprocess.Popen(
+        [GLASSBREAK, "run", "-p", "readonly", "--", "sh", "-c",
+         'trap "echo got-int; exit 3" INT; echo ready; while :; do sleep 0.05; done'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env(daemon))
+    assert _wait_line(p) == "ready"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 3, err
+    assert "got-int" in out
+
+
+def test_daemon_death_ends_the_run(tmp_path: Path) -> None:
+    dm = start_daemon(tmp_path)
+    try:
+        p = subprocess.Popen(
+            [GLASSBREAK, "run", "-p", "readonly", "--", "sh", "-c", "echo $$; exec sleep 30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env(dm))
+        pid = int(_wait_line(p))
+        t0 = time.monotonic()
+        dm.proc.kill()
+        while _alive(pid) and time.monotonic() - t0 < 2.0:
+            time.sleep(0.02)
+        assert not _alive(pid), "the run's process outlived the daemon by 2 s"
+        _, err = p.communicate(timeout=5)
+        assert p.returncode == 125
+        assert "died; the run was ended" in err and str(dm.sock) in err
+    finally:
+        dm.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_thin_client_imports_only_the_standard_library(daemon: Daemon) -> None:
+    code = (
+        "import atexit, sys\n"
+        "out = sys.argv[1]\n"
+        "atexit.register(lambda: open(out, 'w').write('\\n'.join(sorted(sys.modules))))\n"
+        "sys.argv = ['glassbreak', 'run', '-p', 'readonly', '--', '/bin/echo', 'thin']\n"
+        "from sandbox.entry import main\n"
+        "main()\n"
+    )
+    with tempfile.NamedTemporaryFile("r", suffix=".mods") as mods:
+        r = subprocess.run([sys.executable, "-c", code, mods.name], capture_output=True,
+                           text=True, timeout=30, env=client_env(daemon))
+        assert r.returncode == 0 and r.stdout == "thin\n", r.stderr
+        loaded = mods.read().split()
+    assert "sandbox.thinclient" in loaded  # it really took the thin path
+    heavy = [m for m in loaded if m.split(".")[0] in HEAVY]
+    assert not heavy, heavy
+    assert not [m for m in loaded if m.startswith("sandbox.") and m not in
+                ("sandbox.entry", "sandbox.thinclient")]
