@@ -130,6 +130,7 @@ class ExecGate:
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self._fast: set[str] = set()
+        self._memo: dict[tuple[Any, ...], Decision] = {}
         if tracer is not None:
             tracer.watch(cgroup_id, hold=(mode == "enforce"))
             self._efd = tracer.event_fd(cgroup_id)
@@ -152,6 +153,7 @@ class ExecGate:
     def set_profile(self, profile: ResolvedProfile) -> None:
         """Later execs are judged by this profile (grant expiry: the strict one again)."""
         self.profile = profile
+        self._memo.clear()
         self._refresh_fast()
 
     def drain(self) -> None:
@@ -282,8 +284,25 @@ class ExecGate:
             return inj
         binary = req.abspath if req.fileless is None else req.fd_target
         path = next((e[5:] for e in req.envp if e.startswith("PATH=")), None)
-        return self._check(self.profile, argv or [req.path], cwd=req.cwd, env_path=path,
-                           binary=binary)
+        return self._cached_check(argv or [req.path], req.cwd, path, binary)
+
+    def _cached_check(self, argv: list[str], cwd: str | None, env_path: str | None,
+                      binary: str | None) -> Decision:
+        """check_argv, memoised per run on the exact inputs and the binary's identity (dev,
+        inode, mtime, size): a replaced file is judged again. Cleared by set_profile."""
+        try:
+            st = os.stat(binary) if binary else None
+        except OSError:
+            st = None
+        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) if st else None
+        key = (binary, ident, tuple(argv), cwd, env_path)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._check(self.profile, argv, cwd=cwd, env_path=env_path, binary=binary)
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit
 
     def _fileless(self, why: str, target: str | None, argv: list[str], cwd: str | None
                   ) -> Decision | None:
