@@ -361,7 +361,9 @@ class Supervisor:
             record(Degraded(what=d, why="switched off with --degraded"), sync=True)
         filt = compile_filter(effective.seccomp, exec_notify=use_gate, guard_sigcont=use_ebpf)
         tracer = self.tracer() if use_ebpf else None
-        executable = decision.binary or req.argv[0]
+        # exec the path as found (PATH lookup), not its realpath: a profile that allows
+        # `python3` by name must see the same path at the exec gate as at the pre-check
+        executable = decision.details.get("path") or decision.binary or req.argv[0]
         cg = RunCgroup.create(run_id)
         kmsg = KmsgWatcher()
         layers = ["pre-check", "seccomp"] + (["exec-gate"] if use_gate else []) + \
@@ -482,6 +484,8 @@ class Supervisor:
                                                          record)
             if status is None:
                 status = _reap(child.pid, block=True)
+            if gate is not None:
+                gate.drain()  # trace events not read yet count in the result
         finally:
             sel.close()
         return self._result(run_id, status, child, gate, kmsg, grant_killed, record)
