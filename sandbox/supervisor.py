@@ -363,7 +363,7 @@ class Supervisor:
         tracer = self.tracer() if use_ebpf else None
         # exec the path as found (PATH lookup), not its realpath: a profile that allows
         # `python3` by name must see the same path at the exec gate as at the pre-check
-        executable = decision.details.get("path") or decision.binary or req.argv[0]
+        executable = _found_path(req.argv, env, cwd) or decision.binary or req.argv[0]
         cg = RunCgroup.create(run_id)
         kmsg = KmsgWatcher()
         layers = ["pre-check", "seccomp"] + (["exec-gate"] if use_gate else []) + \
@@ -563,6 +563,16 @@ def _reap(pid: int, block: bool = False) -> int | None:
         if wpid == 0:
             return None
         return status
+
+
+def _found_path(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
+    """argv[0] as execvp finds it (not its realpath, and not a multi-call applet's path)."""
+    try:
+        from sandbox.resolve import resolve_program
+
+        return resolve_program(argv[0], env.get("PATH"), cwd).path_as_found
+    except GlassbreakError:
+        return None
 
 
 def _resolved_binary(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
