@@ -95,7 +95,7 @@ def main() -> int:
         extends: k8s-ops-escalated
         relax: true
         exec:
-          allow: [/usr/bin/sleep]
+          allow: [/usr/bin/sleep, /bin/sh, /usr/bin/dash]
         """))
     env = dict(os.environ, GLASSBREAK_STATE_DIR=str(work / "state"),
                GLASSBREAK_PROFILE_PATH=str(work / "profiles"),
