@@ -83,22 +83,6 @@ class _Run:
                 pass
 
 
-class DaemonSupervisor(Supervisor):
-    """A Supervisor that tells the daemon each run's child and cgroup, so the client's signals
-    can reach them. (Works around Supervisor.run not exposing the child; see the report.)"""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.runs: dict[int, _Run] = {}
-
-    def _loop(self, req: RunRequest, run_id: str, child: Any, gate: Any, cg: Any,
-              *rest: Any) -> Any:
-        run = self.runs.get(id(req))
-        if run is not None:
-            run.attach(child.pid, cg)
-        return super()._loop(req, run_id, child, gate, cg, *rest)
-
-
 def peer_creds(conn: socket.socket) -> tuple[int, int, int, list[int]]:
     """(pid, uid, gid, groups) of the connected process, from the kernel."""
     raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -144,7 +128,7 @@ def recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]
 class Daemon:
     def __init__(self, path: str | None = None, *, tracer: Any | None = None) -> None:
         self.path = path or socket_path()
-        self.sup = DaemonSupervisor(tracer=tracer)
+        self.sup = Supervisor(tracer=tracer)
         self.sock: socket.socket | None = None
 
     def bind(self) -> None:
@@ -209,7 +193,7 @@ class Daemon:
             _write_error(fds[2], e, output)
             return e.exit_code
         run = _Run()
-        self.sup.runs[id(req)] = run
+        req.on_spawn = run.attach
         result: dict[str, int] = {}
 
         def work() -> None:
@@ -236,7 +220,6 @@ class Daemon:
             self._read_signals(conn, rest, run)
         finally:
             t.join()
-            self.sup.runs.pop(id(req), None)
         code = result.get("code", EXIT_RUNNER_FAILED)
         if run.ended_by is not None and code != 0:
             sig = run.ended_by

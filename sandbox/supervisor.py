@@ -68,6 +68,9 @@ class RunRequest:
     uid: int | None = None
     gid: int | None = None
     groups: list[int] | None = None
+    # called with (child pid, RunCgroup) once the child exists: lets a caller (the daemon)
+    # deliver signals to the run
+    on_spawn: Callable[[int, Any], None] | None = None
 
 
 @dataclass
@@ -421,6 +424,8 @@ class Supervisor:
                 gate = ExecGate(profile=effective, mode=req.mode, run_id=run_id,
                                 listener_fd=child.listener_fd, tracer=tracer, cgroup_id=cg.id,
                                 emit=gate_emit, on_block=on_block)
+            if req.on_spawn is not None:
+                req.on_spawn(child.pid, cg)
             result = self._loop(req, run_id, child, gate, cg, kmsg, strict, effective, grant,
                                 record)
         finally:
