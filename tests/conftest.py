@@ -21,6 +21,12 @@ GLASSBREAK = str(VENV_BIN / "glassbreak")
 REQUIRE = os.environ.get("GLASSBREAK_REQUIRE_KERNEL") == "1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run glassbreak in process unless they start their own daemon: a glassbreak daemon
+    already serving this host (its own state dir and store) must never answer a test's runs."""
+    os.environ["GLASSBREAK_SOCKET"] = "/nonexistent/glassbreak-tests.sock"
+
+
 def require(condition: bool, why: str) -> None:
     """Skip when `condition` is false, or fail when GLASSBREAK_REQUIRE_KERNEL=1."""
     if condition:
