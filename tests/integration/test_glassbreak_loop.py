@@ -135,5 +135,49 @@ def test_nested_block_raises_escalation_once(env: dict[str, str], state_dir: Pat
     assert ctx["layer"] == "exec-gate" and ctx["ancestry"], ctx
 
 
+def test_revocation_ends_a_running_escalated_session(env: dict[str, str],
+                                                      state_dir: Path) -> None:
+    r = run_cli("run", "-o", "json", "-p", "loop-k8s", "--", *DELETE, env=env)
+    esc = str(_result(r)["escalation_id"])
+    ok = run_cli("escalations", "approve", esc, "--as", "alice", "--ttl", "50s", "-o", "json",
+                 env=env)
+    assert ok.returncode == 0, ok.stderr
+    grant = json.loads(ok.stdout)["grant_id"]
+    proc = subprocess.Popen([GLASSBREAK, "run", "-p", "loop-k8s", "--", "sh", "-c", "sleep 40"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # the session is running under the grant
+    assert proc.poll() is None
+    rv = run_cli("grants", "revoke", grant, "--as", "alice", "--reason", "done", env=env)
+    assert rv.returncode == 0, rv.stderr
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=20)
+    assert time.monotonic() - t0 < 3.0, "revocation must end the session within about a second"
+    assert proc.returncode == 128 + 9, err
+    assert "revoked" in err
+    ended = [e for e in _audit(state_dir) if e["type"] == "grant_ended"]
+    assert ended and ended[-1]["why"] == "revoked" and ended[-1]["grant_id"] == grant
+    # and the next run is strict again
+    assert run_cli("run", "-p", "loop-k8s", "--", *DELETE, env=env).returncode == 126
+
+
+def test_auto_approval_runs_low_risk_and_is_audited(env: dict[str, str], state_dir: Path,
+                                                    tmp_path: Path) -> None:
+    prof = Path(env["GLASSBREAK_PROFILE_PATH"]) / "auto-k8s.yaml"
+    prof.write_text(
+        "name: auto-k8s\nextends: k8s-readonly\nowners: [alice]\nescalation:\n"
+        "  relaxedProfile: loop-k8s-ops\n  autoApprove:\n"
+        "    - {commands: ['kubectl -n staging delete pod *'], maxPerHour: 1, ttl: 1m}\n")
+    r = run_cli("run", "-o", "json", "-p", "auto-k8s", "--", "kubectl", "-n", "staging",
+                "delete", "pod", "p1", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "delete pod p1" in r.stdout
+    decided = [e for e in _audit(state_dir) if e["type"] == "escalation_decided"]
+    assert decided and str(decided[-1]["by"]).startswith("auto:")
+    # not covered by the pattern: still blocked
+    r = run_cli("run", "-p", "auto-k8s", "--", "kubectl", "-n", "prod", "delete", "pod", "p1",
+                env=env)
+    assert r.returncode == 126
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))

@@ -135,3 +135,35 @@ def test_no_traceback_for_usage_error(env: dict[str, str]) -> None:
 
 def test_env_unused_marker() -> None:
     assert os.path.exists("/bin/sh")
+
+
+def test_missing_ebpf_refuses_125_unless_degraded(env: dict[str, str], state_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """A broken bcc (shadowed by a module that fails to import) is a missing kernel feature:
+    the run refuses with 125 and a doctor hint; --degraded ebpf runs and says so in the log."""
+    fake = tmp_path / "fakebcc" / "bcc"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('libbcc is not installed (test)')\n")
+    broken = {**env, "PYTHONPATH": str(fake.parent)}
+    r = run_cli("run", "--profile", "readonly", "--", "/bin/true", env=broken)
+    assert r.returncode == 125, r.stderr
+    assert "eBPF" in r.stderr and "glassbreak doctor" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("run", "--profile", "readonly", "--degraded", "ebpf", "--", "/bin/true",
+                env=broken)
+    assert r.returncode == 0, r.stderr
+    assert "warning: ebpf" in r.stderr
+    started = [e for e in _audit(state_dir) if e["type"] == "run_started"]
+    assert started[-1]["degraded"] == ["ebpf"] and "ebpf" not in started[-1]["layers"]
+    assert any(e["type"] == "degraded" and e["what"] == "ebpf" for e in _audit(state_dir))
+
+
+def test_monitor_mode_runs_and_records_would_block(env: dict[str, str], state_dir: Path) -> None:
+    r = run_cli("run", "--mode", "monitor", "--profile", "k8s-readonly", "--", "kubectl", "-n",
+                "prod", "delete", "pod", "x", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "stub-kubectl -n prod delete pod x" in r.stdout
+    assert "WOULD BLOCK" in r.stderr
+    b = [e for e in _audit(state_dir) if e["type"] == "blocked"]
+    assert b and b[0]["enforced"] is False and b[0]["layer"] == "pre-check"
+    assert b[0]["escalation_id"] is None  # monitor mode raises no escalation
