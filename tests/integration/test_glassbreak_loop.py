@@ -179,5 +179,27 @@ def test_auto_approval_runs_low_risk_and_is_audited(env: dict[str, str], state_d
     assert r.returncode == 126
 
 
+def test_webhook_down_is_visible_to_the_agent(env: dict[str, str], state_dir: Path) -> None:
+    """Nothing is silently dropped: with the owner's webhook down, the block still raises the
+    escalation, the agent is told the delivery is pending in the outbox, and `escalations show`
+    lists the delivery state."""
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there
+    prof = Path(env["GLASSBREAK_PROFILE_PATH"]) / "hook-k8s.yaml"
+    prof.write_text(
+        "name: hook-k8s\nextends: k8s-readonly\nescalation:\n  webhooks:\n"
+        f"    - {{url: 'http://127.0.0.1:{port}/hook', format: generic}}\n")
+    r = run_cli("run", "-o", "json", "-p", "hook-k8s", "--", *DELETE, env=env)
+    assert r.returncode == 126
+    lines = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    esc = lines[-1]["escalation_id"]
+    assert esc
+    warn = [x for x in lines if x["type"] == "degraded" and x["what"] == "webhook"]
+    assert warn and esc in warn[0]["why"] and "outbox" in warn[0]["why"], lines
+    show = json.loads(run_cli("escalations", "show", esc, "-o", "json", env=env).stdout)
+    assert show["deliveries"] and show["deliveries"][0]["state"] in ("retrying", "pending")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
