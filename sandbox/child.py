@@ -5,10 +5,10 @@ In the child, in this order (every failure is reported to the parent, never a tr
   2 enter the run's leaf cgroup (write "0" to its cgroup.procs, opened by the parent)
   3 stdio (dup2), 4 chdir, 5 drop privileges (setgroups, setgid, setuid; PDEATHSIG is cleared by
   a credential change, so it is set and checked again), 6 default signal dispositions and an
-  empty mask, 7 close every other fd, 8 PR_SET_NO_NEW_PRIVS, 9 seccomp(SET_MODE_FILTER) with the
-  raw BPF compiled by the parent (SECCOMP_FILTER_FLAG_NEW_LISTENER when notify), 10 send the
-  listener fd to the parent over SCM_RIGHTS and close it (the sandboxed program never holds its
-  own listener), 11 execve.
+  empty mask, 7 close every other fd, 8 PR_SET_NO_NEW_PRIVS and PR_SET_CHILD_SUBREAPER,
+  9 seccomp(SET_MODE_FILTER) with the raw BPF compiled by the parent
+  (SECCOMP_FILTER_FLAG_NEW_LISTENER when notify), 10 send the listener fd to the parent over
+  SCM_RIGHTS and close it (the sandboxed program never holds its own listener), 11 execve.
 
 Reports go over a SOCK_SEQPACKET socketpair whose child end is O_CLOEXEC: a successful execve
 closes it (EOF), a failed step sends (step, errno).
@@ -37,11 +37,13 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandbox.errors import CommandNotFound, GlassbreakError, RunnerError
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(platform.machine(), -1)
@@ -169,7 +171,7 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
           cgroup_procs: str | None, bpf: bytes | None, notify: bool,
           stdin: int = 0, stdout: int = 1, stderr: int = 2,
           uid: int | None = None, gid: int | None = None, groups: list[int] | None = None,
-          new_session: bool = False) -> Child:
+          new_session: bool = False, extra_bpf: tuple[bytes, ...] = ()) -> Child:
     """Fork the sandboxed child; returns once it holds the filter (see the module doc)."""
     if not argv:
         raise RunnerError("empty command", hint="give the command after `--`")
@@ -187,6 +189,13 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
         buf = ctypes.create_string_buffer(bpf, len(bpf))
         prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if notify else 0
+    # stacked filters (loaded before the main one), kept alive with their buffers
+    extras: list[tuple[Any, Any]] = []
+    for blob in extra_bpf:
+        if len(blob) % 8 or not 0 < len(blob) // 8 <= 4096:
+            raise RunnerError(f"bad seccomp program ({len(blob)} bytes)", hint="internal error")
+        ebuf = ctypes.create_string_buffer(blob, len(blob))
+        extras.append((ebuf, _SockFprog(len(blob) // 8, ctypes.cast(ebuf, ctypes.c_void_p))))
     exe_b = os.fsencode(executable)
     argv_b = [os.fsencode(a) for a in argv]
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
@@ -267,11 +276,21 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
             os.closerange(3, cfd)
             os.closerange(cfd + 1, 0x7FFFFFFF)
             step = S_NNP
-            if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            # The run's top-level process is the subreaper of its tree: orphans stay in the
+            # run's session, so no process group of the tree becomes orphaned while a member
+            # is stopped, and the kernel never sends it SIGCONT (which would release an exec
+            # held by the eBPF tracer). The seccomp guard refuses clearing it.
+            if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
+                    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 report(step, ctypes.get_errno())
                 os._exit(125)
+            step = S_SECCOMP
+            for _ebuf, eprog in extras:
+                if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0,
+                                ctypes.byref(eprog)) < 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
             if prog is not None:
-                step = S_SECCOMP
                 lfd = libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags,
                                    ctypes.byref(prog))
                 if lfd < 0:

@@ -8,14 +8,16 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.child). Semantic
 - several rules naming the same syscall: the strictest action wins
   (kill_process > trap > errno > notify > log > allow). An unconditional rule covers every
   argument, so a weaker unconditional rule never hides a stricter argument rule: glassbreak's own
-  guards are kept by expressing the weaker action on the complement of the guard's condition;
-  a profile's own conflicting pair is a ProfileError.
+  guards then go into a second, stacked filter (CompiledFilter.extra; the kernel runs every
+  filter and takes the strictest answer); a profile's own conflicting pair is a ProfileError.
 - exec_notify: execve and execveat answer SECCOMP_RET_USER_NOTIF (the supervisor decides) unless
   the profile is stricter for them.
 - guard_sigcont: nothing inside the sandbox may send SIGCONT (it would release a process that the
   eBPF tracer holds with SIGSTOP): kill/tkill/tgkill/rt_sigqueueinfo/rt_tgsigqueueinfo/
-  pidfd_send_signal with SIGCONT, fcntl(F_SETSIG, SIGCONT), prctl(PR_SET_PDEATHSIG, SIGCONT) and
-  clone() with SIGCONT as exit signal all fail with EPERM; clone3 fails with ENOSYS (its flags are
+  pidfd_send_signal with SIGCONT, fcntl(F_SETSIG, SIGCONT), prctl(PR_SET_PDEATHSIG, SIGCONT),
+  prctl(PR_SET_CHILD_SUBREAPER, 0) (see sandbox.child: the kernel SIGCONTs newly orphaned process
+  groups that have a stopped member) and clone() with SIGCONT as exit signal all fail with EPERM;
+  clone3 fails with ENOSYS (its flags are
   behind a pointer that seccomp cannot read, so libc falls back to clone).
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 SIGCONT = int(signal.SIGCONT)
 F_SETSIG = 10
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 LOW32 = 0xFFFFFFFF
 
 RANK = {"allow": 0, "log": 1, "notify": 2, "errno": 3, "trap": 4, "kill_process": 5}
@@ -55,6 +58,9 @@ SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
     ("pidfd_send_signal", ((1, LOW32, SIGCONT),)),
     ("fcntl", ((1, LOW32, F_SETSIG), (2, LOW32, SIGCONT))),
     ("prctl", ((0, LOW32, PR_SET_PDEATHSIG), (1, LOW32, SIGCONT))),
+    # the run's top-level process is a child subreaper (sandbox.child): clearing it would let a
+    # process group with a held (stopped) member become orphaned, and the kernel SIGCONTs those
+    ("prctl", ((0, LOW32, PR_SET_CHILD_SUBREAPER), (1, LOW32, 0))),
     ("clone", ((0, 0xFF, SIGCONT),)),
 )
 
@@ -76,6 +82,9 @@ class CompiledFilter:
     notify: bool
     default_action: str
     syscalls: tuple[SyscallRule, ...] = field(default_factory=tuple)
+    # filters stacked under the main one (loaded first): glassbreak's guards where a profile's
+    # unconditional rule on the same syscall would hide them in one libseccomp filter
+    extra: tuple[bytes, ...] = ()
     _build: Any = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
@@ -266,7 +275,10 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
         uncond["clone3"] = ("errno", sc.ERRNO(_errno.ENOSYS), "errno:ENOSYS", "clone3",
                             "clone3 flags cannot be filtered; libc falls back to clone")
 
+    guard_rows: list[tuple[str, _Cond]] = []
+
     def build() -> tuple[Any, list[SyscallRule]]:
+        guard_rows.clear()
         flt = sc.SyscallFilter(dval)
         flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
         rows: list[SyscallRule] = []
@@ -295,17 +307,16 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                             f"seccomp rules for {name} conflict: the unconditional action "
                             f"{utext} would hide the stricter {c.label} when {c.text}",
                             hint="drop the unconditional rule or make it the default action")
-                    add(c.value, name, *c.args)
                     rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+                    if ukey == dkey:
+                        add(c.value, name, *c.args)
+                    else:
+                        # libseccomp would let the unconditional rule below hide this argument
+                        # rule; the kernel runs every stacked filter and takes the strictest
+                        # answer, so glassbreak's guard goes into a second filter instead
+                        guard_rows.append((name, c))
                 if ukey != dkey:
-                    # the weaker action on the complement of each guard: any bit that differs
-                    for c in stricter:
-                        assert c.guard is not None
-                        for a, m, v in c.guard:
-                            for bit in range(32):
-                                if m & (1 << bit):
-                                    add(uval, name, sc.Arg(a, sc.MASKED_EQ, 1 << bit,
-                                                           (~v) & (1 << bit)))
+                    add(uval, name)
                 rows.append(SyscallRule(name, utext, "otherwise", usrc, ureason))
                 continue
             for c in cs:
@@ -317,7 +328,15 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
 
     flt, rows = build()
     bpf = _export(flt, pfc=False)
+    extra: tuple[bytes, ...] = ()
+    if guard_rows:
+        gflt = sc.SyscallFilter(sc.ALLOW)
+        gflt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+        for name, c in guard_rows:
+            gflt.add_rule(c.value, name, *c.args)
+        extra = (_export(gflt, pfc=False),)
     return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
+                          extra=extra,
                           syscalls=tuple(rows), _build=lambda: build()[0])
 
 

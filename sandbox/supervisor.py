@@ -389,7 +389,7 @@ class Supervisor:
                 list(req.argv), executable=executable, env=env, cwd=cwd,
                 cgroup_procs=cg.procs_path, bpf=filt.bpf, notify=use_gate,
                 stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
-                uid=req.uid, gid=req.gid, groups=req.groups,
+                uid=req.uid, gid=req.gid, groups=req.groups, extra_bpf=filt.extra,
             )
             if use_gate or tracer is not None:
                 from sandbox.execgate import ExecGate

@@ -85,7 +85,7 @@ class Ran:
 def run_sandboxed(argv: list[str], *, bpf: bytes | None, notify: bool = False,
                   cgroup_procs: str | None = None, timeout: float = 20,
                   env: dict[str, str] | None = None, cwd: str = "/",
-                  exec_errno: int = 0) -> Ran:
+                  exec_errno: int = 0, extra_bpf: tuple[bytes, ...] = ()) -> Ran:
     """spawn() + answer notifications + collect stdout/stderr + reap."""
     from sandbox.child import spawn
 
@@ -94,7 +94,7 @@ def run_sandboxed(argv: list[str], *, bpf: bytes | None, notify: bool = False,
     exe = argv[0] if "/" in argv[0] else (shutil.which(argv[0]) or argv[0])
     child = spawn(argv, executable=exe, env=env or {"PATH": "/usr/bin:/bin"}, cwd=cwd,
                   cgroup_procs=cgroup_procs, bpf=bpf, notify=notify, stdin=os.open(
-                      "/dev/null", os.O_RDONLY), stdout=w_out, stderr=w_err)
+                      "/dev/null", os.O_RDONLY), stdout=w_out, stderr=w_err, extra_bpf=extra_bpf)
     os.close(w_out)
     os.close(w_err)
     resp = None

@@ -113,7 +113,8 @@ def test_nothing_inside_can_send_sigcont(tmp_path):
              "fcntl", "clone"]
     f2 = compile_filter(SeccompPolicy(defaultAction="log", rules=[
         {"action": "allow", "syscalls": names}]), exec_notify=False)
-    r2 = run_sandboxed([str(exe)], bpf=f2.bpf)
+    assert f2.extra, "the guards must be stacked in a second filter"
+    r2 = run_sandboxed([str(exe)], bpf=f2.bpf, extra_bpf=f2.extra)
     res2 = dict(line.split("=") for line in r2.out.split())
     assert res2 == res, (r2.out, r.out)
     # control: unguarded, SIGCONT goes through
