@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
+APT_UPDATED=0
+# apt-get install, after one `apt-get update` per set-up (a fresh machine has empty lists)
+apt_install() {
+  if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 if [ "$(id -u)" != 0 ]; then
   echo "[setup] glassbreak's set-up needs root (apt packages, kernel headers, tracefs)." >&2
@@ -22,15 +28,13 @@ for p in $PKGS; do
 done
 if [ -n "$missing" ]; then
   say "installing Debian packages:$missing"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # shellcheck disable=SC2086
+  apt_install $missing
 fi
 # vagrant (only its 'validate' is used by the tests); without recommends it stays small.
 if ! command -v vagrant >/dev/null 2>&1; then
   say "installing vagrant (for 'vagrant validate' of vagrant/Vagrantfile)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant >/dev/null \
-    || say "WARNING: vagrant could not be installed; the Vagrantfile test will fail"
+  apt_install vagrant || say "WARNING: vagrant could not be installed; the Vagrantfile test will fail"
 fi
 
 # 2. Kernel headers where bcc looks: /lib/modules/$(uname -r)/build and source. These machines
@@ -44,8 +48,7 @@ if [ ! -e "/lib/modules/$KREL/build/include" ]; then
     arch=$(dpkg --print-architecture)
     if ! ls -d /usr/src/linux-headers-*-"$arch" >/dev/null 2>&1; then
       say "installing linux-headers-$arch (no headers for the running kernel $KREL)"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "linux-headers-$arch" >/dev/null
+      apt_install "linux-headers-$arch"
     fi
     HDR=$(ls -d /usr/src/linux-headers-*-"$arch" | sort -V | tail -n 1)
   fi
