@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,20 +45,19 @@ class DaemonProc:
     proc: subprocess.Popen[str]
     sock: Path
     state: Path
+    stderr_path: Path
     announced: list[dict[str, Any]] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
 
     def stderr_tail(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
+        try:
+            return self.stderr_path.read_text(errors="replace")[-2000:]
+        except OSError:
             return ""
-        return self.proc.stderr.read()[-2000:]
 
 
 def start_daemon(workdir: Path, *, glassbreak: str = GLASSBREAK, prefix: Sequence[str] = (),
@@ -72,9 +72,10 @@ def start_daemon(workdir: Path, *, glassbreak: str = GLASSBREAK, prefix: Sequenc
     full_env.setdefault("GLASSBREAK_STATE_DIR", str(state))
     cmd = [*prefix, glassbreak, "serve", "--socket", str(sock), "-o", "json"]
     cmd += ["--host", http[0], "--port", str(http[1])] if http else ["--no-http"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env)
-    dp = DaemonProc(proc, sock, Path(full_env["GLASSBREAK_STATE_DIR"]))
+    err = workdir / "daemon.stderr"
+    with err.open("w") as ef:  # a file, not a pipe: a chatty daemon never blocks on it
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ef, text=True, env=full_env)
+    dp = DaemonProc(proc, sock, Path(full_env["GLASSBREAK_STATE_DIR"]), err)
     want = {"socket", "listening"} if http else {"socket"}
     got: set[str] = set()
     lines: list[str] = []
@@ -90,11 +91,12 @@ def start_daemon(workdir: Path, *, glassbreak: str = GLASSBREAK, prefix: Sequenc
             dp.announced.append(msg)
             got.update(k for k in want if k in msg)
             if got == want:
-                return
+                ready.set()  # keep draining stdout so the daemon never blocks on it
+        ready.set()
 
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    t.join(timeout)
+    ready = threading.Event()
+    threading.Thread(target=read, daemon=True).start()
+    ready.wait(timeout)
     if got != want:
         dp.stop()
         raise RuntimeError(f"glassbreak serve did not start within {timeout:.0f} s "
@@ -234,6 +236,7 @@ def measure(n: int = 50, *, sock: Path | None = None, state: Path | None = None,
     """Run the batch (starting and ending a daemon unless `sock`+`state` name one) and return
     a JSON-ready summary; `problems` lists anything lost or crossed."""
     dp: DaemonProc | None = None
+    work: Path | None = None
     if sock is None or state is None:
         work = Path(tempfile.mkdtemp(prefix="gb-conc-"))
         dp = start_daemon(work, glassbreak=glassbreak)
@@ -246,6 +249,8 @@ def measure(n: int = 50, *, sock: Path | None = None, state: Path | None = None,
     finally:
         if dp is not None:
             dp.stop()
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     secs = sorted(o.seconds for o in outs)
     return {
         "runs": n, "execs_per_run": EXECS_PER_RUN, "wall_s": round(wall, 3),
