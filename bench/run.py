@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (use a running daemon, else start one), off, or a socket path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is MISS")
+    ap.add_argument("--scale", default="concurrency,latency",
+                    help="issue-5 scale groups (bench/concurrency.py, bench/latency.py); '' skips")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.warmup = min(args.reps, 3), min(args.warmup, 1)
@@ -302,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             data, targets = run_all(args, work, prof, base_env, daemon)
         finally:
             daemon.stop()
+    from concurrency import scale_results  # 50 concurrent runs; escalation latency
+
+    data["scale"] = scale_results(args.scale, args.glassbreak, quick=args.quick)
 
     (out / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
     why = chart(data, out / "latest.png")
