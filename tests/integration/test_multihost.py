@@ -298,9 +298,9 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
             session.kill()
             pytest.fail(f"the session under the grant did not start: {session.communicate()}")
         rb = json.dumps({"grant_id": grant_id, "by": "bob", "reason": "done"}).encode()
+        hdrs = sign_headers(DECISION_SECRET, rb)
         t_revoke = time.monotonic()
-        st, body = post(f"{fleet.api_b}/api/grants/{grant_id}/revoke", json.loads(rb),
-                        sign_headers(DECISION_SECRET, rb))
+        st, body = post(f"{fleet.api_b}/api/grants/{grant_id}/revoke", json.loads(rb), hdrs)
         assert st == 200, body
         assert body["status"] == "revoked"
         _, err = session.communicate(timeout=20)
@@ -316,6 +316,10 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     ended = [e for e in audit(fleet.a) if e["type"] == "grant_ended"]
     assert ended and ended[-1]["grant_id"] == grant_id and ended[-1]["why"] == "revoked"
     assert ended[-1]["killed_pids"]
+    # the same signed request replayed to host A's API: the nonce store is shared -> refused
+    st, body = post(f"http://{fleet.net.ip(2)}:8787/api/grants/{grant_id}/revoke",
+                    json.loads(rb), hdrs)
+    assert st == 409, body
 
     # 4. A is strict again for new runs
     r = run_on(fleet.a, "/usr/bin/touch", str(later))
@@ -329,7 +333,10 @@ def test_redis_down_means_strict_on_a(fleet: Fleet) -> None:
     fleet.redis.kill()
     fleet.redis.wait(timeout=10)
     target = fleet.work / "never"
+    t0 = time.monotonic()
     r = run_on(fleet.a, "/usr/bin/touch", str(target))
+    print(f"redis down: blocked run on A took {(time.monotonic() - t0) * 1000:.0f} ms; "
+          f"stderr: {r.stderr.strip()[-600:]}")
     assert r.returncode == 126, r.stderr
     assert not target.exists()
     assert "store" in r.stderr.lower(), r.stderr
