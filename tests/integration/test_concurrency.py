@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,11 +36,13 @@ def conc() -> ModuleType:
 @pytest.fixture(scope="module")
 def daemon(conc: ModuleType) -> Iterator[Any]:
     require(is_root(), "the daemon needs root (seccomp user-notification, eBPF, cgroups)")
-    dp = conc.start_daemon(Path(tempfile.mkdtemp(prefix="gb-conc-")))
+    work = Path(tempfile.mkdtemp(prefix="gb-conc-"))
+    dp = conc.start_daemon(work)
     try:
         yield dp
     finally:
         dp.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_concurrent_runs_keep_their_own_events(conc: ModuleType, daemon: Any) -> None:

@@ -202,6 +202,7 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             redis.kill()
             redis.wait(timeout=10)
         net.down()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_on(dp: Any, *argv: str, profile: str = "mh-strict", cwd: Path | None = None,
