@@ -125,6 +125,8 @@ def build_app(svc: EscalationService) -> Any:
             return err(403, e.message, e.hint)
         except StoreError as e:
             return err(503, e.message, e.hint)
+        except GlassbreakError as e:  # e.g. the server's config file is broken
+            return err(500, f"the approval server cannot decide: {e.message}", e.hint)
         return JSONResponse(json.loads(rec.model_dump_json()))
 
     async def list_escalations(request: Request) -> Response:

@@ -244,6 +244,7 @@ def serve(host: str, port: int, socket_path: str | None, no_http: bool, output: 
 
     svc = _service()
     svc.store.ping()
+    _ = svc.config  # a broken GLASSBREAK_CONFIG fails here, at start-up, not at the first POST
     msg = {"listening": f"http://{host}:{port}", "store": svc.store.url.split("@")[-1]}
     click.echo(json.dumps(msg) if output == "json" else
                f"glassbreak approvals on http://{host}:{port} (store {msg['store']})")

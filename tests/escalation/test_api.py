@@ -261,3 +261,15 @@ def test_serve_flushes_the_outbox(server: Server) -> None:
             time.sleep(0.1)
     finally:
         rcv.stop()
+
+
+def test_broken_config_fails_at_startup_not_with_a_500(tmp_path: Path) -> None:
+    """A GLASSBREAK_CONFIG naming a missing file is reported when `serve` starts, with a clear
+    message and no traceback (it used to surface as a bare HTTP 500 at the first decision)."""
+    from tests.conftest import free_port, run_cli
+
+    env = {"GLASSBREAK_STATE_DIR": str(tmp_path / "st"),
+           "GLASSBREAK_CONFIG": str(tmp_path / "missing.yaml")}
+    r = run_cli("serve", "--host", "127.0.0.1", "--port", str(free_port()), env=env, timeout=30)
+    assert r.returncode != 0
+    assert "missing.yaml" in r.stderr and "Traceback" not in r.stderr
