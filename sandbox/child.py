@@ -35,6 +35,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,23 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
         except OSError:
             pass
 
+    launcher = launcher_path()
+    if launcher is not None:
+        try:
+            pid = _spawn_launcher(
+                launcher, parent=parent, notify=notify, new_session=new_session, uid=uid,
+                gid=gid, groups=groups, cwd_b=cwd_b, exe_b=exe_b, argv_b=argv_b, env_b=env_b,
+                filters=[*extra_bpf, *([bpf] if bpf else [])], stdio=(stdin, stdout, stderr),
+                csock=cfd, cg_fd=cg_fd)
+        except OSError as e:
+            psock.close()
+            csock.close()
+            if cg_fd >= 0:
+                os.close(cg_fd)
+            raise RunnerError(f"cannot start the launcher {launcher}: {e.strerror}",
+                              hint="re-run `bash scripts/setup.sh`, or set "
+                              "GLASSBREAK_NO_LAUNCHER=1 to spawn in Python") from e
+        return _parent(pid, psock, csock, cg_fd, argv, notify)
     try:
         pid = os.fork()
     except OSError as e:
@@ -316,10 +334,15 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
         os._exit(125)  # not reached
 
     # ---- the parent -------------------------------------------------------------------------
+    del buf, prog
+    return _parent(pid, psock, csock, cg_fd, argv, notify)
+
+
+def _parent(pid: int, psock: socket.socket, csock: socket.socket, cg_fd: int, argv: list[str],
+            notify: bool) -> Child:
     csock.close()
     if cg_fd >= 0:
         os.close(cg_fd)
-    del buf, prog
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as e:
@@ -347,6 +370,56 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
         child.status = _reap(pid)
         child.close()
         raise
+
+
+def launcher_path() -> str | None:
+    """The native launcher (scripts/setup.sh builds it next to the venv's python), or None:
+    then the child's steps run in Python after os.fork (GLASSBREAK_NO_LAUNCHER=1 forces that;
+    GLASSBREAK_LAUNCHER=PATH names another build)."""
+    if os.environ.get("GLASSBREAK_NO_LAUNCHER") == "1":
+        return None
+    path = os.environ.get("GLASSBREAK_LAUNCHER") or os.path.join(
+        os.path.dirname(sys.executable), "glassbreak-launch")
+    return path if os.access(path, os.X_OK) else None
+
+
+def _spawn_launcher(launcher: str, *, parent: int, notify: bool, new_session: bool,
+                    uid: int | None, gid: int | None, groups: list[int] | None, cwd_b: bytes,
+                    exe_b: bytes, argv_b: list[bytes], env_b: dict[bytes, bytes],
+                    filters: list[bytes], stdio: tuple[int, int, int], csock: int,
+                    cg_fd: int) -> int:
+    """posix_spawn (vfork) the launcher with the spec in a sealed memfd; see
+    native/glassbreak_launch.c for the fd layout and the spec format."""
+    fields = [b"GBL1", b"%d" % parent, b"1" if notify else b"0", b"1" if new_session else b"0",
+              b"" if uid is None else b"%d" % uid, b"" if gid is None else b"%d" % gid,
+              b"-" if groups is None else b",".join(b"%d" % g for g in groups), cwd_b, exe_b,
+              b"%d" % len(argv_b), *argv_b, b"%d" % len(env_b),
+              *(k + b"=" + v for k, v in env_b.items()), b"%d" % len(filters)]
+    if any(b"\0" in f for f in fields):
+        raise RunnerError("the command, its environment or cwd contains a NUL byte",
+                          hint="remove the NUL byte; execve cannot pass it")
+    spec = b"\0".join(fields) + b"\0" + b"".join(b"%d\0" % len(f) + f for f in filters)
+    mfd = os.memfd_create("glassbreak-spec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    high: list[int] = []
+    try:
+        _write_all(mfd, spec)
+        fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW |
+                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        # every source above the targets 0-5, so the dup2 actions cannot clobber each other
+        srcs = [*stdio, csock, mfd] + ([cg_fd] if cg_fd >= 0 else [])
+        for fd in srcs:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+        actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(high)]
+        return os.posix_spawn(launcher, [launcher], {}, file_actions=actions)
+    finally:
+        for fd in (*high, mfd):
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _recv(sock: socket.socket, pidfd: int, pid: int) -> tuple[tuple[int, int] | None, int | None]:

@@ -1,0 +1,191 @@
+/* glassbreak-launch: the sandboxed child's steps, in C (issue 5 warm path). Our own code; built by
+ * scripts/setup.sh. sandbox/child.py posix_spawn()s it (vfork: no copy of the daemon's large
+ * address space, no Python in the child) with an EMPTY environment and exactly these fds:
+ *   0, 1, 2  the run's stdio (already in place)
+ *   3        the report socket (SOCK_SEQPACKET; made close-on-exec here: EOF = exec'd)
+ *   4        the spec (a sealed memfd, format below)
+ *   5        the run cgroup's cgroup.procs opened for writing (or absent)
+ * It then does what sandbox/child.py's Python path does, in the same order, with the same
+ * reports ((step, errno) as two native ints; the OK report carries the seccomp listener):
+ *   PDEATHSIG, parent check, cgroup, (stdio), chdir, privileges (PDEATHSIG again), setsid,
+ *   default signals + empty mask, close other fds, no_new_privs + child subreaper,
+ *   seccomp filters (stacked extras first; the main one with NEW_LISTENER when notify),
+ *   send the listener, execve.
+ *
+ * Spec: "GBL1\0" then NUL-terminated fields: parent pid, notify (0/1), new_session (0/1),
+ * uid ("" = keep), gid ("" = keep), groups ("-" = keep, else comma separated, may be empty),
+ * cwd, executable, argc, argv..., envc, "K=V"..., nfilters (the last one is the main
+ * filter), then per filter: its length in bytes as a field, followed by the raw bytes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/seccomp.h>
+#include <linux/filter.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* step numbers: sandbox.child.STEPS */
+enum { S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP,
+       S_SECCOMP, S_SEND, S_EXEC };
+#define OK (-1)
+#define REPORT_FD 3
+#define SPEC_FD 4
+#define CGROUP_FD 5
+#define MAX_FILTERS 8
+#define MAX_GROUPS 65536
+
+static void report(int step, int err) {
+    int msg[2] = {step, err};
+    (void)send(REPORT_FD, msg, sizeof msg, MSG_NOSIGNAL);
+}
+
+static void fail(int step, int err) {
+    report(step, err);
+    _exit(step == S_EXEC ? (err == ENOENT ? 127 : 126) : 125);
+}
+
+typedef struct {
+    char *p, *end;
+} cur_t;
+
+static char *field(cur_t *c) {
+    char *s = c->p;
+    char *z = memchr(s, 0, (size_t)(c->end - s));
+    if (!z) fail(S_PDEATH, EINVAL);
+    c->p = z + 1;
+    return s;
+}
+
+static long num(cur_t *c) {
+    char *s = field(c), *e;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (*s == 0 || *e || errno) fail(S_PDEATH, EINVAL);
+    return v;
+}
+
+int main(void) {
+    struct stat st;
+    if (fstat(SPEC_FD, &st) < 0 || st.st_size <= 5) fail(S_PDEATH, EINVAL);
+    char *spec = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, SPEC_FD, 0);
+    if (spec == MAP_FAILED) fail(S_PDEATH, errno);
+    cur_t c = {spec, spec + st.st_size};
+    if (strcmp(field(&c), "GBL1")) fail(S_PDEATH, EINVAL);
+    pid_t parent = (pid_t)num(&c);
+    int notify = (int)num(&c), new_session = (int)num(&c);
+    char *uid_s = field(&c), *gid_s = field(&c), *groups_s = field(&c);
+    char *cwd = field(&c), *exe = field(&c);
+    long argc = num(&c);
+    if (argc < 1 || argc > 1 << 20) fail(S_PDEATH, EINVAL);
+    char **argv = calloc((size_t)argc + 1, sizeof *argv);
+    if (!argv) fail(S_PDEATH, ENOMEM);
+    for (long i = 0; i < argc; i++) argv[i] = field(&c);
+    long envc = num(&c);
+    if (envc < 0 || envc > 1 << 20) fail(S_PDEATH, EINVAL);
+    char **envp = calloc((size_t)envc + 1, sizeof *envp);
+    if (!envp) fail(S_PDEATH, ENOMEM);
+    for (long i = 0; i < envc; i++) envp[i] = field(&c);
+    long nf = num(&c);
+    if (nf < 0 || nf > MAX_FILTERS) fail(S_PDEATH, EINVAL);
+    struct sock_fprog progs[MAX_FILTERS];
+    for (long i = 0; i < nf; i++) {
+        long len = num(&c);
+        if (len <= 0 || len % 8 || len / 8 > 4096 || len > c.end - c.p) fail(S_PDEATH, EINVAL);
+        progs[i].len = (unsigned short)(len / 8);
+        progs[i].filter = (struct sock_filter *)c.p;  /* mmap is page aligned; lengths %8 */
+        c.p += len;
+    }
+    if (notify && nf == 0) fail(S_SECCOMP, EINVAL);
+
+    /* 1 PDEATHSIG, 2 parent still there */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(S_PDEATH, errno);
+    if (getppid() != parent) _exit(125);
+    /* 3 the run's cgroup */
+    if (fcntl(CGROUP_FD, F_GETFD) >= 0) {
+        if (write(CGROUP_FD, "0", 1) != 1) fail(S_CGROUP, errno);
+        close(CGROUP_FD);
+    }
+    /* 4 stdio: in place (posix_spawn file actions) */
+    if (chdir(cwd) != 0) fail(S_CHDIR, errno);
+    /* 5 privileges */
+    if (*uid_s || *gid_s || strcmp(groups_s, "-")) {
+        if (strcmp(groups_s, "-") || *uid_s) {
+            gid_t *gl = calloc(MAX_GROUPS, sizeof *gl);
+            size_t ng = 0;
+            if (!gl) fail(S_PRIVS, ENOMEM);
+            if (strcmp(groups_s, "-")) {
+                for (char *t = strtok(groups_s, ","); t && ng < MAX_GROUPS;
+                     t = strtok(NULL, ","))
+                    gl[ng++] = (gid_t)strtoul(t, NULL, 10);
+            } else if (*gid_s) {
+                gl[ng++] = (gid_t)strtoul(gid_s, NULL, 10);
+            }
+            if (setgroups(ng, gl) != 0) fail(S_PRIVS, errno);
+        }
+        if (*gid_s && setgid((gid_t)strtoul(gid_s, NULL, 10)) != 0) fail(S_PRIVS, errno);
+        if (*uid_s && setuid((uid_t)strtoul(uid_s, NULL, 10)) != 0) fail(S_PRIVS, errno);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(S_PRIVS, errno);
+        if (getppid() != parent) _exit(125);
+    }
+    if (new_session) setsid();
+    /* 6 default dispositions, empty mask */
+    /* the raw syscall: glibc refuses its internal signals (32, 33), which posix_spawn leaves
+     * ignored and an ignored disposition survives execve */
+    struct { void *handler; unsigned long flags; void *restorer; unsigned long mask; } dfl;
+    memset(&dfl, 0, sizeof dfl);
+    for (int s = 1; s < 65; s++)
+        if (s != SIGKILL && s != SIGSTOP)
+            if (syscall(SYS_rt_sigaction, s, &dfl, NULL, sizeof dfl.mask) != 0)
+                fail(S_SIGNALS, errno);
+    sigset_t none;
+    sigemptyset(&none);
+    if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) fail(S_SIGNALS, errno);
+    /* 7 only 0-2 and the report socket (close-on-exec) stay open; the spec stays mapped */
+    if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) != 0) fail(S_CLOSE, errno);
+    if (syscall(SYS_close_range, SPEC_FD, ~0U, 0) != 0) {
+        for (int fd = SPEC_FD; fd < 65536; fd++) close(fd);
+    }
+    /* 8 no_new_privs; the run's top process is the subreaper of its tree (see child.py) */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        fail(S_NNP, errno);
+    /* 9 seccomp: stacked extras first, then the main filter */
+    int lfd = -1;
+    for (long i = 0; i < nf; i++) {
+        int main_filter = i == nf - 1;
+        unsigned flags = main_filter && notify ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0;
+        long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &progs[i]);
+        if (r < 0) fail(S_SECCOMP, errno);
+        if (main_filter && notify) lfd = (int)r;
+    }
+    /* 10 the listener goes to the parent; the program never holds it */
+    int ok[2] = {OK, 0};
+    struct iovec iov = {.iov_base = ok, .iov_len = sizeof ok};
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof cbuf);
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (lfd >= 0) {
+        m.msg_control = cbuf;
+        m.msg_controllen = sizeof cbuf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &lfd, sizeof(int));
+    }
+    if (sendmsg(REPORT_FD, &m, MSG_NOSIGNAL) < 0) fail(S_SEND, errno);
+    if (lfd >= 0) close(lfd);
+    /* 11 exec */
+    execve(exe, argv, envp);
+    fail(S_EXEC, errno);
+    return 125;
+}
