@@ -1,4 +1,9 @@
-"""Append-only JSONL audit log in the state dir. One event per line, fsync'd per batch.
+"""Append-only JSONL audit log in the state dir. One event per line.
+
+Durability: write_many(sync=True) (the default) fsyncs the batch. The supervisor syncs once per
+run at its end and at once for what a user sees (blocks, lost events, seccomp kills, grant
+changes); large batches of exec events in between are written (so readable at once) but not
+fsync'd on their own: a host crash can lose at most the exec events of runs still in flight.
 
 Lines are written with O_APPEND in one write() each, so concurrent writers (several runs, the
 daemon) never interleave inside a line.
@@ -23,11 +28,14 @@ class AuditLog:
     def write(self, event: object) -> None:
         self.write_many([event])
 
-    def write_many(self, events: Iterable[object]) -> None:
+    def write_many(self, events: Iterable[object], sync: bool = True) -> None:
         data = b"".join(_line(e) for e in events)
         if data:
-            os.write(self._fd, data)
-            os.fsync(self._fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if sync:
+                os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -41,12 +49,20 @@ class AuditLog:
         self.close()
 
 
-def _line(event: object) -> bytes:
+def event_json(event: object) -> str:
+    """One event as a JSON line (no newline). Strings that came from the kernel as bytes that
+    are not UTF-8 (surrogateescape) are kept, escaped as \\udcXX: the exact bytes come back
+    with json.loads + os.fsencode, and no argv a process can pass breaks the log."""
     if hasattr(event, "model_dump_json"):
-        text = event.model_dump_json()
-    else:
-        text = json.dumps(event, separators=(",", ":"), default=str)
-    return text.encode() + b"\n"
+        try:
+            return str(event.model_dump_json())
+        except ValueError:  # PydanticSerializationError: a lone surrogate
+            event = event.model_dump(mode="json")  # type: ignore[attr-defined]
+    return json.dumps(event, separators=(",", ":"), default=str)
+
+
+def _line(event: object) -> bytes:
+    return event_json(event).encode() + b"\n"
 
 
 def read_events(path: Path | None = None, run_id: str | None = None) -> Iterator[dict[str, object]]:

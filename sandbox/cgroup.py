@@ -41,7 +41,14 @@ def cgroup2_mount() -> Path:
     )
 
 
+_BASE: Path | None = None
+
+
 def _base() -> Path:
+    """glassbreak's parent cgroup; found once per process (one stat per run after that)."""
+    global _BASE
+    if _BASE is not None and _BASE.is_dir():
+        return _BASE
     base = cgroup2_mount() / PARENT
     try:
         base.mkdir(exist_ok=True)
@@ -51,6 +58,7 @@ def _base() -> Path:
     if not (base / "cgroup.kill").exists():
         raise KernelFeatureMissing("this kernel's cgroup v2 has no cgroup.kill (Linux >= 5.14)",
                                    hint="use a newer kernel or the VM in vagrant/")
+    _BASE = base
     return base
 
 

@@ -16,18 +16,19 @@ from sandbox.errors import GlassbreakError
 
 def make_emit(output: str, fd: int = 2) -> Callable[[Any], None]:
     """The renderer of glassbreak's own events: text lines or JSON lines, written to `fd`."""
+    from sandbox.audit import event_json
     from sandbox.render import render_text
 
     def emit(ev: Any) -> None:
         if output == "json":
-            line = ev.model_dump_json()
+            line = event_json(ev)
         else:
             rendered = render_text(ev)
             if rendered is None:
                 return
             line = rendered
-        try:
-            os.write(fd, (line + "\n").encode())
+        try:  # argv bytes that are not UTF-8 are shown as they are
+            os.write(fd, (line + "\n").encode("utf-8", "surrogateescape"))
         except OSError:
             pass
 
