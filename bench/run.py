@@ -148,7 +148,8 @@ class Daemon:
             return
         sock = str(workdir / "glassbreak.sock")
         env = dict(env, **{SOCKET_ENV: sock})
-        argv = [glassbreak, "serve", "--host", "127.0.0.1", "--port", str(_free_port())]
+        argv = [glassbreak, "serve", "--socket", sock, "--host", "127.0.0.1",
+                "--port", str(_free_port())]
         log(f"starting the daemon: {SOCKET_ENV}={sock} {' '.join(argv)}")
         self._log = open(workdir / "serve.log", "w+b")  # noqa: SIM115
         try:
