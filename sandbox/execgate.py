@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from sandbox.ebpf import ExecTracer, TraceView
     from sandbox.profile import ResolvedProfile
     from sandbox.unotify import ExecRequest, Notif
+    from sandbox.unotify_native import Responder
 
 INJECTION_VARS = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "BASH_ENV", "ENV")
 TABLE_MAX = 8192
@@ -64,6 +65,8 @@ class GateStats:
     notifications: int = 0
     held: int = 0
     fast: int = 0
+    native: int = 0  # execs continued by the native responder (no Python on their path)
+    native_ns: int = 0  # its total time from receipt to answer (or forward)
     first_block: tuple[str, str, str, str | None] | None = None  # rule, reason, layer, esc id
     notify_ns: int = 0  # total time handling notifications
     notify_max_ns: int = 0
@@ -74,7 +77,8 @@ class GateStats:
         n, h = max(self.notifications, 1), max(self.held, 1)
         return {"notify_avg_us": self.notify_ns / n / 1e3, "notify_max_us":
                 self.notify_max_ns / 1e3, "hold_avg_us": self.hold_ns / h / 1e3,
-                "hold_max_us": self.hold_max_ns / 1e3}
+                "hold_max_us": self.hold_max_ns / 1e3,
+                "native_avg_us": self.native_ns / max(self.native, 1) / 1e3}
 
 
 @dataclass
@@ -119,17 +123,21 @@ class ExecGate:
         self._listener = None
         self._lpoll: select.poll | None = None
         self._listener_dead = False
+        self._native: Responder | None = None
         if listener_fd is not None:
             from sandbox.unotify import Listener
 
             self._listener = Listener(listener_fd)
             self._lpoll = select.poll()
             self._lpoll.register(listener_fd, select.POLLIN)
+            if tracer is not None and mode == "enforce":  # fast only with the eBPF hold behind
+                self._native = _native_responder(listener_fd)
         self._procs: dict[int, _Proc] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=64)
         self._pending: dict[int, _Pending] = {}
         self._closed = False
         self._fast: set[str] = set()
+        self._fast_dec: dict[str, Decision] = {}
         self._memo: dict[tuple[Any, ...], Decision] = {}
         if tracer is not None:
             tracer.watch(cgroup_id, hold=(mode == "enforce"))
@@ -139,13 +147,23 @@ class ExecGate:
     # -- the supervisor's interface -------------------------------------------------------------
     def fds(self) -> list[int]:
         out = []
-        if self._listener is not None:
+        if self._native is not None:
+            out.append(self._native.fileno())
+        elif self._listener is not None:
             out.append(self._listener.fd)
         if self.tracer is not None:
             out += [self.tracer.fileno(), self._efd]
         return out
 
     def handle(self, fd: int) -> None:
+        if self._native is not None:
+            # native records first (an exec's argv before its trace event), then the trace (fork
+            # events: the caller's ppid; held execs at once), then the forwarded notifications
+            forwarded = self._native_records()
+            self._trace()
+            for rec in forwarded:
+                self._notification(rec)
+            return
         self._trace()  # fork events first (the caller's ppid), held execs at once
         if self._listener is not None and fd == self._listener.fd:
             self._notification()
@@ -154,11 +172,15 @@ class ExecGate:
         """Later execs are judged by this profile (grant expiry: the strict one again)."""
         self.profile = profile
         self._memo.clear()
+        self._fast_dec.clear()
         self._refresh_fast()
 
     def drain(self) -> None:
         """Consume every trace event still queued (the run is ending)."""
+        forwarded = self._native_records() if self._native is not None else []
         self._trace(check_lost=True)
+        for rec in forwarded:
+            self._notification(rec)
 
     def close(self) -> None:
         if self._closed:
@@ -167,6 +189,9 @@ class ExecGate:
         try:
             self.drain()
         finally:
+            if self._native is not None:
+                self.stats.native, _, self.stats.native_ns = self._native.counts()
+                self._native.close()
             if self.tracer is not None:
                 self.tracer.set_fast_allow(self.cgroup_id, ())
 
@@ -202,6 +227,8 @@ class ExecGate:
         key = (self.profile.name, self.profile.content_hash)
         self._fast = _FAST.setdefault(key, set()) if self.mode == "enforce" else set()
         self.tracer.set_fast_allow(self.cgroup_id, self._fast)
+        if self._native is not None:
+            self._native.set_allow(self._fast)
 
     def _learn_fast(self, view: TraceView) -> None:
         if (self.tracer is None or self.mode != "enforce" or view.script or not view.exe
@@ -210,20 +237,55 @@ class ExecGate:
         if fast_candidate(self.profile, self._check, view.filename, view.exe):
             self._fast.add(view.filename)
             self.tracer.set_fast_allow(self.cgroup_id, self._fast)
+            if self._native is not None:
+                self._native.set_allow(self._fast)
 
     # -- layer 1: seccomp user-notification -------------------------------------------------------
-    def _notification(self) -> None:
+    def _native_records(self) -> list[Notif]:
+        """Read the native responder's records: execs it continued become pending (their argv
+        for the trace), forwarded notifications are returned for the Python judge."""
+        from sandbox.unotify import Notif
+
+        assert self._native is not None
+        forwarded: list[Notif] = []
+        msgs = self._native.read()
+        for rec in self._native.take() + msgs:  # every F queued before an N was sent comes first
+            if rec.kind == "F":
+                self._pending[rec.pid] = _Pending(self._fast_decision(rec.path), list(rec.argv),
+                                                  rec.path)
+            elif rec.kind == "N":
+                forwarded.append(Notif(rec.id, rec.pid, rec.nr, rec.arch, rec.args))
+            elif rec.kind == "E":
+                self._listener_dead = True
+            elif rec.kind == "X" and not self._listener_dead:
+                self.fatal = ("the native exec responder stopped "
+                              f"({os.strerror(rec.err) if rec.err else 'without a reason'}): "
+                              "the run's execs can no longer be answered")
+        return forwarded
+
+    def _fast_decision(self, path: str) -> Decision:
+        d = self._fast_dec.get(path)
+        if d is None:
+            d = self._check(self.profile, [path], cwd="/", env_path="", binary=path)
+            if not d.allowed:  # cannot happen for a fast path; never record it as blocked
+                d = Decision(Verdict.ALLOW, "exec.fast-allow", "allowed with no argv rule", (),
+                             path)
+            self._fast_dec[path] = d
+        return d
+
+    def _notification(self, n: Notif | None = None) -> None:
         assert self._listener is not None and self._lpoll is not None
-        if self._listener_dead:
-            return
-        ready = self._lpoll.poll(0)
-        if not ready or not ready[0][1] & select.POLLIN:
-            if ready and ready[0][1] & (select.POLLHUP | select.POLLERR):
-                self._listener_dead = True  # every process of the filter is gone
-            return
-        n = self._listener.recv()
         if n is None:
-            return
+            if self._listener_dead:
+                return
+            ready = self._lpoll.poll(0)
+            if not ready or not ready[0][1] & select.POLLIN:
+                if ready and ready[0][1] & (select.POLLHUP | select.POLLERR):
+                    self._listener_dead = True  # every process of the filter is gone
+                return
+            n = self._listener.recv()
+            if n is None:
+                return
         t0 = time.perf_counter_ns()
         answered = False
         try:
@@ -442,6 +504,19 @@ class ExecGate:
                                   rule_id=d.rule_id, reason=d.reason, argv=argv, binary=binary,
                                   sha256=sha, pid=pid, profile=self.profile.name,
                                   escalation_id=esc, enforced=enforced))
+
+
+def _native_responder(listener_fd: int) -> Responder | None:
+    """The native responder for this listener, or None (library missing: all in Python)."""
+    from sandbox.unotify_native import Responder, load
+
+    lib = load()
+    if lib is None:
+        return None
+    try:
+        return Responder(lib, listener_fd)
+    except OSError:
+        return None
 
 
 def _injection(envp: list[str], argv: list[str], binary: str | None) -> Decision | None:

@@ -1,0 +1,189 @@
+"""The native seccomp user-notification responder (sandbox/native/gbresp.c, built by
+scripts/setup.sh into $VENV/lib/libgbresp.so; GLASSBREAK_NATIVE_LIB=PATH names another build),
+driven from Python.
+
+It runs in a thread of the supervisor (a ctypes call releases the GIL) and owns the RECV side of
+one run's listener. It answers CONTINUE itself only for a plain execve of a path in the run's
+fast-allow set (the same set the eBPF hold trusts) with argv/envp within bounds and no injection
+variable, and queues a record of it ('F', before answering) that `take()` collects without any
+wake-up per exec; everything else it forwards unchanged ('N' on `fileno()`, a SOCK_SEQPACKET
+socket) for Python to judge and answer on the same listener fd. When the library is missing,
+`load()` returns None and the exec gate does everything in Python (same decisions, slower).
+GLASSBREAK_NO_NATIVE=1 forces that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+HDR = struct.Struct("<c3xIQII")  # type, pid, notification id, argc, errno
+DATA = struct.Struct("<iIQ6Q")  # seccomp_data: nr, arch, instruction pointer, args
+_LIB: Any = None
+_TRIED = False
+
+
+def load() -> Any:
+    """The loaded library, or None (missing, unloadable, or GLASSBREAK_NO_NATIVE=1)."""
+    global _LIB, _TRIED
+    if os.environ.get("GLASSBREAK_NO_NATIVE") == "1":
+        return None
+    if not _TRIED:
+        _TRIED = True
+        try:
+            lib = ctypes.CDLL(lib_path(), use_errno=True)
+        except OSError:
+            return None
+        lib.gb_new.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.gb_new.restype = ctypes.c_void_p
+        lib.gb_set_allow.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.gb_set_allow.restype = ctypes.c_int
+        lib.gb_serve.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.gb_serve.restype = ctypes.c_int
+        lib.gb_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.gb_stat.restype = ctypes.c_uint64
+        lib.gb_take.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.gb_take.restype = ctypes.c_size_t
+        lib.gb_queue_size.argtypes = []
+        lib.gb_queue_size.restype = ctypes.c_size_t
+        lib.gb_free.argtypes = [ctypes.c_void_p]
+        lib.gb_free.restype = None
+        _LIB = lib
+    return _LIB
+
+
+def lib_path() -> str:
+    return os.environ.get("GLASSBREAK_NATIVE_LIB") or os.path.join(sys.prefix, "lib",
+                                                                   "libgbresp.so")
+
+
+def reset() -> None:
+    """Forget the load attempt (tests switch builds with GLASSBREAK_NATIVE_LIB)."""
+    global _LIB, _TRIED
+    _LIB, _TRIED = None, False
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: str  # F: continued natively, N: forwarded, W: take(), E: listener gone, X: error
+    pid: int = 0
+    id: int = 0
+    path: str = ""
+    argv: tuple[str, ...] = ()
+    nr: int = 0
+    arch: int = 0
+    args: tuple[int, ...] = ()
+    err: int = 0
+
+
+def _dec(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def parse(msg: bytes) -> Record | None:
+    if len(msg) < HDR.size:
+        return None
+    kind_b, pid, nid, argc, err = HDR.unpack_from(msg)
+    kind = kind_b.decode("ascii", "replace")
+    if kind == "F":
+        parts = msg[HDR.size:].split(b"\0")
+        return Record("F", pid, nid, _dec(parts[0]), tuple(_dec(p) for p in parts[1:1 + argc]))
+    if kind == "N" and len(msg) >= HDR.size + DATA.size:
+        nr, arch, _ip, *args = DATA.unpack_from(msg, HDR.size)
+        return Record("N", pid, nid, nr=nr, arch=arch, args=tuple(args))
+    return Record(kind, err=err)
+
+
+class Responder:
+    """One run's native responder thread. Python keeps using `listener_fd` for answers (NOT for
+    RECV). close() stops the thread; the caller closes the listener fd afterwards."""
+
+    def __init__(self, lib: Any, listener_fd: int) -> None:
+        self._lib = lib
+        self._py, self._c = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._py.setblocking(False)
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._h = lib.gb_new(listener_fd, self._c.fileno())
+        if not self._h:
+            self._close_fds()
+            raise OSError("the native exec responder could not be created")
+        self._qsize = int(lib.gb_queue_size())
+        self._buf = ctypes.create_string_buffer(self._qsize)
+        self.result: int | None = None
+        self._thread = threading.Thread(target=self._serve, name="gb-unotify", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.result = int(self._lib.gb_serve(self._h, self._stop))
+
+    def fileno(self) -> int:
+        return self._py.fileno()
+
+    def set_allow(self, paths: Any) -> None:
+        blob = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in sorted(paths))
+        if self._h:
+            self._lib.gb_set_allow(self._h, blob, len(blob))
+
+    def take(self) -> list[Record]:
+        """The execs continued natively since the last take ('F' records, in order)."""
+        if not self._h:
+            return []
+        n = int(self._lib.gb_take(self._h, self._buf, self._qsize))
+        if not n:
+            return []
+        raw = self._buf.raw[:n]
+        out: list[Record] = []
+        off = 0
+        while off + 4 <= n:
+            ln = int.from_bytes(raw[off:off + 4], "little")
+            rec = parse(raw[off + 4:off + 4 + ln])
+            if rec is not None:
+                out.append(rec)
+            off += 4 + ln
+        return out
+
+    def read(self) -> list[Record]:
+        """Messages on the socket ('N', 'W', 'E', 'X'), without blocking."""
+        out: list[Record] = []
+        while True:
+            try:
+                msg = self._py.recv(1 << 17)
+            except (BlockingIOError, InterruptedError):
+                return out
+            if not msg:
+                out.append(Record("X", err=0))  # the thread is gone without a word
+                return out
+            rec = parse(msg)
+            if rec is not None:
+                out.append(rec)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(continued natively, forwarded, nanoseconds spent on notifications)."""
+        if not self._h:
+            return 0, 0, 0
+        return (int(self._lib.gb_stat(self._h, 0)), int(self._lib.gb_stat(self._h, 1)),
+                int(self._lib.gb_stat(self._h, 2)))
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        if not self._h:
+            return
+        os.eventfd_write(self._stop, 1)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():  # never free what a stuck thread may still use
+            self._lib.gb_free(self._h)
+            self._h = None
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        self._py.close()
+        self._c.close()
+        os.close(self._stop)
