@@ -184,7 +184,7 @@ static int allowed(struct gb_resp *r, const char *path) {
 static const char *cstr(struct win *w, uint64_t addr, size_t *len_out) {
     if (addr == 0)
         return NULL;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0; attempt < 3; attempt++) {
         if (addr >= w->base && addr < w->base + w->len) {
             size_t off = addr - w->base;
             const char *s = w->buf + off;
@@ -193,10 +193,13 @@ static const char *cstr(struct win *w, uint64_t addr, size_t *len_out) {
                 *len_out = (size_t)(nul - s);
                 return s;
             }
-            if (attempt)
+            if (attempt == 2)
                 return NULL;
         }
-        ssize_t got = pread(w->fd, w->buf, GB_WIN, (off_t)addr);
+        // first to the end of addr's page only (each page read costs a page walk), then a wider
+        // window for a string that crosses it
+        size_t want = attempt == 1 ? GB_WIN : 4096 - (size_t)(addr & 4095);
+        ssize_t got = pread(w->fd, w->buf, want, (off_t)addr);
         if (got <= 0) {
             w->len = 0;
             return NULL;

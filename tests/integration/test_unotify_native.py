@@ -20,6 +20,13 @@ from tests.integration.test_unotify import _spawn, _wait
 pytestmark = pytest.mark.kernel
 
 
+@pytest.fixture(autouse=True)
+def _native_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLASSBREAK_NO_NATIVE", raising=False)  # these tests choose themselves
+    monkeypatch.delenv("GLASSBREAK_NATIVE_LIB", raising=False)
+    unotify_native.reset()
+
+
 def _lib():  # type: ignore[no-untyped-def]
     unotify_native.reset()
     lib = unotify_native.load()
@@ -122,7 +129,7 @@ safeBins:
   kubectl:
     restrictedCommands: [delete]
 exec:
-  allow: [sh, dash, "true", env]
+  allow: [sh, dash, "true", env, seq]
   default: block
 """
 
@@ -153,3 +160,39 @@ def test_gate_records_the_same_with_and_without_native(tmp_path: Path, native: b
     assert ("env.injection:LD_PRELOAD", "exec-gate", ("/bin/true", "inj")) in blocked
     assert any(rule.startswith("exec.") and argv == ("/bin/cat", "/dev/null")
                for rule, _, argv in blocked), blocked
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_native_answers_the_common_case_in_process(tmp_path: Path, native: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the supervisor: with the library, plain execs of a fast path never reach Python's
+    notification handler; without it (missing library) Python answers every one."""
+    if native:
+        _lib()
+    else:
+        monkeypatch.setenv("GLASSBREAK_NATIVE_LIB", str(tmp_path / "missing.so"))
+    require(os.geteuid() == 0, "the runner needs root")
+    from sandbox import execgate
+    from sandbox.supervisor import RunRequest, Supervisor
+
+    stats: list[execgate.GateStats] = []
+    orig = execgate.ExecGate.close
+
+    def close(self: execgate.ExecGate) -> None:
+        orig(self)
+        stats.append(self.stats)
+
+    monkeypatch.setattr(execgate.ExecGate, "close", close)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(PROFILE.replace("nativetest", f"nativetest{int(native)}"))
+    monkeypatch.setenv("GLASSBREAK_STATE_DIR", str(tmp_path / "state"))
+    events: list[object] = []
+    r = Supervisor().run(RunRequest(argv=["sh", "-c", "for i in $(seq 30); do /bin/true; done"],
+                                    profile=str(prof)), events.append)
+    assert r.exit_code == 0
+    st = stats[-1]
+    assert st.execs >= 31 and st.blocked == 0
+    if native:
+        assert st.native >= 25 and st.notifications <= st.execs - 25, st
+    else:
+        assert st.native == 0 and st.notifications >= 31, st
