@@ -471,16 +471,20 @@ class Supervisor:
         grant_open = grant is not None
         grant_killed = False
         status: int | None = None
+        unsubscribe, wake = self._watch_revocations(grant, sel)
         try:
             while status is None:
                 timeout = 1.0
                 if grant_open and grant_deadline is not None:
                     timeout = max(0.0, min(timeout, grant_deadline - time.time()))
+                pushed: bool | str = False
                 for key, _ in sel.select(timeout):
                     if key.data == "gate":
                         gate.handle(key.fd)
                     elif key.data == "exit":
                         status = _reap(child.pid)
+                    elif key.data == "revoked":
+                        pushed = _drain(key.fd)
                 if gate is not None and gate.fatal:
                     record(EventsLost(count=getattr(gate, "lost", 0) or 1,
                                       source=gate.fatal), sync=True)
@@ -494,9 +498,11 @@ class Supervisor:
                     why = None
                     if grant_deadline is not None and time.time() >= grant_deadline:
                         why = "expired"
-                    elif time.monotonic() >= next_grant_poll:
+                    elif pushed or time.monotonic() >= next_grant_poll:
+                        # a pushed revocation is confirmed with the store; the 1 s poll stays
+                        # as the fallback for a lost push
                         next_grant_poll = time.monotonic() + 1.0
-                        why = self._grant_closed(grant)
+                        why = "revoked" if pushed == "*" else self._grant_closed(grant)
                     if why:
                         grant_open = False
                         grant_killed = self._close_grant(why, grant, strict, effective, gate, cg,
@@ -507,7 +513,33 @@ class Supervisor:
                 gate.drain()  # trace events not read yet count in the result
         finally:
             sel.close()
+            if unsubscribe is not None:
+                unsubscribe()
+            for fd in wake:
+                os.close(fd)
         return self._result(run_id, status, child, gate, kmsg, grant_killed, record)
+
+    def _watch_revocations(self, grant: Any | None, sel: selectors.BaseSelector
+                           ) -> tuple[Callable[[], None] | None, tuple[int, ...]]:
+        """Wake the run loop as soon as any host revokes this run's grant (Redis pub/sub;
+        SQLite is polled by the store). A lost channel ("*") counts as a revocation."""
+        if grant is None:
+            return None, ()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        sel.register(r, selectors.EVENT_READ, "revoked")
+
+        def on_revoke(grant_id: str) -> None:
+            if grant_id in ("*", grant.id):
+                try:
+                    os.write(w, b"*" if grant_id == "*" else b"r")
+                except OSError:
+                    pass
+
+        try:
+            stop = self.escalations().subscribe_revocations(on_revoke)
+        except (StoreError, OSError):
+            stop = None  # the 1 s poll still runs, and it fails closed on a store error
+        return stop, (r, w)
 
     def _grant_closed(self, grant: Any) -> str | None:
         try:
@@ -569,6 +601,20 @@ def _grant_deadline(grant: Any | None) -> float | None:
         return None
     exp = getattr(grant, "expires_at", None)
     return float(exp) if exp else None
+
+
+def _drain(fd: int) -> bool | str:
+    """Read the wake-up pipe: "*" when the revocation channel was lost, else True."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return "*" if b"*" in data else bool(data)
 
 
 def _reap(pid: int, block: bool = False) -> int | None:

@@ -151,7 +151,7 @@ def test_revocation_ends_a_running_escalated_session(env: dict[str, str],
     assert rv.returncode == 0, rv.stderr
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=20)
-    assert time.monotonic() - t0 < 3.0, "revocation must end the session within about a second"
+    assert time.monotonic() - t0 < 1.5, "revocation must end the session within a second"
     assert proc.returncode == 128 + 9, err
     assert "revoked" in err
     ended = [e for e in _audit(state_dir) if e["type"] == "grant_ended"]
