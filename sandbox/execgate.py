@@ -187,6 +187,8 @@ class ExecGate:
             return
         self._closed = True
         try:
+            if self._native is not None:
+                self._native.stop()  # first: no exec is continued after the last drain
             self.drain()
         finally:
             if self._native is not None:

@@ -173,11 +173,16 @@ class Responder:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def stop(self) -> None:
+        """Stop answering (the thread ends); records can still be taken until close()."""
+        if self._h:
+            os.eventfd_write(self._stop, 1)
+            self._thread.join(timeout=5)
+
     def close(self) -> None:
         if not self._h:
             return
-        os.eventfd_write(self._stop, 1)
-        self._thread.join(timeout=5)
+        self.stop()
         if not self._thread.is_alive():  # never free what a stuck thread may still use
             self._lib.gb_free(self._h)
             self._h = None
