@@ -4,10 +4,14 @@
  *   0, 1, 2  the run's stdio (already in place)
  *   3        the report socket (SOCK_SEQPACKET; made close-on-exec here: EOF = exec'd)
  *   4        the spec (a sealed memfd, format below)
- *   5        the run cgroup's cgroup.procs opened for writing (or absent)
- * It then does what sandbox/child.py's Python path does, in the same order, with the same
- * reports ((step, errno) as two native ints; the OK report carries the seccomp listener):
- *   PDEATHSIG, parent check, cgroup, (stdio), chdir, privileges (PDEATHSIG again), setsid,
+ *   5        the run's cgroup directory (or absent)
+ * With a cgroup, it first clone3()s the real child straight INTO the cgroup, as a sibling
+ * (CLONE_PARENT: the caller's child, its PDEATHSIG tied to the caller's thread), and exits: no
+ * write to cgroup.procs, whose migration lock costs a synchronize_rcu (6-25 ms) when runs are
+ * spaced out. The child first reports (PID, its pid). Then the child does what
+ * sandbox/child.py's Python path does, in the same order, with the same reports ((step, errno)
+ * as two native ints; the OK report carries the seccomp listener):
+ *   PDEATHSIG, parent check, (cgroup), (stdio), chdir, privileges (PDEATHSIG again), setsid,
  *   default signals + empty mask, close other fds, no_new_privs + child subreaper,
  *   seccomp filters (stacked extras first; the main one with NEW_LISTENER when notify),
  *   send the listener, execve.
@@ -21,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/filter.h>
 #include <signal.h>
@@ -37,6 +42,7 @@
 enum { S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP,
        S_SECCOMP, S_SEND, S_EXEC };
 #define OK (-1)
+#define PID_REPORT (-2)
 #define REPORT_FD 3
 #define SPEC_FD 4
 #define CGROUP_FD 5
@@ -106,14 +112,28 @@ int main(void) {
     }
     if (notify && nf == 0) fail(S_SECCOMP, EINVAL);
 
-    /* 1 PDEATHSIG, 2 parent still there */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(S_PDEATH, errno);
-    if (getppid() != parent) _exit(125);
-    /* 3 the run's cgroup */
+    /* 3 (first) the run's cgroup: born in it */
     if (fcntl(CGROUP_FD, F_GETFD) >= 0) {
-        if (write(CGROUP_FD, "0", 1) != 1) fail(S_CGROUP, errno);
+        struct clone_args ca;
+        memset(&ca, 0, sizeof ca);
+        ca.flags = CLONE_PARENT | CLONE_INTO_CGROUP;
+        ca.cgroup = CGROUP_FD;
+        long pid = syscall(SYS_clone3, &ca, sizeof ca);
+        if (pid < 0 && (errno == ENOSYS || errno == E2BIG)) { /* old kernel: migrate */
+            int procs = openat(CGROUP_FD, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+            if (procs < 0 || write(procs, "0", 1) != 1) fail(S_CGROUP, errno);
+            close(procs);
+        } else if (pid < 0) {
+            fail(S_CGROUP, errno);
+        } else if (pid > 0) {
+            _exit(0); /* the launcher's part is done; the caller reaps it */
+        }
         close(CGROUP_FD);
     }
+    report(PID_REPORT, (int)getpid());
+    /* 1 PDEATHSIG, 2 parent still there (the caller, also for the clone: CLONE_PARENT) */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(S_PDEATH, errno);
+    if (getppid() != parent) _exit(125);
     /* 4 stdio: in place (posix_spawn file actions) */
     if (chdir(cwd) != 0) fail(S_CHDIR, errno);
     /* 5 privileges */

@@ -55,6 +55,7 @@ STEPS = ("set PDEATHSIG", "check parent", "enter cgroup", "set up stdio", "chdir
 S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP, S_SECCOMP, \
     S_SEND, S_EXEC = range(len(STEPS))
 OK = -1
+PID_REPORT = -2  # the launcher's first report: (PID_REPORT, the sandboxed child's pid)
 _REPORT = struct.Struct("ii")
 SPAWN_TIMEOUT = 10.0
 
@@ -226,13 +227,20 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
 
     launcher = launcher_path()
     if launcher is not None:
+        cg_dir = -1
         try:
+            # the launcher clones the child straight into the cgroup (its directory's fd)
+            if cgroup_procs:
+                cg_dir = os.open(os.path.dirname(cgroup_procs),
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             pid = _spawn_launcher(
                 launcher, parent=parent, notify=notify, new_session=new_session, uid=uid,
                 gid=gid, groups=groups, cwd_b=cwd_b, exe_b=exe_b, argv_b=argv_b, env_b=env_b,
                 filters=[*extra_bpf, *([bpf] if bpf else [])], stdio=(stdin, stdout, stderr),
-                csock=cfd, cg_fd=cg_fd)
+                csock=cfd, cg_fd=cg_dir)
         except OSError as e:
+            if cg_dir >= 0:
+                os.close(cg_dir)
             psock.close()
             csock.close()
             if cg_fd >= 0:
@@ -240,7 +248,9 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
             raise RunnerError(f"cannot start the launcher {launcher}: {e.strerror}",
                               hint="re-run `bash scripts/setup.sh`, or set "
                               "GLASSBREAK_NO_LAUNCHER=1 to spawn in Python") from e
-        return _parent(pid, psock, csock, cg_fd, argv, notify)
+        if cg_dir >= 0:
+            os.close(cg_dir)
+        return _parent(pid, psock, csock, cg_fd, argv, notify, launcher=True)
     try:
         pid = os.fork()
     except OSError as e:
@@ -339,10 +349,12 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
 
 
 def _parent(pid: int, psock: socket.socket, csock: socket.socket, cg_fd: int, argv: list[str],
-            notify: bool) -> Child:
+            notify: bool, launcher: bool = False) -> Child:
     csock.close()
     if cg_fd >= 0:
         os.close(cg_fd)
+    if launcher:
+        pid = _launched_pid(pid, psock, argv)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as e:
@@ -370,6 +382,37 @@ def _parent(pid: int, psock: socket.socket, csock: socket.socket, cg_fd: int, ar
         child.status = _reap(pid)
         child.close()
         raise
+
+
+def _launched_pid(lpid: int, psock: socket.socket, argv: list[str]) -> int:
+    """The launcher's first report is the sandboxed child's pid (the launcher may have cloned
+    it into the run's cgroup as our child, then exited): reap the launcher if so."""
+    try:
+        lpidfd = os.pidfd_open(lpid)
+    except OSError as e:
+        psock.close()
+        _reap(lpid)
+        raise RunnerError(f"pidfd_open failed: {e.strerror}", hint="needs Linux >= 5.3") from e
+    try:
+        first, fd = _recv(psock, lpidfd, lpid)
+        if fd is not None:
+            os.close(fd)
+        if first is None or first[0] != PID_REPORT:
+            try:
+                os.kill(lpid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _reap(lpid)
+            psock.close()
+            if first is None:
+                raise RunnerError("the launcher died before it started the command",
+                                  hint="run `glassbreak doctor`; or GLASSBREAK_NO_LAUNCHER=1")
+            raise _error(first[0], first[1], argv)
+        if first[1] != lpid:
+            _reap(lpid)  # it exited right after the clone
+        return first[1]
+    finally:
+        os.close(lpidfd)
 
 
 def launcher_path() -> str | None:
