@@ -192,6 +192,14 @@ class Daemon:
         except GlassbreakError as e:
             _write_error(fds[2], e, output)
             return e.exit_code
+        ignored = _ignored_state_vars(req.env or {})
+        if ignored:
+            from sandbox.events import Degraded
+
+            emit(Degraded(what="daemon", why=(
+                "this run goes through the glassbreak daemon, which keeps its own state dir, "
+                f"store and profile path; ignored from your environment: {', '.join(ignored)} "
+                "(set GLASSBREAK_NO_DAEMON=1 to run in process with them)")))
         run = _Run()
         req.on_spawn = run.attach
         result: dict[str, int] = {}
@@ -289,6 +297,14 @@ class Daemon:
             uid=None if root else uid, gid=None if root else gid,
             groups=None if root else groups,
         )
+
+
+OWN_STATE_VARS = ("GLASSBREAK_STATE_DIR", "GLASSBREAK_STORE", "GLASSBREAK_PROFILE_PATH")
+
+
+def _ignored_state_vars(env: dict[str, str]) -> list[str]:
+    """The caller's state settings that differ from the daemon's own (and so are not used)."""
+    return [f"{v}={env[v]}" for v in OWN_STATE_VARS if env.get(v) and env[v] != os.environ.get(v)]
 
 
 def _caller_cwd(pid: int, claimed: Any) -> str:

@@ -259,3 +259,19 @@ def test_warm_run_is_cheap(daemon: Daemon) -> None:
         assert r.returncode == 0, r.stderr
     times.sort()
     assert times[len(times) // 2] < 0.04, f"warm run median {times[7] * 1000:.1f} ms"
+
+
+def test_callers_own_state_settings_are_not_silently_ignored(daemon: Daemon,
+                                                             tmp_path: Path) -> None:
+    """The daemon keeps its own state dir: a caller whose environment names another one is told
+    so on stderr (and how to run in process instead); the run is recorded in the daemon's log."""
+    mine = tmp_path / "my-state"
+    env = client_env(daemon)
+    env["GLASSBREAK_STATE_DIR"] = str(mine)
+    r = gb(daemon, "/bin/true", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"GLASSBREAK_STATE_DIR={mine}" in r.stderr and "GLASSBREAK_NO_DAEMON=1" in r.stderr
+    assert not (mine / "audit.jsonl").exists()
+    assert (daemon.state / "audit.jsonl").exists()
+    quiet = gb(daemon, "/bin/true")  # no own setting: no note
+    assert quiet.returncode == 0 and "GLASSBREAK_STATE_DIR" not in quiet.stderr
