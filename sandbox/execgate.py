@@ -134,7 +134,10 @@ class ExecGate:
                 self._native = _native_responder(listener_fd)
         self._procs: dict[int, _Proc] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=64)
-        self._pending: dict[int, _Pending] = {}
+        # per pid, the gate's decisions on execs let through, oldest first, until the trace sees
+        # them (one process can exec several times before the trace is read: env -> true)
+        self._pending: dict[int, list[_Pending]] = {}
+        self._deferred: list[Notif] = []  # forwarded by the native responder, to answer
         self._closed = False
         self._fast: set[str] = set()
         self._fast_dec: dict[str, Decision] = {}
@@ -159,10 +162,9 @@ class ExecGate:
         if self._native is not None:
             # native records first (an exec's argv before its trace event), then the trace (fork
             # events: the caller's ppid; held execs at once), then the forwarded notifications
-            forwarded = self._native_records()
+            self._deferred += self._native_records()
             self._trace()
-            for rec in forwarded:
-                self._notification(rec)
+            self._answer_deferred()
             return
         self._trace()  # fork events first (the caller's ppid), held execs at once
         if self._listener is not None and fd == self._listener.fd:
@@ -177,10 +179,15 @@ class ExecGate:
 
     def drain(self) -> None:
         """Consume every trace event still queued (the run is ending)."""
-        forwarded = self._native_records() if self._native is not None else []
+        if self._native is not None:
+            self._deferred += self._native_records()
         self._trace(check_lost=True)
-        for rec in forwarded:
-            self._notification(rec)
+        self._answer_deferred()
+
+    def _answer_deferred(self) -> None:
+        """Answer the notifications the native responder forwarded (after the trace)."""
+        while self._deferred:
+            self._notification(self._deferred.pop(0))
 
     def close(self) -> None:
         if self._closed:
@@ -253,8 +260,8 @@ class ExecGate:
         msgs = self._native.read()
         for rec in self._native.take() + msgs:  # every F queued before an N was sent comes first
             if rec.kind == "F":
-                self._pending[rec.pid] = _Pending(self._fast_decision(rec.path), list(rec.argv),
-                                                  rec.path)
+                self._pending.setdefault(rec.pid, []).append(
+                    _Pending(self._fast_decision(rec.path), list(rec.argv), rec.path))
             elif rec.kind == "N":
                 forwarded.append(Notif(rec.id, rec.pid, rec.nr, rec.arch, rec.args))
             elif rec.kind == "E":
@@ -326,7 +333,7 @@ class ExecGate:
             if self.tracer is None:
                 self._observed(n.pid, d, Layer.EXEC_GATE, req.binary, req.argv)
             else:
-                self._pending[n.pid] = _Pending(d, req.argv, req.binary)
+                self._pending.setdefault(n.pid, []).append(_Pending(d, req.argv, req.binary))
             return True
         self._listener.respond_errno(n.id, errno.EPERM)
         self._blocked(d, Layer.EXEC_GATE, n.pid, req.binary, req.cwd, enforced=True)
@@ -405,8 +412,24 @@ class ExecGate:
                 self.fatal = (f"the eBPF ring buffer dropped {self.lost} event(s): the run's "
                               "execs can no longer all be verified")
 
+    def _take_pending(self, ev: Any) -> _Pending | None:
+        """The oldest pending decision of this exec's process (the exec's own, in order)."""
+        for pid in (ev.old_pid, ev.pid):
+            queue = self._pending.get(pid)
+            if queue:
+                pend = queue.pop(0)
+                if not queue:
+                    del self._pending[pid]
+                return pend
+        return None
+
     def _exec_event(self, ev: Any) -> None:
-        pend = self._pending.pop(ev.old_pid, None) or self._pending.pop(ev.pid, None)
+        pend = self._take_pending(ev)
+        if pend is None and not ev.held and self._native is not None:
+            # the native responder queues an exec's record before it lets the exec go on, so
+            # a record missing here was queued after our last read: read again
+            self._deferred += self._native_records()
+            pend = self._take_pending(ev)
         if not ev.held:
             self.stats.fast += 1
             d = pend.decision if pend is not None else Decision(
