@@ -48,6 +48,7 @@ PR_SET_CHILD_SUBREAPER = 36
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(platform.machine(), -1)
+SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(platform.machine(), -1)
 
 STEPS = ("set PDEATHSIG", "check parent", "enter cgroup", "set up stdio", "chdir",
          "drop privileges", "reset signals", "close fds", "set no_new_privs", "load seccomp filter",
@@ -203,6 +204,7 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
     env_b = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
     cwd_b = os.fsencode(cwd)
     all_signals = [s for s in range(1, 65) if s not in (signal.SIGKILL, signal.SIGSTOP)]
+    dfl_action = ctypes.create_string_buffer(64)  # a zeroed kernel sigaction: SIG_DFL
     ok_msg = _REPORT.pack(OK, 0)
     parent = os.getpid()
 
@@ -298,7 +300,11 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                 os.setsid()
             step = S_SIGNALS
             for s in all_signals:
-                libc.signal(s, None)  # SIG_DFL
+                # the raw syscall: glibc's signal() refuses its reserved signals 32 and 33, so
+                # an ignored one in the supervisor would be inherited across exec
+                if SYS_RT_SIGACTION < 0 or libc.syscall(SYS_RT_SIGACTION, s, dfl_action,
+                                                        None, 8) != 0:
+                    libc.signal(s, None)  # SIG_DFL
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             step = S_CLOSE
             os.closerange(3, cfd)

@@ -169,3 +169,34 @@ def test_module_has_no_heavy_imports():
                           "('httpx','redis','bcc','uvicorn','pydantic','pyseccomp')))"],
                          capture_output=True, text=True, cwd=str(Path(REPO)))
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("launcher", ["python", "native"])
+def test_signals_ignored_by_the_supervisor_are_not_inherited(launcher: str) -> None:
+    """Even glibc's reserved signals (32, 33), which signal() cannot reset, start at SIG_DFL in
+    the sandboxed child (an ignored signal survives exec)."""
+    import subprocess
+    import sys
+
+    code = r'''
+import ctypes, os
+libc = ctypes.CDLL(None)
+ign = ctypes.create_string_buffer(64)
+ctypes.memmove(ign, ctypes.byref(ctypes.c_ulong(1)), 8)  # SIG_IGN
+for s in (1, 10, 32, 33):
+    assert libc.syscall(13, s, ign, None, 8) == 0
+from sandbox.child import spawn
+r, w = os.pipe()
+c = spawn(["/bin/grep", "SigIgn", "/proc/self/status"], executable="/bin/grep", env={}, cwd="/",
+          cgroup_procs=None, bpf=None, notify=False, stdout=w)
+os.close(w)
+print(os.read(r, 200).decode().strip())
+os.waitpid(c.pid, 0)
+'''
+    env = dict(os.environ)
+    if launcher == "python":
+        env["GLASSBREAK_NO_LAUNCHER"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SigIgn:\t0000000000000000", out.stdout
