@@ -275,3 +275,24 @@ def test_callers_own_state_settings_are_not_silently_ignored(daemon: Daemon,
     assert (daemon.state / "audit.jsonl").exists()
     quiet = gb(daemon, "/bin/true")  # no own setting: no note
     assert quiet.returncode == 0 and "GLASSBREAK_STATE_DIR" not in quiet.stderr
+
+
+def test_daemon_reloads_a_profile_when_its_file_changes(daemon: Daemon, tmp_path: Path) -> None:
+    """The daemon keeps profiles parsed, and sees an edited file at the next run."""
+    d = tmp_path / "p"
+    d.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(d, 0o755)
+    prof = d / "reload.yaml"
+    prof.write_text("name: reload\nextends: base\nexec:\n  allow: [/usr/bin/true]\n")
+    prof.chmod(0o644)
+    env = client_env(daemon)
+    first = subprocess.run([GLASSBREAK, "run", "-p", str(prof), "--", "/usr/bin/echo", "hi"],
+                           capture_output=True, text=True, timeout=30, env=env)
+    assert first.returncode == 126, first.stderr
+    prof.write_text("name: reload\nextends: base\nexec:\n  allow: [/usr/bin/true, "
+                    "/usr/bin/echo]\n")
+    second = subprocess.run([GLASSBREAK, "run", "-p", str(prof), "--", "/usr/bin/echo", "hi"],
+                            capture_output=True, text=True, timeout=30, env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == "hi\n"
