@@ -137,3 +137,23 @@ def compile_c(tmp: Path, name: str, source: str, *flags: str) -> Path:
     return out
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (a process we started may linger as one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+# A supervisor in a subprocess: spawns `sleep 60` through sandbox.child and prints its pid
+# (argv[1]: the repository, for the import). Used to SIGKILL a supervisor in tests.
+SPAWN_SLEEP_HELPER = r"""
+import os, sys, time
+sys.path[:0] = [sys.argv[1]]
+from sandbox.child import spawn
+c = spawn(["sleep", "60"], executable="/bin/sleep", env={}, cwd="/", cgroup_procs=None,
+          bpf=None, notify=False)
+print(c.pid, flush=True)
+time.sleep(60)
+"""

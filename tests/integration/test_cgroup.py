@@ -12,7 +12,7 @@ import pytest
 
 from sandbox import cgroup as cgmod
 from sandbox.cgroup import RunCgroup, cgroup2_mount, cleanup_stale
-from tests._sandbox_helpers import run_sandboxed
+from tests._sandbox_helpers import alive, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
@@ -34,13 +34,6 @@ def cg():
     c.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
 
 DAEMON = ("(setsid sh -c 'sleep 300 & echo $! > {pidfile}; wait' </dev/null >/dev/null 2>&1 &) ;"
           " while [ ! -s {pidfile} ]; do sleep 0.01; done; echo started")
@@ -59,13 +52,13 @@ def test_kill_ends_a_double_forked_setsid_daemon(cg, tmp_path):
                       cgroup_procs=cg.procs_path)
     assert "started" in r.out
     daemon = int(pidfile.read_text())
-    assert _alive(daemon), "the daemon should still run after its parent exited"
+    assert alive(daemon), "the daemon should still run after its parent exited"
     assert daemon in cg.pids() and cg.populated()
     with open(f"/proc/{daemon}/cgroup") as f:
         assert f"/glassbreak/{cg.path.name}" in f.read()
     cg.kill()
     assert cg.wait_empty(2.0)
-    assert not _alive(daemon)
+    assert not alive(daemon)
     assert cg.remove() and not cg.path.exists()
 
 
@@ -115,13 +108,13 @@ def test_supervisor_sigkill_ends_the_whole_tree(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         daemon = int(pidfile.read_text())
-        assert _alive(daemon)
+        assert alive(daemon)
         helper.kill()
         helper.wait(5)
         deadline = time.monotonic() + 1.0
-        while _alive(daemon) and time.monotonic() < deadline:
+        while alive(daemon) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not _alive(daemon), "a daemonized process outlived its SIGKILLed supervisor"
+        assert not alive(daemon), "a daemonized process outlived its SIGKILLed supervisor"
         path = cgroup2_mount() / "glassbreak" / name
         deadline = time.monotonic() + 2.0
         while path.exists() and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ from sandbox.child import spawn
 from sandbox.errors import CommandNotFound, RunnerError
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import compile_filter
-from tests._sandbox_helpers import Responder, run_sandboxed
+from tests._sandbox_helpers import SPAWN_SLEEP_HELPER, Responder, alive, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
@@ -113,38 +113,23 @@ def test_drop_privileges(tmp_path):
     assert out.decode().split() == ["65534", "65534", "65534"]
 
 
-HELPER = r"""
-import os, sys, time
-sys.path[:0] = [sys.argv[1]]
-from sandbox.child import spawn
-c = spawn(["sleep", "60"], executable="/bin/sleep", env={}, cwd="/", cgroup_procs=None,
-          bpf=None, notify=False)
-print(c.pid, flush=True)
-time.sleep(60)
-"""
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def test_pdeathsig_child_dies_with_its_supervisor():
-    helper = subprocess.Popen([sys.executable, "-c", HELPER, str(REPO)], stdout=subprocess.PIPE,
+    helper = subprocess.Popen([sys.executable, "-c", SPAWN_SLEEP_HELPER, str(REPO)],
+                              stdout=subprocess.PIPE,
                               text=True)
     try:
         assert helper.stdout is not None
         pid = int(helper.stdout.readline())
-        assert _alive(pid)
+        assert alive(pid)
         helper.kill()
         helper.wait(5)
         deadline = time.monotonic() + 1.0
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not _alive(pid), "the sandboxed child outlived its supervisor"
+        assert not alive(pid), "the sandboxed child outlived its supervisor"
     finally:
         if helper.poll() is None:
             helper.kill()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._sandbox_helpers import alive
 from tests.conftest import GLASSBREAK, is_root, require
 
 pytestmark = pytest.mark.kernel
@@ -171,22 +172,14 @@ def test_daemon_death_ends_the_run(tmp_path: Path) -> None:
         pid = int(_wait_line(p))
         t0 = time.monotonic()
         dm.proc.kill()
-        while _alive(pid) and time.monotonic() - t0 < 2.0:
+        while alive(pid) and time.monotonic() - t0 < 2.0:
             time.sleep(0.02)
-        assert not _alive(pid), "the run's process outlived the daemon by 2 s"
+        assert not alive(pid), "the run's process outlived the daemon by 2 s"
         _, err = p.communicate(timeout=5)
         assert p.returncode == 125
         assert "died; the run was ended" in err and str(dm.sock) in err
     finally:
         dm.stop()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_thin_client_imports_only_the_standard_library(daemon: Daemon) -> None:
@@ -241,24 +234,26 @@ def test_sigterm_to_the_client_ends_the_run(daemon: Daemon) -> None:
     assert p.returncode == 128 + signal.SIGTERM, err
     assert "the run's process tree was ended" in err
     deadline = time.monotonic() + 2
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
-def test_warm_run_is_cheap(daemon: Daemon) -> None:
-    """The warm path's budget (issue 5: <= 2.5x a bubblewrap start, ~6-8 ms here): a generous
-    bound that still fails if the client starts Python or the daemon forks Python."""
-    env = client_env(daemon)
-    times = []
-    for _ in range(15):
-        t = time.perf_counter()
-        r = subprocess.run([GLASSBREAK, "run", "-p", "readonly", "--", "/bin/true"], env=env,
-                           capture_output=True, timeout=30)
-        times.append(time.perf_counter() - t)
-        assert r.returncode == 0, r.stderr
-    times.sort()
-    assert times[len(times) // 2] < 0.04, f"warm run median {times[7] * 1000:.1f} ms"
+def test_warm_run_starts_no_python(daemon: Daemon) -> None:
+    """The warm path's cost is structural (the timing targets live in bench/): the console
+    script is the native client, and a run through the daemon works with the Python it would
+    fall back to replaced by /bin/false."""
+    with open(GLASSBREAK, "rb") as f:
+        assert f.read(4) == b"\x7fELF", "make setup installs the native client as glassbreak"
+    env = client_env(daemon, GLASSBREAK_PYTHON="/bin/false")
+    r = subprocess.run([GLASSBREAK, "run", "-p", "readonly", "--", "/bin/echo", "warm"],
+                       env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "warm\n", r.stderr
+    # without the daemon the same client needs Python: the substitute makes it fail
+    cold = subprocess.run([GLASSBREAK, "run", "-p", "readonly", "--", "/bin/true"],
+                          env={**env, "GLASSBREAK_NO_DAEMON": "1"}, capture_output=True,
+                          timeout=30)
+    assert cold.returncode != 0
 
 
 def test_callers_own_state_settings_are_not_silently_ignored(daemon: Daemon,
