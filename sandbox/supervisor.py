@@ -553,7 +553,8 @@ class Supervisor:
         """The window closed: strict profile for new execs; end processes started under it."""
         if gate is not None:
             gate.set_profile(strict)
-        kill = effective.escalation.onExpiry == "kill" and strict.escalation.onExpiry == "kill"
+        # the stricter wins: processes are ended unless both profiles say keep
+        kill = "kill" in (effective.escalation.onExpiry, strict.escalation.onExpiry)
         pids = cg.pids() if kill else []
         if kill:
             cg.kill()
