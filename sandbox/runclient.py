@@ -64,16 +64,25 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
         old[s] = signal.signal(s, _terminate)
     try:
         res = sup.run(req, emit)
+        code = res.exit_code
     except GlassbreakError as e:
         print(e.render(), file=sys.stderr)
-        return e.exit_code
+        code = e.exit_code
     except Terminated as e:
         print(f"glassbreak: {e}; the run's process tree was ended", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        code = 128 + signal.SIGTERM
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return res.exit_code
+    if sup.prewarm_running():
+        # A run that ended before it needed the tracer (a pre-check block) leaves bcc's clang
+        # compile running in its thread; interpreter shutdown under it crashes (SIGSEGV instead
+        # of the run's exit code). Everything is written (os.write, fsync'd audit, committed
+        # store): flush Python's own buffers and leave without finalizing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 class Terminated(Exception):

@@ -138,6 +138,9 @@ class Supervisor:
                                              daemon=True)
             self._prewarm.start()
 
+    def prewarm_running(self) -> bool:
+        return self._prewarm is not None and self._prewarm.is_alive()
+
     def _build_tracer(self) -> None:
         try:
             from sandbox.ebpf import ExecTracer
