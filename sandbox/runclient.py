@@ -48,13 +48,22 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
         return code
     from sandbox.supervisor import RunRequest, Supervisor
 
+    # Everything relative is made absolute BEFORE the eBPF compile starts in its thread: bcc's
+    # compile chdir()s the whole process into the kernel headers for a while, so a getcwd()
+    # or a relative path during it would name the wrong directory (the run's cwd included).
+    cwd = os.getcwd()
+    profile = _absolute_profile(profile, cwd)
+    for var in ("GLASSBREAK_STATE_DIR", "GLASSBREAK_PROFILE_PATH", "GLASSBREAK_CONFIG"):
+        if os.environ.get(var):
+            os.environ[var] = ":".join(os.path.join(cwd, p) if p else p
+                                       for p in os.environ[var].split(":"))
     sup = Supervisor()
     if "ebpf" not in degraded:
         sup.prewarm()  # compile the eBPF program while the profile loads (cold runs)
     emit = make_emit(output)
     req = RunRequest(argv=argv, profile=profile, agent=agent, reason=reason,
                      mode=mode,  # type: ignore[arg-type]
-                     wait=wait, degraded=tuple(degraded))
+                     wait=wait, degraded=tuple(degraded), cwd=cwd)
     # The terminal's Ctrl-C / Ctrl-\ reach the command directly (same process group); the
     # supervisor must outlive it to account for the exit and end the tree.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
@@ -83,6 +92,16 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _absolute_profile(profile: str, cwd: str) -> str:
+    """A profile given as a path (as sandbox.loader reads it) made absolute; names unchanged."""
+    if os.path.isabs(profile):
+        return profile
+    if "/" in profile or profile.endswith((".yaml", ".yml", ".json")) or \
+            os.path.exists(os.path.join(cwd, profile)):
+        return os.path.join(cwd, profile)
+    return profile
 
 
 class Terminated(Exception):

@@ -21,6 +21,16 @@ GLASSBREAK = str(VENV_BIN / "glassbreak")
 REQUIRE = os.environ.get("GLASSBREAK_REQUIRE_KERNEL") == "1"
 
 
+try:  # property tests: reproducible in CI (same examples every run), random elsewhere
+    from hypothesis import settings as _hsettings
+
+    _hsettings.register_profile("ci", derandomize=True, database=None)
+    if os.environ.get("CI") or REQUIRE:
+        _hsettings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Tests run glassbreak in process unless they start their own daemon: a glassbreak daemon
     already serving this host (its own state dir and store) must never answer a test's runs."""

@@ -167,3 +167,22 @@ def test_monitor_mode_runs_and_records_would_block(env: dict[str, str], state_di
     b = [e for e in _audit(state_dir) if e["type"] == "blocked"]
     assert b and b[0]["enforced"] is False and b[0]["layer"] == "pre-check"
     assert b[0]["escalation_id"] is None  # monitor mode raises no escalation
+
+
+def test_run_keeps_the_callers_cwd_while_the_bpf_program_compiles(env: dict[str, str],
+                                                                  state_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """bcc's compile chdir()s the whole process for a while; a cold run compiles in a thread
+    while the profile loads. The command must still run in the caller's cwd, relative profile
+    paths must resolve there, and escalations must record it (it is part of a command grant's
+    key). Before the fix 5 runs in 12 got the kernel headers dir instead."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "p.yaml").write_text("name: p\nextends: base\nexec:\n  allow: [/usr/bin/pwd]\n")
+    for _ in range(5):
+        r = run_cli("run", "-o", "json", "--profile", "p.yaml", "--", "pwd", env=env,
+                    cwd=str(work))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == str(work)
+    started = [e for e in _audit(state_dir) if e["type"] == "run_started"]
+    assert len(started) == 5 and all(e["cwd"] == str(work) for e in started)

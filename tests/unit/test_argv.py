@@ -199,12 +199,22 @@ NS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-=0123456789", min_size=1, max_
 def global_unit(draw: st.DrawFn) -> list[str]:
     """One allowed global flag of KUBECTL with its value, in any getopt spelling."""
     v = draw(NS)
+    # `-o{v}` is also read as the single-dash long option `--o{v}` (Go-flag style tools accept
+    # `-output`), and must pass that reading too: `-ou` alone is `--ou` = `--output` without a
+    # value, blocked by design (fail closed). Attached values that spell a long option's prefix
+    # are therefore not "allowed spellings".
+    attached = [] if any(n.startswith(c + v) for c in "on" for n in LONG_NAMES) else \
+        [[f"-n{v}"], [f"-o{v}"], [f"-An{v}"]]
     return draw(st.sampled_from([
-        ["-n", v], [f"-n{v}"], ["--namespace", v], [f"--namespace={v}"], [f"--names={v}"],
-        ["--nam", v], ["-o", v], [f"-o{v}"], [f"--output={v}"], ["--out", v], ["-A"], ["-w"],
-        ["-Aw"], ["-wA"], [f"-An{v}"], ["-Ao", v], ["--all-namespaces"], ["--all"], ["--wat"],
-        ["--dry-run=client"], ["--dry", "client"],
+        ["-n", v], ["--namespace", v], [f"--namespace={v}"], [f"--names={v}"],
+        ["--nam", v], ["-o", v], [f"--output={v}"], ["--out", v], ["-A"], ["-w"],
+        ["-Aw"], ["-wA"], ["-Ao", v], ["--all-namespaces"], ["--all"], ["--wat"],
+        ["--dry-run=client"], ["--dry", "client"], *attached,
     ]))
+
+
+LONG_NAMES = ("namespace", "output", "all-namespaces", "watch", "dry-run", "force",
+              "grace-period")
 
 
 @st.composite
