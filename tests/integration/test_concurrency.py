@@ -5,7 +5,6 @@ stdout is its own. The checker itself is shown to catch a crossed and a lost eve
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, is_root, require
+from tests.conftest import is_root, load_bench, require
 
 pytestmark = pytest.mark.kernel
 
@@ -26,11 +25,7 @@ RUNS = 20
 
 @pytest.fixture(scope="module")
 def conc() -> ModuleType:
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        return importlib.import_module("concurrency")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    return load_bench("concurrency")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ process is ended by pid.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import secrets
@@ -37,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GLASSBREAK, REPO, is_root, require
+from tests.conftest import GLASSBREAK, is_root, load_bench, require
 
 pytestmark = [pytest.mark.kernel, pytest.mark.redis, pytest.mark.slow]
 
@@ -155,11 +154,7 @@ def _start_redis(net: Net, work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 @pytest.fixture(scope="module")
 def conc() -> ModuleType:
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        return importlib.import_module("concurrency")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    return load_bench("concurrency")
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,17 @@ ratios, targets (PASS / MISS / n/a, never a PASS from missing data), variants, t
 
 from __future__ import annotations
 
-import importlib
-import sys
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bl() -> ModuleType:
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        return importlib.import_module("benchlib")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    return load_bench("benchlib")
 
 
 def test_summarize_uses_the_median(bl: ModuleType) -> None:
