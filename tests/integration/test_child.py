@@ -15,7 +15,7 @@ from sandbox.child import spawn
 from sandbox.errors import CommandNotFound, RunnerError
 from sandbox.profile import SeccompPolicy
 from sandbox.seccomp import compile_filter
-from tests._sandbox_helpers import SPAWN_SLEEP_HELPER, Responder, alive, run_sandboxed
+from tests._sandbox_helpers import Responder, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
 pytestmark = pytest.mark.kernel
@@ -114,25 +114,6 @@ def test_drop_privileges(tmp_path):
 
 
 
-
-
-def test_pdeathsig_child_dies_with_its_supervisor():
-    helper = subprocess.Popen([sys.executable, "-c", SPAWN_SLEEP_HELPER, str(REPO)],
-                              stdout=subprocess.PIPE,
-                              text=True)
-    try:
-        assert helper.stdout is not None
-        pid = int(helper.stdout.readline())
-        assert alive(pid)
-        helper.kill()
-        helper.wait(5)
-        deadline = time.monotonic() + 1.0
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not alive(pid), "the sandboxed child outlived its supervisor"
-    finally:
-        if helper.poll() is None:
-            helper.kill()
 
 
 def test_module_has_no_heavy_imports():
