@@ -74,21 +74,27 @@ static __always_inline void lost(struct watch_t *w) {
     __sync_fetch_and_add(&w->lost, 1);
 }
 
-TRACEPOINT_PROBE(sched, sched_process_fork) {
-    u64 cgid = bpf_get_current_cgroup_id();
-    struct watch_t *w = watched.lookup(&cgid);
-    if (!w)
-        return 0;
+/* fork and exit events: the same small record, no wake-up unless one is due */
+static __always_inline void submit_small(struct watch_t *w, u32 type, u32 pid, u32 aux,
+                                         u64 cgid) {
     struct small_ev_t ev = {};
-    ev.type = EV_FORK;
-    ev.pid = args->child_pid;
+    ev.type = type;
+    ev.pid = pid;
     ev.tgid = bpf_get_current_pid_tgid() >> 32;
-    ev.aux = args->parent_pid;
+    ev.aux = aux;
     ev.cgid = cgid;
     ev.ts = bpf_ktime_get_ns();
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
     if (events.ringbuf_output(&ev, sizeof(ev), wake_flags(0)) != 0)
         lost(w);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u64 cgid = bpf_get_current_cgroup_id();
+    struct watch_t *w = watched.lookup(&cgid);
+    if (!w)
+        return 0;
+    submit_small(w, EV_FORK, args->child_pid, args->parent_pid, cgid);
     return 0;
 }
 
@@ -99,16 +105,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     struct watch_t *w = watched.lookup(&cgid);
     if (!w)
         return 0;
-    struct small_ev_t ev = {};
-    ev.type = EV_EXIT;
-    ev.pid = args->pid;
-    ev.tgid = bpf_get_current_pid_tgid() >> 32;
-    ev.aux = 1;
-    ev.cgid = cgid;
-    ev.ts = bpf_ktime_get_ns();
-    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-    if (events.ringbuf_output(&ev, sizeof(ev), wake_flags(0)) != 0)
-        lost(w);
+    submit_small(w, EV_EXIT, args->pid, 1, cgid);
     return 0;
 }
 
