@@ -10,7 +10,7 @@ the run's stdout must be its own marker (stdio not crossed either).
 
     .venv/bin/python bench/concurrency.py [--runs 50] [--daemon SOCKET] [--json]
 
-Used by tests/integration/test_concurrency.py (smaller) and bench/run.py (`concurrency` group).
+Used by tests/integration/test_concurrency.py (smaller) and bench/scale.py (`concurrency` group).
 """
 
 from __future__ import annotations
@@ -20,112 +20,21 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemons import GLASSBREAK, DaemonProc, start_daemon  # noqa: F401 (re-exported)
+
 REPO = Path(__file__).resolve().parent.parent
-GLASSBREAK = str(Path(sys.executable).parent / "glassbreak")
 EXECS_PER_RUN = 5
-
-
-@dataclass
-class DaemonProc:
-    """A `glassbreak serve` process started here; ended by pid (or by its netns-exec pid)."""
-
-    proc: subprocess.Popen[str]
-    sock: Path
-    state: Path
-    stderr_path: Path
-    announced: list[dict[str, Any]] = field(default_factory=list)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stderr_tail(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
-
-def start_daemon(workdir: Path, *, glassbreak: str = GLASSBREAK, prefix: Sequence[str] = (),
-                 env: dict[str, str] | None = None, http: tuple[str, int] | None = None,
-                 timeout: float = 30) -> DaemonProc:
-    """Start `[prefix...] glassbreak serve --socket workdir/gb.sock` with its own state dir and
-    wait until it announces the socket (and, with `http`, the approval API)."""
-    state = workdir / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    sock = workdir / "gb.sock"
-    full_env = dict(os.environ, GLASSBREAK_STATE_DIR=str(state)) if env is None else dict(env)
-    full_env.setdefault("GLASSBREAK_STATE_DIR", str(state))
-    cmd = [*prefix, glassbreak, "serve", "--socket", str(sock), "-o", "json"]
-    cmd += ["--host", http[0], "--port", str(http[1])] if http else ["--no-http"]
-    err = workdir / "daemon.stderr"
-    with err.open("w") as ef:  # a file, not a pipe: a chatty daemon never blocks on it
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ef, text=True, env=full_env)
-    dp = DaemonProc(proc, sock, Path(full_env["GLASSBREAK_STATE_DIR"]), err)
-    want = {"socket", "listening"} if http else {"socket"}
-    got: set[str] = set()
-    lines: list[str] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            dp.announced.append(msg)
-            got.update(k for k in want if k in msg)
-            if got == want:
-                ready.set()  # keep draining stdout so the daemon never blocks on it
-        ready.set()
-
-    ready = threading.Event()
-    threading.Thread(target=read, daemon=True).start()
-    ready.wait(timeout)
-    if got != want:
-        dp.stop()
-        raise RuntimeError(f"glassbreak serve did not start within {timeout:.0f} s "
-                           f"(saw {''.join(lines)!r}); stderr: {dp.stderr_tail()}")
-    if http:  # the socket thread announces first; wait until the HTTP port really answers
-        _wait_http(prefix, http, timeout)
-    return dp
-
-
-def _wait_http(prefix: Sequence[str], http: tuple[str, int], timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    url = f"http://{http[0]}:{http[1]}/healthz"
-    while time.monotonic() < deadline:
-        if prefix:  # another netns: ask from inside it
-            r = subprocess.run([*prefix, sys.executable, "-c",
-                                f"import urllib.request as u; u.urlopen({url!r}, timeout=1)"],
-                               capture_output=True)
-            if r.returncode == 0:
-                return
-        else:
-            try:
-                urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - our own 127.0.0.1
-                return
-            except OSError:
-                pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the approval API did not answer on {url} within {timeout:.0f} s")
 
 
 def marker_argv(tag: str, i: int) -> list[str]:
@@ -261,36 +170,6 @@ def measure(n: int = 50, *, sock: Path | None = None, state: Path | None = None,
                            "max": round(secs[-1] * 1000, 1)},
         "problems": problems, "ok": not problems,
     }
-
-
-def scale_results(groups: str, glassbreak: str = GLASSBREAK, *,
-                  quick: bool = False) -> dict[str, Any]:
-    """bench/run.py's hook: the issue-5 scale groups ("concurrency", "latency") as JSON, each
-    `n/a` with the reason when it cannot run (never a silent gap)."""
-    out: dict[str, Any] = {}
-    names = [g.strip() for g in groups.split(",") if g.strip()]
-    for name in names:
-        try:
-            if name == "concurrency":
-                out[name] = measure(20 if quick else 50, glassbreak=glassbreak)
-                r = out[name]
-                verdict = "none lost or crossed" if r["ok"] else \
-                    f"{len(r['problems'])} PROBLEMS, first: {r['problems'][0][:200]}"
-                print(f"[bench] concurrency: {r['runs']} runs, {r['throughput_runs_per_s']} "
-                      f"runs/s, {verdict}", file=sys.stderr, flush=True)
-            elif name == "latency":
-                from latency import measure as measure_latency
-
-                out[name] = measure_latency(2 if quick else 5, glassbreak=glassbreak)
-                print("[bench] escalation latency (median ms): " + ", ".join(
-                    f"{k[:-3]} {v['median']}" for k, v in out[name].items()
-                    if isinstance(v, dict)), file=sys.stderr, flush=True)
-            else:
-                out[name] = {"status": "n/a", "reason": f"unknown scale group {name!r}"}
-        except Exception as e:  # noqa: BLE001 - one group failing must not lose the others
-            out[name] = {"status": "n/a", "reason": f"{type(e).__name__}: {e}"}
-            print(f"[bench] {name}: n/a: {e}", file=sys.stderr, flush=True)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from concurrency import GLASSBREAK, DaemonProc, start_daemon  # noqa: E402
+from daemons import GLASSBREAK, DaemonProc, start_daemon  # noqa: E402
 
 WEBHOOK_SECRET = "lat-webhook-" + secrets.token_hex(8)
 DECISION_SECRET = "lat-decision-" + secrets.token_hex(8)
@@ -182,8 +182,8 @@ class Setup:
                                   env=dict(base, GLASSBREAK_STATE_DIR=str(b / "state")))
             self.daemons.append(self.b)
             self.api_b = f"http://127.0.0.1:{port}"
+            from escalation.backends import open_store
             from escalation.service import EscalationService
-            from escalation.store import open_store
 
             self.svc_a = EscalationService(open_store(self.store))
         except BaseException:

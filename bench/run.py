@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             data, targets = run_all(args, work, prof, base_env, daemon)
         finally:
             daemon.stop()
-    from concurrency import scale_results  # 50 concurrent runs; escalation latency
+    from scale import scale_results  # 50 concurrent runs; escalation latency
 
     data["scale"] = scale_results(args.scale, args.glassbreak, quick=args.quick)
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from escalation.service import EscalationService
 from escalation.signing import WINDOW_S, verify, verify_slack
 from sandbox.errors import EscalationError, GlassbreakError, StoreError
-from sandbox.profile import parse_duration
+from sandbox.policy.profile import parse_duration
 
 
 class DecisionIn(BaseModel):

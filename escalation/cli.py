@@ -1,4 +1,4 @@
-"""`glassbreak escalations|grants|serve` (click). The lead's sandbox.cli mounts these objects."""
+"""`glassbreak escalations|grants|serve` (click). sandbox.cli.main mounts these objects."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def show_cmd(esc_id: str, output: str) -> None:
 @guarded
 def approve_cmd(esc_id: str, as_: str, ttl: str | None, reason: str | None, scope: str | None,
                 once: bool, output: str) -> None:
-    from sandbox.profile import parse_duration
+    from sandbox.policy.profile import parse_duration
 
     try:
         ttl_s = parse_duration(ttl) if ttl else None
@@ -233,7 +233,7 @@ def serve(host: str, port: int, socket_path: str | None, no_http: bool, output: 
     if no_http or socket_path:
         import threading
 
-        from sandbox.daemon import serve_socket
+        from sandbox.run.daemon import serve_socket
 
         if no_http:
             serve_socket(socket_path)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from escalation.signing import read_secret
 from sandbox.errors import GlassbreakError
-from sandbox.profile import Webhook
+from sandbox.policy.profile import Webhook
 
 
 class ApproverToken(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sandbox.profile import AutoApprove, Webhook
+from sandbox.policy.profile import AutoApprove, Webhook
 
 State = Literal["pending", "approved", "denied", "expired"]
 GrantStatus = Literal["active", "expired", "revoked"]

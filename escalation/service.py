@@ -20,12 +20,13 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
+from escalation.backends import open_store
 from escalation.models import BlockContext, Delivery, EscalationRecord, Grant, Transition
 from escalation.redact import redact_argv, redact_env
-from escalation.store import Store, command_key, dedupe_key, open_store
+from escalation.store import Store, command_key, dedupe_key
 from sandbox.errors import EscalationError, StoreError
 from sandbox.events import DecisionRefused, EscalationDecided, EscalationRaised, GrantEnded
-from sandbox.profile import Webhook, parse_duration
+from sandbox.policy.profile import Webhook, parse_duration
 
 __all__ = ["BlockContext", "EscalationRecord", "EscalationService", "Grant"]
 

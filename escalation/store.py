@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -113,25 +112,3 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
-
-
-def open_store(url: str | None = None) -> Store:
-    """GLASSBREAK_STORE=redis://host:port/db | sqlite:///path | (unset: SQLite in the state
-    dir). Redis is imported only when used."""
-    url = url if url is not None else os.environ.get("GLASSBREAK_STORE", "")
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from escalation.redis_store import RedisStore
-
-        return RedisStore(url)
-    from escalation.sqlite_store import SqliteStore
-
-    if url.startswith("sqlite:///"):
-        return SqliteStore(url[len("sqlite://"):])
-    if url:
-        from sandbox.errors import StoreError
-
-        raise StoreError(f"unknown GLASSBREAK_STORE {url!r}",
-                         hint="use redis://host:6379/0 or sqlite:///path/state.db, or unset it")
-    from sandbox.paths import db_path
-
-    return SqliteStore(str(db_path()))

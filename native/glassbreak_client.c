@@ -3,7 +3,7 @@
  * Installed as .venv/bin/glassbreak-run, and as .venv/bin/glassbreak in front of the Python
  * console script. `glassbreak run [OPTIONS] -- CMD...` with a daemon listening on
  * $GLASSBREAK_SOCKET (default /run/glassbreak/glassbreak.sock) is served here, without starting
- * Python: the same protocol as sandbox/thinclient.py (docs/daemon.md):
+ * Python: the same protocol as sandbox/run/thinclient.py (docs/daemon.md):
  *   one JSON request line sent with our fds 0, 1, 2 attached (SCM_RIGHTS), then {"signal": N}
  *   lines for SIGINT, SIGQUIT, SIGTERM and SIGHUP; the daemon answers {"exit_code": N}.
  * Anything else (another subcommand, an option this parser does not know, no daemon,
@@ -130,7 +130,7 @@ static void exec_python(int argc, char **argv) {
     if (!nargv) exit(EXIT_RUNNER_FAILED);
     nargv[0] = py;
     nargv[1] = "-c";
-    nargv[2] = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.entry import main; main()";
+    nargv[2] = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.cli.entry import main; main()";
     for (int i = 1; i < argc; i++) nargv[i + 2] = argv[i];
     execv(py, nargv);
     fprintf(stderr, "glassbreak: cannot start the Python CLI %s: %s\n"
@@ -139,7 +139,7 @@ static void exec_python(int argc, char **argv) {
     exit(EXIT_RUNNER_FAILED);
 }
 
-/* ---- `run` options: the same small parser as sandbox/thinclient.py -------------------- */
+/* ---- `run` options: the same small parser as sandbox/run/thinclient.py -------------------- */
 typedef struct {
     const char *profile, *agent, *reason, *mode, *wait, *output;
     const char *degraded[16];

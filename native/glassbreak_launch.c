@@ -1,5 +1,5 @@
 /* glassbreak-launch: the sandboxed child's steps, in C (issue 5 warm path). Our own code; built by
- * scripts/setup.sh. sandbox/child.py posix_spawn()s it (vfork: no copy of the daemon's large
+ * scripts/setup.sh. sandbox/kernel/child.py posix_spawn()s it (vfork: no copy of the daemon's large
  * address space, no Python in the child) with an EMPTY environment and exactly these fds:
  *   0, 1, 2  the run's stdio (already in place)
  *   3        the report socket (SOCK_SEQPACKET; made close-on-exec here: EOF = exec'd)
@@ -9,7 +9,7 @@
  * (CLONE_PARENT: the caller's child, its PDEATHSIG tied to the caller's thread), and exits: no
  * write to cgroup.procs, whose migration lock costs a synchronize_rcu (6-25 ms) when runs are
  * spaced out. The child first reports (PID, its pid). Then the child does what
- * sandbox/child.py's Python path does, in the same order, with the same reports ((step, errno)
+ * sandbox/kernel/child.py's Python path does, in the same order, with the same reports ((step, errno)
  * as two native ints; the OK report carries the seccomp listener):
  *   PDEATHSIG, parent check, (cgroup), (stdio), chdir, privileges (PDEATHSIG again), setsid,
  *   default signals + empty mask, close other fds, no_new_privs + child subreaper,
@@ -38,7 +38,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* step numbers: sandbox.child.STEPS */
+/* step numbers: sandbox.kernel.child.STEPS */
 enum { S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP,
        S_SECCOMP, S_SEND, S_EXEC };
 #define OK (-1)

@@ -96,34 +96,15 @@ if [ -n "$BCC_DIR" ] && [ ! -e "$SITE/bcc" ]; then
 fi
 "$VENV/bin/python" -c 'import bcc' 2>/dev/null || { say "ERROR: bcc is not importable from $VENV"; exit 1; }
 
-# 4b. Native warm-path helpers (our own C, native/): the launcher that does a sandboxed child's
-# steps (sandbox/child.py posix_spawns it) and the thin client, also installed in front of the
-# Python console script (it execs the Python CLI for everything it does not serve itself).
-# Rebuilt when a source is newer; without them everything still works, in Python.
-build_native() {  # build_native SRC OUT [static]
-  if [ ! -x "$2" ] || [ "$1" -nt "$2" ]; then
-    say "building $2"
-    if [ "${3:-}" = static ] && gcc -O2 -Wall -static -o "$2.tmp" "$1" 2>/dev/null; then :
-    else gcc -O2 -Wall -o "$2.tmp" "$1"; fi
-    mv -f "$2.tmp" "$2"
-  fi
-}
-build_native native/glassbreak_launch.c "$VENV/bin/glassbreak-launch" static
-build_native native/glassbreak_client.c "$VENV/bin/glassbreak-run"
+# 4b. Native helpers (our own C, all in native/, one Makefile): the launcher that does a
+# sandboxed child's steps, the thin client (installed in front of the Python console script: it
+# execs the Python CLI for everything it does not serve itself) and the native exec-gate
+# responder. Rebuilt when a source is newer; without them everything still works, in Python.
+make -s -C native OUT="$(cd "$VENV" && pwd)"
 if ! cmp -s "$VENV/bin/glassbreak-run" "$VENV/bin/glassbreak"; then
   say "installing the native client as $VENV/bin/glassbreak (Python CLI behind it)"
   cp -f "$VENV/bin/glassbreak-run" "$VENV/bin/glassbreak.tmp"
   mv -f "$VENV/bin/glassbreak.tmp" "$VENV/bin/glassbreak"
-fi
-
-# 4c. The native exec-gate responder (our own C, sandbox/native/gbresp.c), loaded by
-# sandbox/unotify_native.py; rebuilt when the source is newer. Without it the exec gate answers
-# every exec in Python (same decisions, slower).
-GBRESP="$VENV/lib/libgbresp.so"
-if [ ! -f "$GBRESP" ] || [ sandbox/native/gbresp.c -nt "$GBRESP" ]; then
-  say "building $GBRESP"
-  gcc -O2 -Wall -shared -fPIC -o "$GBRESP.tmp" sandbox/native/gbresp.c -lpthread
-  mv -f "$GBRESP.tmp" "$GBRESP"
 fi
 
 # 5. cgroup v2: glassbreak needs a cgroup2 mount with cgroup.kill.

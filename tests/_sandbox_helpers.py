@@ -1,6 +1,6 @@
 """Test helpers for the kernel runner tests (seccomp, child, cgroup): a seccomp
 user-notification responder that answers CONTINUE (or an errno) to every notification,
-a run-to-completion wrapper around sandbox.child.spawn, and a tiny C compiler helper."""
+a run-to-completion wrapper around sandbox.kernel.child.spawn, and a tiny C compiler helper."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def run_sandboxed(argv: list[str], *, bpf: bytes | None, notify: bool = False,
                   env: dict[str, str] | None = None, cwd: str = "/",
                   exec_errno: int = 0, extra_bpf: tuple[bytes, ...] = ()) -> Ran:
     """spawn() + answer notifications + collect stdout/stderr + reap."""
-    from sandbox.child import spawn
+    from sandbox.kernel.child import spawn
 
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
@@ -146,12 +146,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-# A supervisor in a subprocess: spawns `sleep 60` through sandbox.child and prints its pid
+# A supervisor in a subprocess: spawns `sleep 60` through sandbox.kernel.child and prints its pid
 # (argv[1]: the repository, for the import). Used to SIGKILL a supervisor in tests.
 SPAWN_SLEEP_HELPER = r"""
 import os, sys, time
 sys.path[:0] = [sys.argv[1]]
-from sandbox.child import spawn
+from sandbox.kernel.child import spawn
 c = spawn(["sleep", "60"], executable="/bin/sleep", env={}, cwd="/", cgroup_procs=None,
           bpf=None, notify=False)
 print(c.pid, flush=True)

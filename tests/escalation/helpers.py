@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from escalation.backends import open_store
 from escalation.config import ApproverToken, Config
 from escalation.models import BlockContext
 from escalation.service import EscalationService
-from escalation.store import Store, open_store
-from sandbox.profile import AutoApprove, Webhook
+from escalation.store import Store
+from sandbox.policy.profile import AutoApprove, Webhook
 from tests.conftest import free_port
 
 SECRET = "whsec-test-0123456789"

@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from escalation.backends import open_store
 from escalation.service import EscalationService
 from escalation.signing import signature, slack_signature
-from escalation.store import open_store
 from sandbox.audit import read_events
 from tests.conftest import GLASSBREAK, free_port
 from tests.escalation.helpers import SECRET, Receiver, block_ctx, hook, make_config

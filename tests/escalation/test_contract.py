@@ -11,7 +11,7 @@ from escalation.models import Grant
 from escalation.service import EscalationService
 from escalation.store import command_key
 from sandbox.errors import EscalationError
-from sandbox.profile import AutoApprove
+from sandbox.policy.profile import AutoApprove
 from tests.escalation.helpers import Recorder, block_ctx
 
 pytestmark = pytest.mark.redis

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from escalation.backends import open_store
 from escalation.service import EscalationService
-from escalation.store import open_store
 from sandbox.errors import StoreError
 from tests.conftest import RedisServer, run_cli
 from tests.escalation.helpers import block_ctx, make_config
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 RACER = """
 import sys, time
 from escalation.service import EscalationService
-from escalation.store import open_store
+from escalation.backends import open_store
 svc = EscalationService(open_store(sys.argv[1]), emit=lambda e: None)
 argv = ["kubectl", "-n", "prod", "delete", "pod", "x"]
 while time.time() < float(sys.argv[2]):
@@ -49,7 +49,7 @@ def test_racing_processes_one_shot_grant(store_url: str) -> None:
 WATCHER = """
 import sys, time
 from escalation.service import EscalationService
-from escalation.store import open_store
+from escalation.backends import open_store
 svc = EscalationService(open_store(sys.argv[1]), emit=lambda e: None)
 stop = svc.subscribe_revocations(lambda gid: print(f"REVOKED {gid} {time.time():.6f}",
                                                    flush=True))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from escalation.backends import open_store
 from escalation.service import EscalationService
-from escalation.store import open_store
 from tests.escalation.helpers import Receiver, Recorder, block_ctx, hook, make_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def test_failed_for_good_is_visible(svc: EscalationService, receiver: Receiver,
 RUNNER = """
 import sys
 from escalation.service import EscalationService
-from escalation.store import open_store
+from escalation.backends import open_store
 from tests.escalation.helpers import block_ctx, hook, make_config
 svc = EscalationService(open_store(sys.argv[1]), emit=lambda e: None, config=make_config())
 print("raising", flush=True)

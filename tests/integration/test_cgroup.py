@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from sandbox import cgroup as cgmod
-from sandbox.cgroup import RunCgroup, cgroup2_mount, cleanup_stale
+from sandbox.kernel import cgroup as cgmod
+from sandbox.kernel.cgroup import RunCgroup, cgroup2_mount, cleanup_stale
 from tests._sandbox_helpers import alive, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
@@ -84,8 +84,8 @@ def test_cleanup_stale_removes_leaves_of_dead_supervisors():
 HELPER = r"""
 import os, sys, time
 sys.path[:0] = [sys.argv[1]]
-from sandbox.cgroup import RunCgroup
-from sandbox.child import spawn
+from sandbox.kernel.cgroup import RunCgroup
+from sandbox.kernel.child import spawn
 cg = RunCgroup.create(sys.argv[2])
 c = spawn(["/bin/sh", "-c", sys.argv[3]], executable="/bin/sh", env={"PATH": "/usr/bin:/bin"},
           cwd="/", cgroup_procs=cg.procs_path, bpf=None, notify=False, stdout=2)

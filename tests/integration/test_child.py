@@ -1,4 +1,4 @@
-"""sandbox.child.spawn on the real kernel: order of steps, listener hand-over, failures."""
+"""sandbox.kernel.child.spawn on the real kernel: order of steps, listener hand-over, failures."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.child import spawn
 from sandbox.errors import CommandNotFound, RunnerError
-from sandbox.profile import SeccompPolicy
-from sandbox.seccomp import compile_filter
+from sandbox.kernel.child import spawn
+from sandbox.kernel.seccomp import compile_filter
+from sandbox.policy.profile import SeccompPolicy
 from tests._sandbox_helpers import Responder, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
@@ -117,8 +117,8 @@ def test_drop_privileges(tmp_path):
 
 
 def test_module_has_no_heavy_imports():
-    out = subprocess.run([sys.executable, "-c", "import sys; import sandbox.child, "
-                          "sandbox.seccomp, sandbox.cgroup, sandbox.kmsg; "
+    out = subprocess.run([sys.executable, "-c", "import sys; import sandbox.kernel.child, "
+                          "sandbox.kernel.seccomp, sandbox.kernel.cgroup, sandbox.kernel.kmsg; "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                           "('httpx','redis','bcc','uvicorn','pydantic','pyseccomp')))"],
                          capture_output=True, text=True, cwd=str(Path(REPO)))
@@ -139,7 +139,7 @@ ign = ctypes.create_string_buffer(64)
 ctypes.memmove(ign, ctypes.byref(ctypes.c_ulong(1)), 8)  # SIG_IGN
 for s in (1, 10, 32, 33):
     assert libc.syscall(13, s, ign, None, 8) == 0
-from sandbox.child import spawn
+from sandbox.kernel.child import spawn
 r, w = os.pipe()
 c = spawn(["/bin/grep", "SigIgn", "/proc/self/status"], executable="/bin/grep", env={}, cwd="/",
           cgroup_procs=None, bpf=None, notify=False, stdout=w)

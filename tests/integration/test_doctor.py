@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from sandbox import doctor
-from sandbox.doctor import Check, doctor_command, run_checks
+from sandbox.cli import doctor
+from sandbox.cli.doctor import Check, doctor_command, run_checks
 from tests.conftest import is_root, require
 
 pytestmark = pytest.mark.kernel

@@ -1,5 +1,6 @@
-"""sandbox.ebpf against the real kernel: fork/exec/exit events of a watched cgroup, the SIGSTOP
-hold before the first instruction, the fast-allow map, per-cgroup routing, and loss -> kill."""
+"""sandbox.kernel.ebpf against the real kernel: fork/exec/exit events of a watched cgroup, the
+SIGSTOP hold before the first instruction, the fast-allow map, per-cgroup routing, and
+loss -> kill."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.kernel
 def tracer() -> Iterator[object]:
     require(is_root(), "eBPF needs root")
     try:
-        from sandbox.ebpf import ExecTracer
+        from sandbox.kernel.ebpf import ExecTracer
 
         t = ExecTracer()
     except Exception as e:  # noqa: BLE001
@@ -32,7 +33,7 @@ def tracer() -> Iterator[object]:
 
 @pytest.fixture
 def cg() -> Iterator[tuple[Path, int]]:
-    from sandbox.cgroup import cgroup2_mount
+    from sandbox.kernel.cgroup import cgroup2_mount
 
     p = cgroup2_mount() / f"gb-test-ebpf-{os.getpid()}-{time.monotonic_ns()}"
     p.mkdir()
@@ -86,7 +87,7 @@ def _drive(tracer, cgid: int, pid: int, release: bool = True, timeout: float = 1
 
 
 def test_fork_exec_exit_and_hold(tracer, cg) -> None:  # type: ignore[no-untyped-def]
-    from sandbox.ebpf import ExecEvent, ExitEvent, ForkEvent
+    from sandbox.kernel.ebpf import ExecEvent, ExitEvent, ForkEvent
 
     cgdir, cgid = cg
     tracer.watch(cgid)
@@ -139,7 +140,7 @@ def test_other_cgroups_are_not_traced(tracer, cg) -> None:  # type: ignore[no-un
 
 @pytest.mark.slow
 def test_ring_buffer_loss_kills_the_exec_and_is_reported(cg) -> None:  # type: ignore
-    from sandbox.ebpf import ExecTracer, LostEvent
+    from sandbox.kernel.ebpf import ExecTracer, LostEvent
 
     cgdir, cgid = cg
     small = ExecTracer(ringbuf_pages=1)  # 4 KiB: a dozen events fill it

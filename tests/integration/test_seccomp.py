@@ -1,4 +1,5 @@
-"""seccomp compile + load on the real kernel (sandbox.seccomp, loaded by sandbox.child)."""
+"""seccomp compile + load on the real kernel (sandbox.kernel.seccomp, loaded by
+sandbox.kernel.child)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import struct
 import pytest
 
 from sandbox.errors import ProfileError
-from sandbox.kmsg import KmsgWatcher, kernel_logs_kills
-from sandbox.profile import SeccompPolicy
-from sandbox.seccomp import check_syscall_names, compile_filter
+from sandbox.kernel.kmsg import KmsgWatcher, kernel_logs_kills
+from sandbox.kernel.seccomp import check_syscall_names, compile_filter
+from sandbox.policy.profile import SeccompPolicy
 from tests._sandbox_helpers import compile_c, run_sandboxed
 from tests.conftest import is_root, require
 

@@ -1,5 +1,5 @@
-"""sandbox.unotify against the real kernel: a child with an exec-notifying seccomp filter
-(sandbox.seccomp + sandbox.child), answered by sandbox.unotify.Listener."""
+"""sandbox.kernel.unotify against the real kernel: a child with an exec-notifying seccomp filter
+(sandbox.kernel.seccomp + sandbox.kernel.child), answered by sandbox.kernel.unotify.Listener."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.profile import SeccompPolicy
-from sandbox.unotify import Listener, read_exec
+from sandbox.kernel.unotify import Listener, read_exec
+from sandbox.policy.profile import SeccompPolicy
 from tests.conftest import is_root, require
 
 pytestmark = pytest.mark.kernel
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.kernel
 
 def _spawn(argv: list[str], cwd: str = "/", env: dict[str, str] | None = None):  # type: ignore
     require(is_root(), "seccomp user-notification tests need root")
-    from sandbox.child import spawn
-    from sandbox.seccomp import compile_filter
+    from sandbox.kernel.child import spawn
+    from sandbox.kernel.seccomp import compile_filter
 
     filt = compile_filter(SeccompPolicy(), exec_notify=True, guard_sigcont=False)
     child = spawn(argv, executable=argv[0], env=env or {"PATH": "/usr/bin:/bin"}, cwd=cwd,

@@ -1,4 +1,4 @@
-"""The native exec-gate responder (sandbox/native/gbresp.c via sandbox.unotify_native) against
+"""The native exec-gate responder (native/gbresp.c via sandbox.kernel.unotify_native) against
 the real kernel, and the exec gate with and without it (same decisions, same recorded events)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import unotify_native
-from sandbox.unotify import Listener, Notif, read_exec
+from sandbox.kernel import unotify_native
+from sandbox.kernel.unotify import Listener, Notif, read_exec
 from tests.conftest import require, run_cli
 from tests.integration.test_unotify import _spawn, _wait
 
@@ -172,8 +172,8 @@ def test_native_answers_the_common_case_in_process(tmp_path: Path, native: bool,
     else:
         monkeypatch.setenv("GLASSBREAK_NATIVE_LIB", str(tmp_path / "missing.so"))
     require(os.geteuid() == 0, "the runner needs root")
-    from sandbox import execgate
-    from sandbox.supervisor import RunRequest, Supervisor
+    from sandbox.run import execgate
+    from sandbox.run.supervisor import RunRequest, Supervisor
 
     stats: list[execgate.GateStats] = []
     orig = execgate.ExecGate.close

@@ -1,6 +1,7 @@
 """The warm path's native helpers and their Python fallbacks, on the real kernel:
 
-- sandbox.child.spawn through the native launcher (posix_spawn of .venv/bin/glassbreak-launch)
+- sandbox.kernel.child.spawn through the native launcher (posix_spawn of
+  .venv/bin/glassbreak-launch)
   and through the Python fork path (GLASSBREAK_NO_LAUNCHER=1, or no binary): same steps, same
   reports, same results;
 - the native client installed as .venv/bin/glassbreak: it falls back to the Python CLI for
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-import sandbox.child as child_mod
-from sandbox.child import launcher_path, spawn
+import sandbox.kernel.child as child_mod
 from sandbox.errors import CommandNotFound, RunnerError
-from sandbox.profile import SeccompPolicy
-from sandbox.seccomp import compile_filter
+from sandbox.kernel.child import launcher_path, spawn
+from sandbox.kernel.seccomp import compile_filter
+from sandbox.policy.profile import SeccompPolicy
 from tests._sandbox_helpers import SPAWN_SLEEP_HELPER, Responder, alive
 from tests.conftest import GLASSBREAK, REPO, VENV_BIN, is_root, require
 
@@ -43,8 +44,8 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 
         real_fork = os.fork
 
-        def no_fork() -> int:  # os is shared: refuse only sandbox.child's fork
-            if sys._getframe(1).f_globals.get("__name__") == "sandbox.child":
+        def no_fork() -> int:  # os is shared: refuse only sandbox.kernel.child's fork
+            if sys._getframe(1).f_globals.get("__name__") == "sandbox.kernel.child":
                 raise AssertionError("the launcher path must not fork the Python process")
             return real_fork()
 
@@ -140,7 +141,7 @@ def test_drop_privileges(path: str) -> None:
 
 
 def test_enters_the_cgroup(path: str) -> None:
-    from sandbox.cgroup import RunCgroup
+    from sandbox.kernel.cgroup import RunCgroup
 
     cg = RunCgroup.create(f"run_warmtest{os.getpid()}_{path}")
     try:
@@ -182,7 +183,7 @@ def test_native_client_in_front_of_the_python_cli() -> None:
     with open(GLASSBREAK, "rb") as fh:
         assert fh.read(4) == b"\x7fELF", "setup.sh installs the native client as glassbreak"
     env = dict(os.environ, GLASSBREAK_SOCKET="/nonexistent/gb.sock")
-    entry = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.entry import main; main()"
+    entry = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.cli.entry import main; main()"
     # everything it does not serve itself goes to the Python CLI, with its messages and codes
     for args in (["--help"], ["run", "--no-such-option", "--", "true"],
                  ["run", "--mode", "bogus", "--", "true"], ["profile", "show", "readonly"],

@@ -8,9 +8,9 @@ import platform
 
 import pytest
 
-from sandbox.kmsg import KmsgWatcher, kernel_logs_kills
-from sandbox.profile import SeccompPolicy
-from sandbox.seccomp import compile_filter
+from sandbox.kernel.kmsg import KmsgWatcher, kernel_logs_kills
+from sandbox.kernel.seccomp import compile_filter
+from sandbox.policy.profile import SeccompPolicy
 from tests._sandbox_helpers import compile_c, run_sandboxed
 from tests.conftest import is_root, require
 

@@ -9,8 +9,8 @@ import platform
 
 import pytest
 
-from sandbox.profile import SeccompPolicy
-from sandbox.seccomp import compile_filter
+from sandbox.kernel.seccomp import compile_filter
+from sandbox.policy.profile import SeccompPolicy
 from tests._sandbox_helpers import compile_c, run_sandboxed
 from tests.conftest import REPO, is_root, require
 
@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
 
 def base_seccomp() -> SeccompPolicy:
     try:
-        from sandbox.loader import load_profile
+        from sandbox.policy.loader import load_profile
 
         return load_profile("base").seccomp
     except ImportError:  # the loader is not there yet: read the YAML directly

@@ -1,4 +1,5 @@
-"""The getopt_long argv model (sandbox.argv): every spelling from issue 2, plus property tests."""
+"""The getopt_long argv model (sandbox.policy.argv): every spelling from issue 2, plus property
+tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox.argv import MAX_STATES, compile_rule, parse
-from sandbox.profile import SafeBin
+from sandbox.policy.argv import MAX_STATES, compile_rule, parse
+from sandbox.policy.profile import SafeBin
 
 KUBECTL = SafeBin(
     allowedValueFlags=["-n", "--namespace", "-o", "--output", "--dry-run=client"],

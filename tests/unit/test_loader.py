@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import loader
-from sandbox.decision import Decision, Verdict
 from sandbox.errors import ProfileError
-from sandbox.loader import list_profiles, load_profile, load_raw, profile_schema, resolve
-from sandbox.profile import ResolvedProfile
+from sandbox.policy import loader
+from sandbox.policy.decision import Decision, Verdict
+from sandbox.policy.loader import list_profiles, load_profile, load_raw, profile_schema, resolve
+from sandbox.policy.profile import ResolvedProfile
 
 
 @pytest.fixture(autouse=True)

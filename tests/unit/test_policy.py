@@ -1,4 +1,4 @@
-"""check_argv / explain (sandbox.policy): the decision both layers use, on real files."""
+"""check_argv / explain (sandbox.policy.check): the decision both layers use, on real files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import resolve
-from sandbox.decision import Verdict
 from sandbox.errors import CommandNotFound
-from sandbox.policy import check_argv, explain
-from sandbox.profile import ExecPolicy, ResolvedProfile, SafeBin
+from sandbox.policy import resolve
+from sandbox.policy.check import check_argv, explain
+from sandbox.policy.decision import Verdict
+from sandbox.policy.profile import ExecPolicy, ResolvedProfile, SafeBin
 from tests.conftest import require
 
 KUBECTL = SafeBin(

@@ -1,4 +1,4 @@
-"""Program resolution (execvp rules) and binary identity (sandbox.resolve), on real files."""
+"""Program resolution (execvp rules) and binary identity (sandbox.policy.resolve), on real files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import resolve
 from sandbox.errors import EXIT_NOT_FOUND, CommandNotFound
-from sandbox.resolve import (
+from sandbox.policy import resolve
+from sandbox.policy.resolve import (
     ResolvedProgram,
     applet_argv,
     identify,

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sandbox import loader
-from sandbox.cli_profile import profile
-from sandbox.decision import Verdict
+from sandbox.cli.profile import profile
 from sandbox.errors import ProfileError
-from sandbox.loader import load_profile, load_raw, seccomp_syscall_check
 from sandbox.paths import shipped_profiles_dir
+from sandbox.policy import loader
+from sandbox.policy.decision import Verdict
+from sandbox.policy.loader import load_profile, load_raw, seccomp_syscall_check
 
 SHIPPED = ["base", "readonly", "k8s-readonly", "k8s-ops-escalated", "mcporter",
            "mcporter.safebins"]
@@ -109,7 +109,7 @@ def test_k8s_readonly_is_the_issue_profile() -> None:
 
 
 def test_k8s_decisions_and_the_relaxed_profile() -> None:
-    from sandbox.policy import check_argv
+    from sandbox.policy.check import check_argv
 
     strict = load_profile("k8s-readonly")
     assert strict.owners == ["security", "sre-oncall"]

@@ -9,14 +9,13 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["run"]:
-        from sandbox import thinclient
-
+        from sandbox.run import thinclient
         body = thinclient.parse_run(argv[1:])
         if body is not None:
             sock = thinclient.connect()
             if sock is not None:
                 sys.exit(thinclient.run(sock, body))
-    from sandbox.cli import main as cli_main
+    from sandbox.cli.main import main as cli_main
 
     cli_main()
 

@@ -16,7 +16,7 @@ import struct
 import sys
 from typing import Any
 
-DEFAULT_SOCKET = "/run/glassbreak/glassbreak.sock"  # same as sandbox.daemon (kept import-free)
+DEFAULT_SOCKET = "/run/glassbreak/glassbreak.sock"  # same as sandbox.run.daemon (kept import-free)
 EXIT_RUNNER_FAILED = 125
 FORWARDED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP)
 OPTIONS = {"--profile": "profile", "-p": "profile", "--agent": "agent", "-a": "agent",

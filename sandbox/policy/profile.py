@@ -1,6 +1,7 @@
 """Profile models: the format security engineers write (YAML or JSON).
 
-Pure data. Loading (files, `extends`, search path, file:line errors) lives in `sandbox.loader`.
+Pure data. Loading (files, `extends`, search path, file:line errors) lives in
+`sandbox.policy.loader`.
 Field names are camelCase on disk, as in the seed design's `safeBins` object.
 """
 
@@ -46,7 +47,7 @@ class Examples(Model):
 
 
 class SafeBin(Model):
-    """argv rules for one binary (getopt_long model; see sandbox.argv).
+    """argv rules for one binary (getopt_long model; see sandbox.policy.argv).
 
     - allowedValueFlags / allowedFlags: when either is given, they form an allowlist: any
       other flag blocks (fail closed). An entry `--flag=value` allows the flag only with that

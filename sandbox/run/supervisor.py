@@ -1,11 +1,11 @@
 """The supervisor: the one place where policy and mechanisms meet.
 
 One run, as data flows (DESIGN.md):
-  1 load the profile                                   sandbox.loader        (pure)
+  1 load the profile                                   sandbox.policy.loader        (pure)
   2 an active grant for (agent, profile)? -> relaxed   escalation.service    (store)
-  3 argv pre-check of the top-level command            sandbox.policy        (pure)
+  3 argv pre-check of the top-level command            sandbox.policy.check        (pure)
   4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> seccomp -> execve
-  5 every exec in the tree checked again               sandbox.execgate (unotify + eBPF)
+  5 every exec in the tree checked again               sandbox.run.execgate (unotify + eBPF)
   6 events -> audit log, stderr (text or JSON lines)
   7 blocks -> escalation requests                      escalation.service
   8 grant expiry / revocation -> strict profile again, processes started under the grant ended
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sandbox.decision import Decision, Layer, Verdict
 from sandbox.errors import (
     EXIT_BLOCKED,
     EXIT_RUNNER_FAILED,
@@ -43,9 +42,10 @@ from sandbox.events import (
     RunStarted,
     SyscallKilled,
 )
+from sandbox.policy.decision import Decision, Layer, Verdict
 
 if TYPE_CHECKING:
-    from sandbox.profile import ResolvedProfile
+    from sandbox.policy.profile import ResolvedProfile
 
 Mode = Literal["enforce", "monitor"]
 DEGRADABLE = ("exec-gate", "ebpf")
@@ -143,7 +143,7 @@ class Supervisor:
 
     def _build_tracer(self) -> None:
         try:
-            from sandbox.ebpf import ExecTracer
+            from sandbox.kernel.ebpf import ExecTracer
 
             self._tracer = ExecTracer()
         except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
@@ -202,8 +202,8 @@ class Supervisor:
             events.clear()
 
     def _run(self, req: RunRequest, run_id: str, record: Record) -> RunResult:
-        from sandbox.loader import load_profile
-        from sandbox.policy import check_argv
+        from sandbox.policy.check import check_argv
+        from sandbox.policy.loader import load_profile
 
         if not req.argv:
             from sandbox.errors import UsageError
@@ -260,13 +260,13 @@ class Supervisor:
         if grant is None:
             return strict, None
         if getattr(grant, "scope", "profile") == "command":
-            from sandbox.profile import GrantedCommand
+            from sandbox.policy.profile import GrantedCommand
 
             effective = strict.model_copy(update={"grantedCommands": [GrantedCommand(
                 grant_id=grant.id, argv=list(grant.argv or req.argv),
                 binary_sha256=grant.binary_sha256)]})
         else:
-            from sandbox.loader import load_profile
+            from sandbox.policy.loader import load_profile
 
             target = getattr(grant, "relaxed_profile", None) or relaxed_name
             effective = load_profile(target) if target else strict
@@ -322,7 +322,7 @@ class Supervisor:
 
             if sha256 is None and decision.binary:
                 try:
-                    from sandbox.resolve import sha256_file
+                    from sandbox.policy.resolve import sha256_file
 
                     sha256 = sha256_file(decision.binary)
                 except OSError:
@@ -357,9 +357,9 @@ class Supervisor:
     def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
                              effective: ResolvedProfile, grant: Any | None, decision: Decision,
                              env: dict[str, str], cwd: str, record: Record) -> RunResult:
-        from sandbox.cgroup import RunCgroup
-        from sandbox.child import spawn
-        from sandbox.kmsg import KmsgWatcher
+        from sandbox.kernel.cgroup import RunCgroup
+        from sandbox.kernel.child import spawn
+        from sandbox.kernel.kmsg import KmsgWatcher
 
         use_gate = "exec-gate" not in req.degraded
         use_ebpf = "ebpf" not in req.degraded
@@ -395,7 +395,7 @@ class Supervisor:
                 uid=req.uid, gid=req.gid, groups=req.groups, extra_bpf=filt.extra,
             )
             if use_gate or tracer is not None:
-                from sandbox.execgate import ExecGate
+                from sandbox.run.execgate import ExecGate
 
                 raised: dict[tuple[str, tuple[str, ...]], str | None] = {}
 
@@ -450,7 +450,7 @@ class Supervisor:
     def _filter(self, profile: ResolvedProfile, use_gate: bool, use_ebpf: bool) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
         µs to make): a daemon's warm runs skip libseccomp (~3 ms)."""
-        from sandbox.seccomp import compile_filter
+        from sandbox.kernel.seccomp import compile_filter
 
         key = (profile.seccomp.model_dump_json(), use_gate, use_ebpf)
         filt = self._filters.get(key)
@@ -637,7 +637,7 @@ def _reap(pid: int, block: bool = False) -> int | None:
 def _found_path(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
     """argv[0] as execvp finds it (not its realpath, and not a multi-call applet's path)."""
     try:
-        from sandbox.resolve import resolve_program
+        from sandbox.policy.resolve import resolve_program
 
         return resolve_program(argv[0], env.get("PATH"), cwd).path_as_found
     except GlassbreakError:
@@ -646,7 +646,7 @@ def _found_path(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
 
 def _resolved_binary(argv: list[str], env: dict[str, str], cwd: str) -> str | None:
     try:
-        from sandbox.resolve import resolve_program
+        from sandbox.policy.resolve import resolve_program
 
         return resolve_program(argv[0], env.get("PATH"), cwd).realpath
     except GlassbreakError:

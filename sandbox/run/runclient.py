@@ -17,7 +17,7 @@ from sandbox.errors import GlassbreakError
 def make_emit(output: str, fd: int = 2) -> Callable[[Any], None]:
     """The renderer of glassbreak's own events: text lines or JSON lines, written to `fd`."""
     from sandbox.audit import event_json
-    from sandbox.render import render_text
+    from sandbox.cli.render import render_text
 
     def emit(ev: Any) -> None:
         if output == "json":
@@ -38,15 +38,14 @@ def make_emit(output: str, fd: int = 2) -> Callable[[Any], None]:
 def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str | None,
                 mode: str, wait: float | None, degraded: Sequence[str],
                 output: str) -> int:
-    from sandbox import thinclient
-
+    from sandbox.run import thinclient
     code = thinclient.try_daemon({
         "argv": argv, "profile": profile, "agent": agent, "reason": reason, "mode": mode,
         "wait": None if wait is None else str(max(1, int(wait))),
         "degraded": list(degraded), "output": output})
     if code is not None:
         return code
-    from sandbox.supervisor import RunRequest, Supervisor
+    from sandbox.run.supervisor import RunRequest, Supervisor
 
     # Everything relative is made absolute BEFORE the eBPF compile starts in its thread: bcc's
     # compile chdir()s the whole process into the kernel headers for a while, so a getcwd()
@@ -95,7 +94,8 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
 
 
 def _absolute_profile(profile: str, cwd: str) -> str:
-    """A profile given as a path (as sandbox.loader reads it) made absolute; names unchanged."""
+    """A profile given as a path (as sandbox.policy.loader reads it) made absolute; names
+    unchanged."""
     if os.path.isabs(profile):
         return profile
     if "/" in profile or profile.endswith((".yaml", ".yml", ".json")) or \

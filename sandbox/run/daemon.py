@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.errors import EXIT_RUNNER_FAILED, EXIT_SIGNAL_BASE, GlassbreakError
-from sandbox.supervisor import RunRequest, Supervisor
+from sandbox.run.supervisor import RunRequest, Supervisor
 
 DEFAULT_SOCKET = "/run/glassbreak/glassbreak.sock"
 MAX_REQUEST = 4 * 1024 * 1024
@@ -183,7 +183,7 @@ class Daemon:
 
     def _serve_run(self, conn: socket.socket, body: dict[str, Any], fds: list[int],
                    rest: bytes, pid: int, uid: int, gid: int, groups: list[int]) -> int:
-        from sandbox.runclient import make_emit
+        from sandbox.run.runclient import make_emit
 
         output = "json" if body.get("output") == "json" else "text"
         emit = make_emit(output, fds[2])
@@ -279,7 +279,7 @@ class Daemon:
         profile = _caller_profile(profile, cwd, uid)
         wait: float | None = None
         if body.get("wait") is not None:
-            from sandbox.profile import parse_duration
+            from sandbox.policy.profile import parse_duration
 
             try:
                 wait = float(parse_duration(str(body["wait"])))
@@ -330,7 +330,7 @@ def _caller_cwd(pid: int, claimed: Any) -> str:
 def _caller_profile(profile: str, cwd: str, uid: int) -> str:
     """A profile path is resolved against the caller's cwd; a non-root caller may only name
     files it owns or that are world readable (the daemon reads them as root)."""
-    from sandbox.loader import _looks_like_path
+    from sandbox.policy.loader import _looks_like_path
 
     if not _looks_like_path(profile):
         return profile
@@ -368,7 +368,7 @@ def _reply(conn: socket.socket, code: int) -> None:
 
 def serve_socket(path: str | None = None, *, announce: bool = True) -> None:
     """`glassbreak serve --socket PATH`: load the eBPF tracer once and serve runs forever."""
-    from sandbox.ebpf import ExecTracer
+    from sandbox.kernel.ebpf import ExecTracer
 
     tracer: Any | None
     try:

@@ -72,7 +72,7 @@ class KmsgWatcher:
         if not m:
             return
         pid, _sig, arch_hex, nr = int(m[1]), int(m[2]), int(m[3], 16), int(m[4])
-        from sandbox.seccomp import syscall_name
+        from sandbox.kernel.seccomp import syscall_name
 
         arch = ARCH_NAMES.get(arch_hex, f"{arch_hex:#x}")
         self.kills[pid] = (nr, syscall_name(nr, arch_hex), arch)

@@ -20,7 +20,7 @@ An exec failure after that (ENOENT, EACCES, or the gate's EPERM) is read with
 Child.exec_error() once the child has exited (exit code 127 for ENOENT, 126 otherwise).
 
 PDEATHSIG fires when the *thread* that forked dies: fork from a long-lived thread. It only covers
-the direct child; the run's cgroup (sandbox.cgroup) covers the rest of the tree.
+the direct child; the run's cgroup (sandbox.kernel.cgroup) covers the rest of the tree.
 """
 
 from __future__ import annotations

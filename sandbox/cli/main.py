@@ -30,8 +30,9 @@ Exit codes:
 """
 
 LAZY_COMMANDS = {
-    "profile": ("sandbox.cli_profile", "profile", "Author, validate, explain profiles."),
-    "doctor": ("sandbox.doctor", "doctor_command", "Check the kernel features glassbreak needs."),
+    "profile": ("sandbox.cli.profile", "profile", "Author, validate, explain profiles."),
+    "doctor": ("sandbox.cli.doctor", "doctor_command",
+               "Check the kernel features glassbreak needs."),
     "escalations": ("escalation.cli", "escalations", "List, show, approve, deny escalations."),
     "grants": ("escalation.cli", "grants", "List and revoke grants."),
     "serve": ("escalation.cli", "serve", "Run the daemon / approval API."),
@@ -107,7 +108,7 @@ def _default_profile() -> str:
 def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: str | None,
         degraded: tuple[str, ...], output: str, command: tuple[str, ...]) -> None:
     """Run COMMAND under a profile: glassbreak run -p k8s-readonly -- kubectl get pods."""
-    from sandbox.profile import parse_duration
+    from sandbox.policy.profile import parse_duration
 
     wait_s: float | None = None
     if wait is not None:
@@ -115,7 +116,7 @@ def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: st
             wait_s = float(parse_duration(wait))
         except ValueError as e:
             fail(GlassbreakError(str(e), hint="e.g. --wait=5m"), output)
-    from sandbox.runclient import run_command
+    from sandbox.run.runclient import run_command
 
     sys.exit(run_command(list(command), profile=profile, agent=agent, reason=reason,
                          mode=mode, wait=wait_s, degraded=degraded, output=output))
@@ -127,8 +128,8 @@ def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: st
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def check(profile: str, output: str, command: tuple[str, ...]) -> None:
     """The decision and matched rule for COMMAND; nothing runs. Exit 0 allow, 126 block/deny."""
-    from sandbox.loader import load_profile
-    from sandbox.policy import check_argv
+    from sandbox.policy.check import check_argv
+    from sandbox.policy.loader import load_profile
 
     try:
         prof = load_profile(profile)
@@ -152,7 +153,7 @@ def check(profile: str, output: str, command: tuple[str, ...]) -> None:
 @OUTPUT
 def trace(run_id: str, output: str) -> None:
     """Print RUN_ID's process tree with the decision taken at every exec."""
-    from sandbox.trace import render_trace
+    from sandbox.cli.trace import render_trace
 
     try:
         text = render_trace(run_id, output=output)

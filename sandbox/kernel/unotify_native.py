@@ -1,4 +1,4 @@
-"""The native seccomp user-notification responder (sandbox/native/gbresp.c, built by
+"""The native seccomp user-notification responder (native/gbresp.c, built by
 scripts/setup.sh into $VENV/lib/libgbresp.so; GLASSBREAK_NATIVE_LIB=PATH names another build),
 driven from Python.
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sandbox.profile import SafeBin
+from sandbox.policy.profile import SafeBin
 
 Takes = Literal["flag", "value", "maybe"]
 MAX_STATES = 4096

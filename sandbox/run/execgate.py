@@ -31,14 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sandbox.decision import Decision, Layer, Verdict
 from sandbox.events import ExecBlocked, ExecObserved
+from sandbox.policy.decision import Decision, Layer, Verdict
 
 if TYPE_CHECKING:
-    from sandbox.ebpf import ExecTracer, TraceView
-    from sandbox.profile import ResolvedProfile
-    from sandbox.unotify import ExecRequest, Notif
-    from sandbox.unotify_native import Responder
+    from sandbox.kernel.ebpf import ExecTracer, TraceView
+    from sandbox.kernel.unotify import ExecRequest, Notif
+    from sandbox.kernel.unotify_native import Responder
+    from sandbox.policy.profile import ResolvedProfile
 
 INJECTION_VARS = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "BASH_ENV", "ENV")
 TABLE_MAX = 8192
@@ -106,7 +106,7 @@ class ExecGate:
                  cgroup_id: int, emit: Callable[[Any], None],
                  on_block: Callable[[BlockInfo], str | None], check: Check | None = None) -> None:
         if check is None:
-            from sandbox.policy import check_argv
+            from sandbox.policy.check import check_argv
 
             check = check_argv
         self._check: Check = check
@@ -125,7 +125,7 @@ class ExecGate:
         self._listener_dead = False
         self._native: Responder | None = None
         if listener_fd is not None:
-            from sandbox.unotify import Listener
+            from sandbox.kernel.unotify import Listener
 
             self._listener = Listener(listener_fd)
             self._lpoll = select.poll()
@@ -253,7 +253,7 @@ class ExecGate:
     def _native_records(self) -> list[Notif]:
         """Read the native responder's records: execs it continued become pending (their argv
         for the trace), forwarded notifications are returned for the Python judge."""
-        from sandbox.unotify import Notif
+        from sandbox.kernel.unotify import Notif
 
         assert self._native is not None
         forwarded: list[Notif] = []
@@ -316,7 +316,7 @@ class ExecGate:
 
     def _judge_notification(self, n: Notif) -> bool:
         """Returns True once the notification is answered."""
-        from sandbox.unotify import read_exec
+        from sandbox.kernel.unotify import read_exec
 
         assert self._listener is not None
         req = read_exec(self._listener, n)
@@ -392,7 +392,7 @@ class ExecGate:
     def _trace(self, check_lost: bool = False) -> None:
         if self.tracer is None:
             return
-        from sandbox.ebpf import ExecEvent, ExitEvent, ForkEvent, LostEvent
+        from sandbox.kernel.ebpf import ExecEvent, ExitEvent, ForkEvent, LostEvent
 
         for ev in self.tracer.consume(self.cgroup_id, check_lost=check_lost):
             if isinstance(ev, ExecEvent):
@@ -445,7 +445,7 @@ class ExecGate:
         except OSError:
             return  # gone already (killed while held)
         try:
-            from sandbox.ebpf import read_trace_view
+            from sandbox.kernel.ebpf import read_trace_view
 
             view = read_trace_view(ev.pid, ev.filename)
             d = self._decide_view(view)
@@ -533,7 +533,7 @@ class ExecGate:
 
 def _native_responder(listener_fd: int) -> Responder | None:
     """The native responder for this listener, or None (library missing: all in Python)."""
-    from sandbox.unotify_native import Responder, load
+    from sandbox.kernel.unotify_native import Responder, load
 
     lib = load()
     if lib is None:
@@ -565,7 +565,7 @@ def ppid_of(pid: int) -> int | None:
 def sha256_of(path: str | None) -> str | None:
     if not path or not path.startswith("/"):
         return None
-    from sandbox.resolve import sha256_file
+    from sandbox.policy.resolve import sha256_file
 
     try:
         return sha256_file(path)
@@ -583,7 +583,7 @@ def fast_candidate(profile: ResolvedProfile, check: Check, filename: str, exe: s
     absolute spelling in a trusted dir of a root-owned regular file (in a root-owned, not
     group/world-writable dir), that is not a script, not the loader, has no safeBins rule, and is
     allowed whatever its argv (so neither multi-call binaries nor ruled binaries qualify)."""
-    from sandbox.resolve import is_loader_name, trusted_set
+    from sandbox.policy.resolve import is_loader_name, trusted_set
 
     if (not filename.startswith("/") or os.path.normpath(filename) != filename
             or os.path.realpath(filename) != exe or is_loader_name(exe)):

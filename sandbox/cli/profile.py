@@ -1,6 +1,6 @@
 """`glassbreak profile list|show|validate|explain|schema`: for the people who write profiles.
 
-`sandbox.cli` adds the `profile` group lazily; it can also be used alone (CliRunner in tests).
+`sandbox.cli.main` adds the `profile` group lazily; it can also be used alone (CliRunner in tests).
 Exit codes: 0 ok; 125 a profile is invalid (file:line on stderr); 2 usage errors.
 `explain` prints the decision and exits 0 whatever the verdict (`glassbreak check` is the one
 that exits 126 on a block).
@@ -31,7 +31,7 @@ def _fail(err: GlassbreakError, output: str = "text") -> NoReturn:
 
 def _syscall_check() -> Any:
     try:
-        from sandbox.loader import seccomp_syscall_check
+        from sandbox.policy.loader import seccomp_syscall_check
 
         return seccomp_syscall_check()
     except (ImportError, OSError, AttributeError):  # libseccomp missing: seccomp compile checks
@@ -47,8 +47,8 @@ def profile() -> None:
 @OUTPUT
 def list_cmd(output: str) -> None:
     """The profiles on the search path (the first of a name wins)."""
-    from sandbox.loader import list_profiles
     from sandbox.paths import profile_search_path
+    from sandbox.policy.loader import list_profiles
 
     rows = list_profiles()
     if output == "json":
@@ -71,7 +71,7 @@ def list_cmd(output: str) -> None:
               show_default=True)
 def show(name: str, output: str) -> None:
     """NAME (or a path) with its `extends` chain merged: what the policy enforces."""
-    from sandbox.loader import load_profile
+    from sandbox.policy.loader import load_profile
 
     try:
         prof = load_profile(name)
@@ -92,7 +92,7 @@ def show(name: str, output: str) -> None:
 def validate(paths: tuple[str, ...], output: str) -> None:
     """Load each PATH (or name): syntax, fields, extends, syscall names and examples.
     Exit 0 when all are valid, 125 otherwise."""
-    from sandbox.loader import load_profile
+    from sandbox.policy.loader import load_profile
 
     check = _syscall_check()
     results: list[dict[str, Any]] = []
@@ -139,8 +139,8 @@ def explain(name: str, command: tuple[str, ...], output: str, lenient: bool) -> 
     """How profile NAME decides COMMAND: glassbreak profile explain k8s-readonly -- kubectl ...
 
     Prints the steps and the decision; nothing runs. Exits 0 whatever the verdict."""
-    from sandbox import policy
-    from sandbox.loader import load_profile
+    from sandbox.policy import check as policy
+    from sandbox.policy.loader import load_profile
 
     argv = list(command)
     kw: dict[str, Any] = {"cwd": os.getcwd(), "env_path": os.environ.get("PATH"),
@@ -188,6 +188,6 @@ def explain(name: str, command: tuple[str, ...], output: str, lenient: bool) -> 
 @profile.command()
 def schema() -> None:
     """The JSON Schema of the profile format."""
-    from sandbox.loader import profile_schema
+    from sandbox.policy.loader import profile_schema
 
     click.echo(json.dumps(profile_schema(), indent=2))

@@ -172,7 +172,7 @@ def check_arch() -> Check:
 
 def check_libseccomp() -> Check:
     from sandbox.errors import GlassbreakError
-    from sandbox.seccomp import _lib
+    from sandbox.kernel.seccomp import _lib
 
     try:
         _lib()
@@ -221,8 +221,8 @@ def check_bcc() -> Check:
 
 
 def check_cgroup() -> Check:
-    from sandbox.cgroup import PARENT, cgroup2_mount
     from sandbox.errors import GlassbreakError
+    from sandbox.kernel.cgroup import PARENT, cgroup2_mount
 
     try:
         mount = cgroup2_mount()
@@ -241,7 +241,7 @@ def check_cgroup() -> Check:
 
 
 def check_kill_logging() -> Check:
-    from sandbox.kmsg import kernel_logs_kills
+    from sandbox.kernel.kmsg import kernel_logs_kills
 
     ok = kernel_logs_kills()
     return Check("seccomp kill log", ok, False,

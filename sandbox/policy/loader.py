@@ -12,7 +12,7 @@ Fragments
   known profile key, every value a mapping), loads unchanged as a profile named after the file
   stem (the seed design's safeBins object). A profile without `name` is named after its stem.
 
-`extends` merge semantics: see sandbox/merge.py (a child only adds restrictions unless it
+`extends` merge semantics: see sandbox/policy/merge.py (a child only adds restrictions unless it
 says `relax: true`; where rules conflict the stricter decision wins).
 
 
@@ -36,120 +36,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import ProfileError
-from sandbox.merge import _as_child, _root, merge
 from sandbox.paths import profile_search_path
-from sandbox.profile import (
+from sandbox.policy.merge import _as_child, _root, merge
+from sandbox.policy.profile import (
     Profile,
     ResolvedProfile,
 )
+from sandbox.policy.source import EXTENSIONS, Loc, Source, _dotted, read_source
 
-EXTENSIONS = (".yaml", ".yml", ".json")
-Loc = tuple[str | int, ...]
 SyscallCheck = Callable[[str], bool]
-
-
-# ----------------------------------------------------------------------------- files and lines
-
-
-@dataclass
-class Source:
-    """One parsed file: its data and a map from field path to line (1-based)."""
-
-    path: Path
-    data: dict[str, Any]
-    lines: dict[Loc, int] = field(default_factory=dict)
-    prefix: Loc = ()  # bare safeBins fragments: loc ('safeBins', ...) maps to (...)
-
-    def line(self, loc: Iterable[str | int]) -> int | None:
-        loc = tuple(loc)
-        if self.prefix and loc[: len(self.prefix)] == self.prefix:
-            loc = loc[len(self.prefix):]
-        while True:
-            if loc in self.lines:
-                return self.lines[loc]
-            if not loc:
-                return None
-            loc = loc[:-1]
-
-    def where(self, loc: Iterable[str | int] = ()) -> str:
-        n = self.line(loc)
-        return f"{self.path}:{n}" if n else str(self.path)
-
-
-def _index_nodes(node: Any, loc: Loc, out: dict[Loc, int], path: Path) -> None:
-    import yaml
-
-    out.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            key = k.value
-            if key in seen:
-                raise ProfileError(
-                    f"{path}:{k.start_mark.line + 1}: duplicate key {key!r} in "
-                    f"{_dotted(loc) or 'the top level'}",
-                    hint="a key may appear once; the second would silently replace the first",
-                )
-            seen.add(key)
-            out[(*loc, key)] = k.start_mark.line + 1
-            _index_nodes(v, (*loc, key), out, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_nodes(item, (*loc, i), out, path)
-
-
-def _dotted(loc: Iterable[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def read_source(path: str | Path) -> Source:
-    """Parse a YAML/JSON file, keeping the line of every key and list item."""
-    import yaml
-
-    p = Path(path)
-    if p.suffix not in EXTENSIONS:
-        raise ProfileError(f"{p}: not a profile file (expected .yaml, .yml or .json)",
-                           hint="rename it or pass a profile name")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProfileError(f"cannot read profile {p}: {e.strerror or e}",
-                           hint="check the path and its permissions") from e
-    lines: dict[Loc, int] = {}
-    try:
-        data = json.loads(text) if p.suffix == ".json" else None
-        ldr = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml: ~10x faster
-        try:
-            node = ldr.get_single_node()  # one parse: the nodes (with marks) and the data
-            if p.suffix != ".json" and node is not None:
-                data = ldr.construct_document(node)
-        finally:
-            ldr.dispose()
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{p}:{e.lineno}: invalid JSON: {e.msg}",
-                           hint="fix the syntax (a linter such as `python -m json.tool` helps)"
-                           ) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"{p}:{mark.line + 1}" if mark else str(p)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ProfileError(f"{at}: invalid YAML: {problem}",
-                           hint="fix the syntax; quote values that start with - or contain :"
-                           ) from e
-    if node is not None:
-        _index_nodes(node, (), lines, p)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ProfileError(f"{p}:1: a profile must be a mapping, got {type(data).__name__}",
-                           hint="start the file with `name: ...` or `safeBins: ...`")
-    src = Source(p, data, lines)
-    known = set(Profile.model_fields)
-    if data and not (set(data) & known) and all(isinstance(v, dict) for v in data.values()):
-        src.data = {"safeBins": data}  # bare seed fragment: binary -> rule
-        src.prefix = ("safeBins",)
-    src.data.setdefault("name", p.stem)
-    return src
 
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -364,7 +259,7 @@ def check_examples(p: ResolvedProfile, origins: dict[tuple[str, str, str], str] 
                  for line in getattr(ex, kind)]
     if check is None and todo:
         try:
-            from sandbox.policy import check_argv
+            from sandbox.policy.check import check_argv
         except ImportError as e:
             raise ProfileError(f"cannot check the examples of {p.name}: the policy module is "
                                f"missing ({e})", hint="reinstall glassbreak: make setup") from e

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import ProfileError
-from sandbox.profile import (
+from sandbox.policy.profile import (
     EscalationPolicy,
     Examples,
     ExecPolicy,
@@ -51,7 +51,7 @@ from sandbox.profile import (
 )
 
 if TYPE_CHECKING:
-    from sandbox.loader import Source
+    from sandbox.policy.source import Source
 
 _EXEC_RANK = {"allow": 0, "block": 1, "deny": 2}
 

@@ -1,6 +1,6 @@
 """Compile a profile's SeccompPolicy into a raw seccomp BPF program (libseccomp via pyseccomp).
 
-Compiled in the PARENT; the child only loads the bytes (sandbox.child). Semantics:
+Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). Semantics:
 
 - actions: allow, log, trap, errno:NAME / errno:N, kill_process; `kill` and `kill_thread` are
   mapped to kill_process (never leave half a process running). `notify` answers with
@@ -15,10 +15,10 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.child). Semantic
 - guard_sigcont: nothing inside the sandbox may send SIGCONT (it would release a process that the
   eBPF tracer holds with SIGSTOP): kill/tkill/tgkill/rt_sigqueueinfo/rt_tgsigqueueinfo/
   pidfd_send_signal with SIGCONT, fcntl(F_SETSIG, SIGCONT), prctl(PR_SET_PDEATHSIG, SIGCONT),
-  prctl(PR_SET_CHILD_SUBREAPER, 0) (see sandbox.child: the kernel SIGCONTs newly orphaned process
-  groups that have a stopped member) and clone() with SIGCONT as exit signal all fail with EPERM;
-  clone3 fails with ENOSYS (its flags are
-  behind a pointer that seccomp cannot read, so libc falls back to clone).
+  prctl(PR_SET_CHILD_SUBREAPER, 0) (see sandbox.kernel.child: the kernel SIGCONTs newly
+  orphaned process groups that have a stopped member) and clone() with SIGCONT as exit signal
+  all fail with EPERM; clone3 fails with ENOSYS (its flags are behind a pointer that seccomp
+  cannot read, so libc falls back to clone).
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from sandbox.errors import ProfileError
 
 if TYPE_CHECKING:
-    from sandbox.profile import ArgCondition, SeccompPolicy
+    from sandbox.policy.profile import ArgCondition, SeccompPolicy
 
 SIGCONT = int(signal.SIGCONT)
 F_SETSIG = 10
@@ -58,8 +58,9 @@ SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
     ("pidfd_send_signal", ((1, LOW32, SIGCONT),)),
     ("fcntl", ((1, LOW32, F_SETSIG), (2, LOW32, SIGCONT))),
     ("prctl", ((0, LOW32, PR_SET_PDEATHSIG), (1, LOW32, SIGCONT))),
-    # the run's top-level process is a child subreaper (sandbox.child): clearing it would let a
-    # process group with a held (stopped) member become orphaned, and the kernel SIGCONTs those
+    # the run's top-level process is a child subreaper (sandbox.kernel.child): clearing it
+    # would let a process group with a held (stopped) member become orphaned, and the kernel
+    # SIGCONTs those
     ("prctl", ((0, LOW32, PR_SET_CHILD_SUBREAPER), (1, LOW32, 0))),
     ("clone", ((0, 0xFF, SIGCONT),)),
 )

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BPF_SOURCE = Path(__file__).with_name("bpf") / "exectrace.c"
+# all of glassbreak's C lives in native/ (the checkout `make setup` installs from)
+BPF_SOURCE = Path(__file__).resolve().parents[2] / "native" / "bpf" / "exectrace.c"
 FAST_PATH = 128
 EV_FORK, EV_EXEC, EV_EXIT = 1, 2, 3
 LOST_CHECK_INTERVAL = 0.02

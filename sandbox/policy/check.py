@@ -4,11 +4,11 @@ Order of evaluation for `argv` under a resolved profile:
 
 0. resolve the program (execvp rules, or the path the kernel is about to exec); the dynamic loader
    run directly judges argv[1:] instead (any loader option blocks: `loader.option`); a multi-call
-   binary (busybox) judges its applet as the program it names (see sandbox.resolve);
+   binary (busybox) judges its applet as the program it names (see sandbox.policy.resolve);
 1. `exec.deny` patterns -> deny (matched against the path as found AND the realpath);
 2. the safeBins rules that apply to the binary (by path, name in a trusted dir, or content hash;
-   see sandbox.resolve) -> the strictest violation blocks or denies; a ruled binary that passes
-   its rule is allowed without an exec.allow entry;
+   see sandbox.policy.resolve) -> the strictest violation blocks or denies; a ruled binary
+   that passes its rule is allowed without an exec.allow entry;
 3. `exec.block` patterns -> block;
 4. `exec.allow` patterns -> allow (matched against the realpath; exact entries are compared after
    realpath, so "/bin/sh" also allows /usr/bin/dash when it points there);
@@ -25,11 +25,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sandbox.argv import Violation, parse
-from sandbox.decision import Decision, Verdict
 from sandbox.errors import CommandNotFound
-from sandbox.profile import ResolvedProfile
-from sandbox.resolve import (
+from sandbox.policy.argv import Violation, parse
+from sandbox.policy.decision import Decision, Verdict
+from sandbox.policy.profile import ResolvedProfile
+from sandbox.policy.resolve import (
     Identity,
     ResolvedProgram,
     applet_argv,
