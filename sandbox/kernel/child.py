@@ -108,7 +108,7 @@ class Child:
         """Wait for the exit (pidfd readable); the wait status, or None on timeout."""
         if self.status is not None:
             return self.status
-        select.select([self.pidfd], [], [], timeout)
+        _wait_readable(self.pidfd, timeout)
         return self.poll()
 
     def exit_code(self) -> int | None:
@@ -168,6 +168,35 @@ def _error(step: int, err: int, argv: list[str]) -> GlassbreakError:
     }
     return RunnerError(f"the sandboxed child failed to {what}: {os.strerror(err)} "
                        f"(errno {err})", hint=hints.get(step, "run `glassbreak doctor`"))
+
+
+@dataclass
+class ChildSpec:
+    """Everything the child needs, collected from the run's layers before it is spawned (the
+    order in which the child applies them is fixed by STEPS, not by who filled them in)."""
+
+    argv: list[str]
+    executable: str
+    env: dict[str, str]
+    cwd: str
+    cgroup_procs: str | None = None
+    filters: list[bytes] = field(default_factory=list)  # stacked; the last is the main one
+    notify: bool = False  # the main filter returns a user-notification listener
+    stdin: int = 0
+    stdout: int = 1
+    stderr: int = 2
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+    new_session: bool = False
+
+    def spawn(self) -> Child:
+        return spawn(self.argv, executable=self.executable, env=self.env, cwd=self.cwd,
+                     cgroup_procs=self.cgroup_procs,
+                     bpf=self.filters[-1] if self.filters else None, notify=self.notify,
+                     stdin=self.stdin, stdout=self.stdout, stderr=self.stderr, uid=self.uid,
+                     gid=self.gid, groups=self.groups, new_session=self.new_session,
+                     extra_bpf=tuple(self.filters[:-1]))
 
 
 def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
@@ -479,8 +508,7 @@ def _recv(sock: socket.socket, pidfd: int, pid: int) -> tuple[tuple[int, int] | 
         if left <= 0:
             raise RunnerError(f"the sandboxed child did not get ready within {SPAWN_TIMEOUT:.0f} s",
                               hint="the system may be overloaded; retry")
-        r, _, _ = select.select([sock], [], [], min(left, 0.5))
-        if not r:
+        if not _wait_readable(sock.fileno(), min(left, 0.5)):
             continue
         try:
             data, fds, _flags, _addr = socket.recv_fds(sock, 64, 1)
@@ -498,6 +526,13 @@ def _recv(sock: socket.socket, pidfd: int, pid: int) -> tuple[tuple[int, int] | 
         return (step, err), (fds[0] if fds else None)
 
 
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    """poll(), not select(): a long-lived daemon has fds above select()'s 1,024 limit."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
+
+
 def _reap(pid: int) -> int | None:
     try:
         return os.waitpid(pid, 0)[1]
@@ -505,4 +540,4 @@ def _reap(pid: int) -> int | None:
         return None
 
 
-__all__ = ["Child", "spawn", "STEPS"]
+__all__ = ["Child", "ChildSpec", "spawn", "STEPS"]

@@ -89,7 +89,9 @@ class KmsgWatcher:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            select.select([self._fd], [], [], left)
+            p = select.poll()  # not select(): a daemon's fds pass 1,024
+            p.register(self._fd, select.POLLIN)
+            p.poll(left * 1000)
 
     def close(self) -> None:
         if self._fd >= 0:

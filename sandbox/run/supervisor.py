@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import selectors
-import signal
 import socket
 import threading
 import time
@@ -40,7 +39,6 @@ from sandbox.events import (
     GrantUsed,
     RunExited,
     RunStarted,
-    SyscallKilled,
 )
 from sandbox.policy.decision import Decision, Layer, Verdict
 
@@ -354,97 +352,88 @@ class Supervisor:
         return rec.id, note
 
     # -- spawn and supervise ----------------------------------------------------------------------
+    def _layers(self, req: RunRequest) -> list[Any]:
+        """The run's enforcement layers, in the order they are prepared (the child applies
+        their parts in its own fixed order: sandbox.kernel.child.STEPS)."""
+        from sandbox.run.layers import ExecGateLayer, SeccompLayer
+
+        use_gate = "exec-gate" not in req.degraded
+        use_ebpf = "ebpf" not in req.degraded
+        tracer = self.tracer() if use_ebpf else None
+        layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate, use_ebpf))]
+        if use_gate or tracer is not None:
+            layers.append(ExecGateLayer(tracer, use_notify=use_gate))
+        return layers
+
     def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
                              effective: ResolvedProfile, grant: Any | None, decision: Decision,
                              env: dict[str, str], cwd: str, record: Record) -> RunResult:
         from sandbox.kernel.cgroup import RunCgroup
-        from sandbox.kernel.child import spawn
-        from sandbox.kernel.kmsg import KmsgWatcher
+        from sandbox.kernel.child import ChildSpec
+        from sandbox.run.layers import RunContext
 
-        use_gate = "exec-gate" not in req.degraded
-        use_ebpf = "ebpf" not in req.degraded
         for d in req.degraded:
             record(Degraded(what=d, why="switched off with --degraded"), sync=True)
-        filt = self._filter(effective, use_gate, use_ebpf)
-        tracer = self.tracer() if use_ebpf else None
+        layers = self._layers(req)
         # exec the path as found (PATH lookup), not its realpath: a profile that allows
         # `python3` by name must see the same path at the exec gate as at the pre-check
         executable = _found_path(req.argv, env, cwd) or decision.binary or req.argv[0]
         cg = RunCgroup.create(run_id)
-        kmsg = KmsgWatcher()
-        layers = ["pre-check", "seccomp"] + (["exec-gate"] if use_gate else []) + \
-                 (["ebpf"] if use_ebpf else [])
+        names = ["pre-check", "seccomp"] + (["exec-gate"] if "exec-gate" not in req.degraded
+                                            else []) + \
+            (["ebpf"] if "ebpf" not in req.degraded else [])
         record(RunStarted(
             profile=strict.name, profile_hash=strict.content_hash,
             effective_profile=effective.name, agent=req.agent, argv=list(req.argv), cwd=cwd,
             mode=req.mode, grant_id=getattr(grant, "id", None),
-            approver=getattr(grant, "approver", None), layers=layers,
+            approver=getattr(grant, "approver", None), layers=names,
             degraded=list(req.degraded), uid=req.uid if req.uid is not None else os.getuid(),
             pid=os.getpid(),
         ), show=False)
-        gate = None
+
+        def on_block(info: Any) -> str | None:
+            d: Decision = info.decision
+            esc, note = (None, None)
+            if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
+                esc, note = self._raise(strict, d, Layer(info.layer), req, info.cwd or cwd, env,
+                                        run_id, info.ancestry, info.recent_execs, info.sha256)
+            if note:
+                record(Degraded(what="webhook", why=note))
+            return esc
+
+        run = RunContext(run_id=run_id, mode=req.mode, strict=strict, effective=effective,
+                         cgroup=cg, env=env, cwd=cwd, record=record, on_block=on_block,
+                         uid=req.uid)
+        spec = ChildSpec(list(req.argv), executable=executable, env=env, cwd=cwd,
+                         cgroup_procs=cg.procs_path, stdin=req.stdin, stdout=req.stdout,
+                         stderr=req.stderr, uid=req.uid, gid=req.gid, groups=req.groups)
         child = None
+        prepared: list[Any] = []
         result = RunResult(run_id, EXIT_RUNNER_FAILED)
         try:
-            if tracer is not None:
-                tracer.watch(cg.id)
-            child = spawn(
-                list(req.argv), executable=executable, env=env, cwd=cwd,
-                cgroup_procs=cg.procs_path, bpf=filt.bpf, notify=use_gate,
-                stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
-                uid=req.uid, gid=req.gid, groups=req.groups, extra_bpf=filt.extra,
-            )
-            if use_gate or tracer is not None:
-                from sandbox.run.execgate import ExecGate
-
-                raised: dict[tuple[str, tuple[str, ...]], str | None] = {}
-
-                def on_block(info: Any) -> str | None:
-                    d: Decision = info.decision
-                    key = (d.rule_id, tuple(info.argv or d.argv))
-                    if key in raised:  # the same block again in this run (a shell retrying
-                        return raised[key]  # PATH entries, both layers): one request
-                    esc, note = (None, None)
-                    if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
-                        esc, note = self._raise(
-                            strict, d, Layer(info.layer), req, info.cwd or cwd, env, run_id,
-                            info.ancestry, info.recent_execs, info.sha256)
-                    if note:
-                        record(Degraded(what="webhook", why=note))
-                    raised[key] = esc
-                    return esc
-
-                shown: set[tuple[str, tuple[str, ...]]] = set()
-
-                def gate_emit(ev: Any) -> None:
-                    visible = _user_visible(ev)
-                    if getattr(ev, "type", "") == "blocked":  # one line per distinct block
-                        key = (ev.rule_id, tuple(ev.argv[1:]))
-                        visible = key not in shown
-                        shown.add(key)
-                    record(ev, show=visible, sync=_user_visible(ev))
-
-                gate = ExecGate(profile=effective, mode=req.mode, run_id=run_id,
-                                listener_fd=child.listener_fd, tracer=tracer, cgroup_id=cg.id,
-                                emit=gate_emit, on_block=on_block)
+            for layer in layers:
+                prepared.append(layer)
+                layer.prepare(run, spec)
+            child = spec.spawn()
+            for layer in layers:
+                layer.started(run, child)
             if req.on_spawn is not None:
                 req.on_spawn(child.pid, cg)
-            result = self._loop(req, run_id, child, gate, cg, kmsg, strict, effective, grant,
-                                record)
+            result = self._loop(req, run, child, layers, grant)
         finally:
-            if gate is not None:
-                gate.close()
-            if tracer is not None:
-                tracer.unwatch(cg.id)
-            cg.kill()
-            cg.wait_empty(timeout=2.0)
-            cg.remove()
-            kmsg.close()
-            if child is not None and child.listener_fd is not None:
-                try:
-                    os.close(child.listener_fd)
-                except OSError:
-                    pass
+            try:
+                for layer in reversed(prepared):
+                    try:
+                        layer.close()
+                    except Exception:  # noqa: BLE001 - every layer closes; the run still ends
+                        if child is None:
+                            raise
+            finally:
+                cg.kill()
+                cg.wait_empty(timeout=2.0)
+                cg.remove()
+                if child is not None:
+                    child.close()  # its pidfd, listener and report socket (the daemon's fds)
         return result
 
     def _filter(self, profile: ResolvedProfile, use_gate: bool, use_ebpf: bool) -> Any:
@@ -461,14 +450,13 @@ class Supervisor:
             self._filters[key] = filt
         return filt
 
-    def _loop(self, req: RunRequest, run_id: str, child: Any, gate: Any, cg: Any, kmsg: Any,
-              strict: ResolvedProfile, effective: ResolvedProfile, grant: Any | None,
-              record: Record) -> RunResult:
-        sel = selectors.DefaultSelector()
-        sel.register(child.pidfd, selectors.EVENT_READ, "exit")
-        if gate is not None:
-            for fd in gate.fds():
-                sel.register(fd, selectors.EVENT_READ, "gate")
+    def _loop(self, req: RunRequest, run: Any, child: Any, layers: list[Any],
+              grant: Any | None) -> RunResult:
+        sel = selectors.DefaultSelector()  # epoll: no limit on fd numbers
+        sel.register(child.pidfd, selectors.EVENT_READ, None)
+        for layer in layers:
+            for fd in layer.fds():
+                sel.register(fd, selectors.EVENT_READ, layer)
         grant_deadline = _grant_deadline(grant)
         next_grant_poll = time.monotonic() + 1.0
         grant_open = grant is not None
@@ -482,21 +470,28 @@ class Supervisor:
                     timeout = max(0.0, min(timeout, grant_deadline - time.time()))
                 pushed: bool | str = False
                 for key, _ in sel.select(timeout):
-                    if key.data == "gate":
-                        gate.handle(key.fd)
-                    elif key.data == "exit":
-                        status = _reap(child.pid)
-                    elif key.data == "revoked":
+                    if key.data == "revoked":
                         pushed = _drain(key.fd)
-                if gate is not None and gate.fatal:
-                    record(EventsLost(count=getattr(gate, "lost", 0) or 1,
-                                      source=gate.fatal), sync=True)
-                    cg.kill()
+                    elif key.data is None:
+                        status = _reap(child.pid)
+                    else:
+                        key.data.handle(key.fd)
+                fatal = next(((lay, lay.fatal) for lay in layers if lay.fatal), None)
+                if fatal is not None:
+                    lay, why = fatal
+                    run.record(EventsLost(count=getattr(lay, "lost", 0) or 1, source=why),
+                               sync=True)
+                    run.cgroup.kill()
                     if status is None:
                         status = _reap(child.pid, block=True)
-                    return RunResult(run_id, EXIT_RUNNER_FAILED, decision="error",
-                                     reason=f"fail closed: {gate.fatal}", layer="ebpf",
-                                     execs=gate.stats.execs, blocked=gate.stats.blocked)
+                    from sandbox.run.layers import LayerResult
+
+                    found = LayerResult()
+                    for layer in layers:
+                        layer.finish(run, found)
+                    return RunResult(run.run_id, EXIT_RUNNER_FAILED, decision="error",
+                                     reason=f"fail closed: {why}", layer="ebpf",
+                                     execs=found.execs, blocked=found.blocked)
                 if grant_open and status is None:
                     why = None
                     if grant_deadline is not None and time.time() >= grant_deadline:
@@ -508,19 +503,16 @@ class Supervisor:
                         why = "revoked" if pushed == "*" else self._grant_closed(grant)
                     if why:
                         grant_open = False
-                        grant_killed = self._close_grant(why, grant, strict, effective, gate, cg,
-                                                         record)
+                        grant_killed = self._close_grant(why, grant, run, layers)
             if status is None:
                 status = _reap(child.pid, block=True)
-            if gate is not None:
-                gate.drain()  # trace events not read yet count in the result
         finally:
             sel.close()
             if unsubscribe is not None:
                 unsubscribe()
             for fd in wake:
                 os.close(fd)
-        return self._result(run_id, status, child, gate, kmsg, grant_killed, record)
+        return self._result(run, status, child, layers, grant_killed)
 
     def _watch_revocations(self, grant: Any | None, sel: selectors.BaseSelector
                            ) -> tuple[Callable[[], None] | None, tuple[int, ...]]:
@@ -551,53 +543,43 @@ class Supervisor:
             return "revoked"  # fail closed: a store we cannot reach honours no grant
         return st if st in ("expired", "revoked") else None
 
-    def _close_grant(self, why: str, grant: Any, strict: ResolvedProfile,
-                     effective: ResolvedProfile, gate: Any, cg: Any, record: Record) -> bool:
+    def _close_grant(self, why: str, grant: Any, run: Any, layers: list[Any]) -> bool:
         """The window closed: strict profile for new execs; end processes started under it."""
-        if gate is not None:
-            gate.set_profile(strict)
+        for layer in layers:
+            layer.narrow(run.strict)
         # the stricter wins: processes are ended unless both profiles say keep
-        kill = "kill" in (effective.escalation.onExpiry, strict.escalation.onExpiry)
-        pids = cg.pids() if kill else []
+        kill = "kill" in (run.effective.escalation.onExpiry, run.strict.escalation.onExpiry)
+        pids = run.cgroup.pids() if kill else []
         if kill:
-            cg.kill()
-        record(GrantEnded(grant_id=grant.id, why=why,  # type: ignore[arg-type]
-                          killed_pids=list(pids)), sync=True)
+            run.cgroup.kill()
+        run.record(GrantEnded(grant_id=grant.id, why=why,  # type: ignore[arg-type]
+                              killed_pids=list(pids)), sync=True)
         return kill
 
-    def _result(self, run_id: str, status: int, child: Any, gate: Any, kmsg: Any,
-                grant_killed: bool, record: Record) -> RunResult:
-        res = RunResult(run_id, 0)
-        if gate is not None:
-            res.execs, res.blocked = gate.stats.execs, gate.stats.blocked
-            first = getattr(gate.stats, "first_block", None)
-            if first is not None:
-                res.rule_id, res.reason, res.layer, res.escalation_id = first
+    def _result(self, run: Any, status: int, child: Any, layers: list[Any],
+                grant_killed: bool) -> RunResult:
+        from sandbox.run.layers import LayerResult
+
+        found = LayerResult()
+        for layer in layers:
+            layer.finish(run, found)
+        res = RunResult(run.run_id, 0, execs=found.execs, blocked=found.blocked)
+        if found.first_block is not None:
+            res.rule_id, res.reason, res.layer, res.escalation_id = found.first_block
         if os.WIFEXITED(status):
             res.exit_code = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             res.signal = sig
             res.exit_code = EXIT_SIGNAL_BASE + sig
-            if sig == signal.SIGSYS:
-                found = kmsg.find_seccomp_kill(child.pid, timeout=0.3)
-                if found:
-                    nr, name, arch = found
-                    record(SyscallKilled(pid=child.pid, syscall=name, nr=nr, arch=arch,
-                                         signal=sig), sync=True)
-                    res.reason = f"killed by seccomp: syscall {name} ({nr}, {arch})"
-                else:
-                    res.reason = "killed by seccomp (SIGSYS); the kernel did not log the syscall"
-                res.layer = "seccomp"
+            died = LayerResult()
+            if any(layer.explain_death(run, child.pid, sig, died) for layer in layers):
+                res.reason, res.layer = died.reason, died.layer
             elif grant_killed:
                 res.reason = "the grant's window closed; processes started under it were ended"
         if res.blocked:
             res.decision = "block"
         return res
-
-
-def _user_visible(ev: Any) -> bool:
-    return getattr(ev, "type", "") in ("blocked", "events_lost", "syscall_killed", "degraded")
 
 
 def _grant_deadline(grant: Any | None) -> float | None:
