@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sandbox.errors import GlassbreakError
+from sandbox.errors import GlassbreakError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
@@ -219,32 +219,42 @@ def grants_revoke(grant_id: str, as_: str, reason: str | None, output: str) -> N
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address of the approval HTTP API.")
 @click.option("--port", default=8787, show_default=True, type=int)
 @click.option("--socket", "socket_path", default=None, metavar="PATH",
-              help="Also serve runs on this unix socket (default $GLASSBREAK_SOCKET or "
-              "/run/glassbreak/glassbreak.sock when --no-http is given).")
+              help="Serve runs on this unix socket (default $GLASSBREAK_SOCKET or "
+              "/run/glassbreak/glassbreak.sock).")
+@click.option("--no-socket", is_flag=True, help="Do not serve runs (approval API only).")
 @click.option("--no-http", is_flag=True, help="Do not serve the approval HTTP API.")
 @OUTPUT
 @guarded
-def serve(host: str, port: int, socket_path: str | None, no_http: bool, output: str) -> None:
-    """Run the daemon: runs on a unix socket and/or the approval HTTP API (with the webhook
-    outbox flushed in the background)."""
-    if no_http or socket_path:
-        import threading
-
-        from sandbox.run.daemon import serve_socket
-
-        if no_http:
-            serve_socket(socket_path)
-            return
-        threading.Thread(target=serve_socket, args=(socket_path,), daemon=True,
-                         name="glassbreak-run-socket").start()
-    from escalation.api import serve as run
-
+def serve(host: str, port: int, socket_path: str | None, no_socket: bool, no_http: bool,
+          output: str) -> None:
+    """Run the daemon: warm runs on a unix socket AND the approval HTTP API (with the webhook
+    outbox flushed in the background). --no-socket / --no-http turn either off."""
+    if no_socket and no_http:
+        raise UsageError("--no-socket and --no-http leave nothing to serve",
+                         hint="drop one of them")
+    if no_socket and socket_path:
+        raise UsageError("--socket and --no-socket contradict each other",
+                         hint="drop one of them")
     svc = _service()
     svc.store.ping()
     _ = svc.config  # a broken GLASSBREAK_CONFIG fails here, at start-up, not at the first POST
+    if not no_socket:
+        import threading
+
+        from sandbox.run.daemon import open_socket
+
+        daemon = open_socket(socket_path)
+        if no_http:
+            daemon.serve_forever()
+            return
+        threading.Thread(target=daemon.serve_forever, daemon=True,
+                         name="glassbreak-run-socket").start()
+    from escalation.api import serve as run
+
     msg = {"listening": f"http://{host}:{port}", "store": svc.store.url.split("@")[-1]}
     click.echo(json.dumps(msg) if output == "json" else
                f"glassbreak approvals on http://{host}:{port} (store {msg['store']})")

@@ -145,9 +145,13 @@ def _story(env: dict[str, str], work: Path) -> int:
         return _fail("no webhook arrived")
     got = received[-1]
     payload = got["payload"] if isinstance(got["payload"], dict) else {}
-    print(f"  receiver: delivery {got['delivery']} signature {'OK' if got['ok'] else 'BAD'}; "
-          f"escalation {payload.get('id') or payload.get('escalation_id')} for "
-          f"{payload.get('argv')!r}, owners {payload.get('owners')}")
+    delivered = payload.get("escalation") if isinstance(payload.get("escalation"), dict) else {}
+    print(f"  receiver: {payload.get('event')} delivery {got['delivery']}, signature "
+          f"{'OK' if got['ok'] else 'BAD'}: escalation {delivered.get('id')} by agent "
+          f"{delivered.get('agent')} for {delivered.get('argv')!r}, owners "
+          f"{delivered.get('owners')}")
+    if not got["ok"] or delivered.get("id") != esc or not delivered.get("owners"):
+        return _fail("the webhook that arrived does not carry this escalation (id, owners)")
     show([GB, "escalations", "show", esc], env)
 
     say("4. The agent cannot approve itself; the owner sre-oncall approves for 15 seconds")

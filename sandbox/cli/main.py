@@ -90,7 +90,7 @@ def _default_profile() -> str:
     return os.environ.get("GLASSBREAK_PROFILE", "readonly")
 
 
-@main.command(epilog=EXIT_CODES_HELP, context_settings={"ignore_unknown_options": True})
+@main.command(epilog=EXIT_CODES_HELP, context_settings={"allow_interspersed_args": False})
 @click.option("--profile", "-p", default=_default_profile, show_default="readonly",
               help="Profile name or path ($GLASSBREAK_PROFILE).")
 @click.option("--agent", "-a", default=lambda: os.environ.get("GLASSBREAK_AGENT"),
@@ -122,7 +122,7 @@ def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: st
                          mode=mode, wait=wait_s, degraded=degraded, output=output))
 
 
-@main.command(epilog=EXIT_CODES_HELP, context_settings={"ignore_unknown_options": True})
+@main.command(epilog=EXIT_CODES_HELP, context_settings={"allow_interspersed_args": False})
 @click.option("--profile", "-p", default=_default_profile, show_default="readonly")
 @OUTPUT
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

@@ -366,8 +366,9 @@ def _reply(conn: socket.socket, code: int) -> None:
         pass
 
 
-def serve_socket(path: str | None = None, *, announce: bool = True) -> None:
-    """`glassbreak serve --socket PATH`: load the eBPF tracer once and serve runs forever."""
+def open_socket(path: str | None = None, *, announce: bool = True) -> Daemon:
+    """Load the eBPF tracer once and bind the run socket (errors here, in the caller's thread:
+    a busy socket or a missing directory is reported at start-up)."""
     from sandbox.kernel.ebpf import ExecTracer
 
     tracer: Any | None
@@ -381,4 +382,4 @@ def serve_socket(path: str | None = None, *, announce: bool = True) -> None:
     d.bind()
     if announce:
         print(json.dumps({"socket": d.path, "pid": os.getpid()}), flush=True)
-    d.serve_forever()
+    return d

@@ -45,6 +45,23 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
         "degraded": list(degraded), "output": output})
     if code is not None:
         return code
+    if os.geteuid() != 0:
+        # cgroups, the eBPF exec tracer and (soon) Landlock need root; a non-root caller is
+        # enforced by the daemon, which knows who it is from the kernel (SO_PEERCRED)
+        err = GlassbreakError(
+            f"no glassbreak daemon is listening on {thinclient.socket_path()}, and a non-root user "
+            "cannot run commands in process (the run's cgroup, the eBPF exec tracer and the "
+            "filesystem layer need root)",
+            hint="ask an administrator to start the daemon (`sudo glassbreak serve`, or the "
+            "systemd unit in deploy/), or set GLASSBREAK_SOCKET to its socket; root may run in "
+            "process")
+        if output == "json":
+            import json
+
+            print(json.dumps(err.to_dict()), file=sys.stderr)
+        else:
+            print(err.render(), file=sys.stderr)
+        return err.exit_code
     from sandbox.run.supervisor import RunRequest, Supervisor
 
     # Everything relative is made absolute BEFORE the eBPF compile starts in its thread: bcc's

@@ -59,7 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
            "GLASSBREAK_CONFIG": str(cfg), "GLASSBREAK_DECISION_SECRET": DECISION_SECRET,
            "GLASSBREAK_SLACK_SIGNING_SECRET": SLACK_SECRET, "BOB_TOKEN": "bob-token",
            "GB_TEST_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([GLASSBREAK, "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([GLASSBREAK, "serve", "--no-socket", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -41,6 +41,32 @@ def test_delivered_and_signature_verifies(svc: EscalationService, receiver: Rece
     assert receiver.got[-1]["json"]["escalation"]["state"] == "denied"
 
 
+def test_generic_payload_has_the_documented_fields(svc: EscalationService, receiver: Receiver
+                                                  ) -> None:
+    """Every field docs/escalation.md documents for the generic body is in a real delivery
+    (the demo's receiver once read fields that were not there)."""
+    import re
+
+    doc = (REPO / "docs" / "escalation.md").read_text()
+    table = doc.split("The `generic` (and `n8n`) body", 1)[1]
+    table = table.split("Every delivery is signed", 1)[0]
+    first_cells = [line.split("|")[1] for line in table.splitlines()
+                   if line.startswith("| `")]
+    fields = {f for cell in first_cells for f in re.findall(r"`([a-z_.0-9]+)`", cell)}
+    assert {"escalation.id", "escalation.agent", "escalation.owners", "delivery_id"} <= fields
+    receiver.start()
+    rec = svc.raise_block(block_ctx(webhooks=[hook(receiver.url)], agent_reason="why"))
+    body = receiver.got[0]["json"]
+    for f in sorted(fields):
+        if f.startswith("links."):
+            continue  # only with publicUrl (tested in test_api)
+        node = body
+        for part in f.split("."):
+            assert isinstance(node, dict) and part in node, f"documented field {f} missing"
+            node = node[part]
+    assert body["escalation"]["id"] == rec.id and body["escalation"]["agent"] == rec.agent
+
+
 def test_slack_block_kit_buttons_carry_the_id(svc: EscalationService, receiver: Receiver,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLASSBREAK_PUBLIC_URL", "http://gb.example:8787")

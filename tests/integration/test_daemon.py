@@ -292,3 +292,63 @@ def test_daemon_reloads_a_profile_when_its_file_changes(daemon: Daemon, tmp_path
                             capture_output=True, text=True, timeout=30, env=env)
     assert second.returncode == 0, second.stderr
     assert second.stdout == "hi\n"
+
+
+def test_non_root_without_daemon_says_what_to_do(tmp_path: Path) -> None:
+    """No daemon and not root: one clear message (not bcc's 'Failed to compile BPF module')."""
+    require(is_root(), "needs root to drop to nobody")
+    env = dict(os.environ, GLASSBREAK_SOCKET=str(tmp_path / "nobody-listens.sock"),
+               GLASSBREAK_STATE_DIR=str(tmp_path / "st"))
+    for output in ("text", "json"):
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            GLASSBREAK, "run", "-o", output, "-p", "readonly", "--", "true"],
+                           capture_output=True, text=True, timeout=60, env=env, cwd="/")
+        assert r.returncode == 125, r.stderr
+        assert "nobody-listens.sock" in r.stderr and "glassbreak serve" in r.stderr
+        assert "compile" not in r.stderr.lower() and "Traceback" not in r.stderr
+        if output == "json":
+            assert json.loads(r.stderr.strip().splitlines()[-1])["exit_code"] == 125
+
+
+def test_serve_alone_serves_runs_and_the_api(tmp_path: Path) -> None:
+    """`glassbreak serve` with no options: the run socket AND the approval API."""
+    require(is_root(), "the daemon needs root")
+    from tests.conftest import free_port
+
+    sock = tmp_path / "default.sock"
+    port = free_port()
+    env = dict(os.environ, GLASSBREAK_STATE_DIR=str(tmp_path / "st"), GLASSBREAK_SOCKET=str(sock))
+    proc = subprocess.Popen([GLASSBREAK, "serve", "--port", str(port), "-o", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        seen: dict[str, str] = {}
+        while not ({"socket", "listening"} <= set(seen)):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            seen.update(json.loads(line))
+        assert seen["socket"] == str(sock)
+        r = subprocess.run([GLASSBREAK, "run", "-p", "readonly", "--", "echo", "warm"],
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(env, GLASSBREAK_NO_DAEMON=""))
+        assert r.returncode == 0 and r.stdout == "warm\n", r.stderr
+        started = [json.loads(x) for x in (tmp_path / "st" / "audit.jsonl").read_text()
+                   .splitlines() if '"run_started"' in x]
+        assert [e["pid"] for e in started if e["argv"] == ["echo", "warm"]] == [proc.pid]
+        import urllib.request
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as h:
+                    assert h.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        both = subprocess.run([GLASSBREAK, "serve", "--no-socket", "--no-http"],
+                              capture_output=True, text=True, timeout=30, env=env)
+        assert both.returncode == 2 and "nothing to serve" in both.stderr
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
