@@ -284,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (use a running daemon, else start one), off, or a socket path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is MISS")
-    ap.add_argument("--scale", default="concurrency,latency",
-                    help="issue-5 scale groups (bench/concurrency.py, bench/latency.py); '' skips")
+    ap.add_argument("--scale", default="concurrency,latency,soak",
+                    help="scale groups (bench/concurrency.py, bench/latency.py, bench/soak.py); "
+                    "'' skips")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.warmup = min(args.reps, 3), min(args.warmup, 1)

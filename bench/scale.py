@@ -1,5 +1,6 @@
-"""bench/run.py's scale groups: 50 concurrent runs through one daemon (bench/concurrency.py) and
-escalation latency across two hosts (bench/latency.py)."""
+"""bench/run.py's scale groups: 50 concurrent runs through one daemon (bench/concurrency.py),
+escalation latency across two hosts (bench/latency.py), and the daemon soak (bench/soak.py:
+10,000 warm runs, fds/threads/memory flat)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,16 @@ def scale_results(groups: str, glassbreak: str = GLASSBREAK, *,
                 print("[bench] escalation latency (median ms): " + ", ".join(
                     f"{k[:-3]} {v['median']}" for k, v in out[name].items()
                     if isinstance(v, dict)), file=sys.stderr, flush=True)
+            elif name == "soak":
+                from soak import measure as measure_soak
+
+                out[name] = r = measure_soak(1000 if quick else 10_000, glassbreak=glassbreak)
+                verdict = "fds, threads and memory flat" if r["ok"] else \
+                    f"PROBLEMS: {'; '.join(r['problems'])[:300]}"
+                print(f"[bench] soak: {r['runs']} warm runs, {r['runs_per_s']} runs/s, "
+                      f"fds {r['after_warmup'].get('fds')} -> {r['at_end'].get('fds')}, "
+                      f"RSS {r['after_warmup'].get('rss_kb')} -> {r['at_end'].get('rss_kb')} "
+                      f"kB: {verdict}", file=sys.stderr, flush=True)
             else:
                 out[name] = {"status": "n/a", "reason": f"unknown scale group {name!r}"}
         except Exception as e:  # noqa: BLE001 - one group failing must not lose the others

@@ -321,6 +321,25 @@ static int send_request(int s, const buf_t *b) {
     return send_all(s, b->p + w, b->n - (size_t)w);
 }
 
+/* the JSON string value of "key" in the daemon's reply, unescaped into out ("" if absent) */
+static void string_of(const buf_t *in, const char *key, char *out, size_t n) {
+    char k[32];
+    snprintf(k, sizeof k, "\"%s\": \"", key);
+    const char *p = in->p ? strstr(in->p, k) : NULL;
+    size_t o = 0;
+    out[0] = 0;
+    if (!p) return;
+    for (p += strlen(k); *p && *p != '"' && o + 1 < n; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            out[o++] = *p == 'n' ? '\n' : *p == 't' ? '\t' : *p;
+        } else {
+            out[o++] = *p;
+        }
+    }
+    out[o] = 0;
+}
+
 static int exit_code_of(const buf_t *in, int *code) {
     const char *k = "\"exit_code\"";
     const char *p = in->p ? strstr(in->p, k) : NULL;
@@ -375,7 +394,16 @@ static int serve(int s, const char *path, const buf_t *req) {
         }
     }
     int code;
-    if (exit_code_of(&in, &code)) return code;
+    if (exit_code_of(&in, &code)) {
+        char err[1024], hint[512];
+        string_of(&in, "error", err, sizeof err);
+        string_of(&in, "hint", hint, sizeof hint);
+        if (err[0]) {  /* the daemon refused the request itself */
+            fprintf(stderr, "glassbreak: the daemon refused the request: %s\n", err);
+            if (hint[0]) fprintf(stderr, "  hint: %s\n", hint);
+        }
+        return code;
+    }
     if (cred.pid)
         fprintf(stderr, "glassbreak: the daemon (pid %d) at %s died; the run was ended\n",
                 cred.pid, path);

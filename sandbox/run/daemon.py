@@ -31,11 +31,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.errors import EXIT_RUNNER_FAILED, EXIT_SIGNAL_BASE, GlassbreakError
+from sandbox.errors import EXIT_RUNNER_FAILED, EXIT_SIGNAL_BASE, EXIT_USAGE, GlassbreakError
 from sandbox.run.supervisor import RunRequest, Supervisor
 
 DEFAULT_SOCKET = "/run/glassbreak/glassbreak.sock"
 MAX_REQUEST = 4 * 1024 * 1024
+MAX_CONNECTIONS = 256  # connections served at once; more are told to retry
+REQUEST_TIMEOUT = 10.0  # seconds for the request line to arrive
 INTERACTIVE = (signal.SIGINT, signal.SIGQUIT)  # like a terminal: to every process of the run
 ENDING = (signal.SIGTERM, signal.SIGHUP)  # like in process: end the run's tree
 
@@ -99,30 +101,60 @@ def peer_creds(conn: socket.socket) -> tuple[int, int, int, list[int]]:
     return pid, uid, gid, groups
 
 
+class ProtocolError(Exception):
+    """A connection that does not speak the protocol: answered with a clear error line."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+HINT_PROTOCOL = "use the glassbreak client (`glassbreak run`); the protocol is in docs/daemon.md"
+
+
 def recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int], bytes]:
-    """The first JSON line and the fds that came with it; returns leftover bytes too."""
+    """The first JSON line and the fds that came with it; returns leftover bytes too. Raises
+    ProtocolError (fds closed) for anything but one JSON object on one line."""
     fds = array.array("i")
     buf = b""
-    while b"\n" not in buf:
-        data, anc, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(16 * fds.itemsize))
-        for level, typ, cdata in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-        if not data:
-            break
-        buf += data
-        if len(buf) > MAX_REQUEST:
-            break
-    line, _, rest = buf.partition(b"\n")
     try:
-        req = json.loads(line)
-    except ValueError:
-        req = None
-    if not isinstance(req, dict):
-        for fd in fds:
+        while b"\n" not in buf:
+            data, anc, _flags, _addr = conn.recvmsg(65536,
+                                                    socket.CMSG_SPACE(16 * fds.itemsize))
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+            if not data:
+                raise ProtocolError("the connection ended before a complete request line "
+                                    "(JSON and a newline) arrived", HINT_PROTOCOL)
+            buf += data
+            if len(buf) > MAX_REQUEST:
+                raise ProtocolError(f"the request line is longer than {MAX_REQUEST >> 20} MiB",
+                                    "pass less environment, or fewer/shorter arguments")
+        line, _, rest = buf.partition(b"\n")
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            raise ProtocolError(f"the request line is not JSON ({e})", HINT_PROTOCOL) from None
+        if not isinstance(req, dict):
+            raise ProtocolError(f"the request must be a JSON object, not "
+                                f"{type(req).__name__}", HINT_PROTOCOL)
+        return req, list(fds), rest
+    except TimeoutError:
+        _close_all(fds)
+        raise ProtocolError(f"no complete request within {REQUEST_TIMEOUT:.0f} s",
+                            HINT_PROTOCOL) from None
+    except BaseException:
+        _close_all(fds)
+        raise
+
+
+def _close_all(fds: Any) -> None:
+    for fd in fds:
+        try:
             os.close(fd)
-        raise ValueError("malformed request")
-    return req, list(fds), rest
+        except OSError:
+            pass
 
 
 class Daemon:
@@ -130,6 +162,7 @@ class Daemon:
         self.path = path or socket_path()
         self.sup = Supervisor(tracer=tracer)
         self.sock: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def bind(self) -> None:
         d = os.path.dirname(self.path) or "."
@@ -153,6 +186,11 @@ class Daemon:
         assert self.sock is not None
         while True:
             conn, _ = self.sock.accept()
+            if not self._slots.acquire(blocking=False):
+                _reply(conn, EXIT_RUNNER_FAILED, error=f"the daemon is serving {MAX_CONNECTIONS} "
+                       "connections already", hint="retry in a moment")
+                conn.close()
+                continue
             threading.Thread(target=self._handle, args=(conn,), daemon=True,
                              name="glassbreak-conn").start()
 
@@ -161,12 +199,19 @@ class Daemon:
         fds: list[int] = []
         try:
             pid, uid, gid, groups = peer_creds(conn)
+            conn.settimeout(REQUEST_TIMEOUT)  # a silent client never holds a thread forever
             try:
                 body, fds, rest = recv_request(conn)
-            except (ValueError, OSError):
+            except ProtocolError as e:
+                _reply(conn, EXIT_USAGE, error=e.message, hint=e.hint)
                 return
+            except OSError:
+                return
+            conn.settimeout(None)
             if len(fds) != 3:
-                _reply(conn, EXIT_RUNNER_FAILED)
+                _reply(conn, EXIT_USAGE, error=f"the request carried {len(fds)} file "
+                       "descriptors; it must carry the caller's stdin, stdout and stderr "
+                       "(SCM_RIGHTS)", hint=HINT_PROTOCOL)
                 return
             code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups)
             _reply(conn, code)
@@ -180,6 +225,7 @@ class Daemon:
                 except OSError:
                     pass
             conn.close()
+            self._slots.release()
 
     def _serve_run(self, conn: socket.socket, body: dict[str, Any], fds: list[int],
                    rest: bytes, pid: int, uid: int, gid: int, groups: list[int]) -> int:
@@ -359,10 +405,28 @@ def _write_error(fd: int, e: GlassbreakError, output: str) -> None:
     _write_line(fd, json.dumps(e.to_dict()) if output == "json" else e.render())
 
 
-def _reply(conn: socket.socket, code: int) -> None:
+def _reply(conn: socket.socket, code: int, *, error: str | None = None,
+           hint: str | None = None) -> None:
+    """The last line of every connection; `error` only when the request itself was refused
+    before a run could report on the caller's own stderr."""
+    msg: dict[str, Any] = {"exit_code": code}
+    if error:
+        msg.update(error=error, hint=hint)
     try:
-        conn.sendall(json.dumps({"exit_code": code}).encode() + b"\n")
+        conn.sendall(json.dumps(msg).encode() + b"\n")
     except OSError:
+        pass
+
+
+def _cap_malloc_arenas() -> None:
+    """Two threads per run (connection, run): glibc would grow up to 8 malloc arenas per core
+    as they come and go, each keeping its freed pages. Two arenas hold the daemon's memory
+    flat (measured by bench/soak.py)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
         pass
 
 
@@ -378,6 +442,7 @@ def open_socket(path: str | None = None, *, announce: bool = True) -> Daemon:
         print(f"glassbreak daemon: the eBPF tracer could not start ({e}); runs will say so",
               file=sys.stderr, flush=True)
         tracer = None
+    _cap_malloc_arenas()
     d = Daemon(path, tracer=tracer)
     d.bind()
     if announce:

@@ -131,6 +131,9 @@ def run(sock: socket.socket, body: dict[str, Any]) -> int:
             except ValueError:
                 continue
             if isinstance(msg, dict) and isinstance(msg.get("exit_code"), int):
+                if msg.get("error"):  # the daemon refused the request itself
+                    _say(f"glassbreak: the daemon refused the request: {msg['error']}"
+                         + (f"\n  hint: {msg['hint']}" if msg.get("hint") else ""))
                 return int(msg["exit_code"])
     except OSError as e:
         _say(f"glassbreak: lost the connection to the daemon at {socket_path()} ({e}); "
