@@ -151,12 +151,19 @@ def stub_kubectl() -> Iterator[Path]:
     """A stub kubectl installed where a real one would be (/usr/local/bin, a trusted dir);
     removed afterwards. A pre-existing real kubectl is never touched."""
     require(is_root(), "the runner needs root for seccomp user-notification, eBPF, cgroups")
+    import fcntl
+
+    # one machine-wide path: test sessions running at the same time (several checkouts) take
+    # turns, so that one never removes the stub under another
+    lock = open("/run/glassbreak-test-kubectl.lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)
     k = Path("/usr/local/bin/kubectl")
-    if k.exists() and k.read_text(errors="replace") != STUB:
-        pytest.fail(f"{k} exists and is not glassbreak's test stub; refusing to replace it")
-    k.write_text(STUB)
-    k.chmod(0o755)
     try:
+        if k.exists() and k.read_text(errors="replace") != STUB:
+            pytest.fail(f"{k} exists and is not glassbreak's test stub; refusing to replace it")
+        k.write_text(STUB)
+        k.chmod(0o755)
         yield k
     finally:
         k.unlink(missing_ok=True)
+        lock.close()
