@@ -1,0 +1,657 @@
+"""glassbreak's DNS resolver: the only DNS a run can reach (standard library only).
+
+The socket hooks (sandbox.kernel.sockhooks) steer every port-53 connect/sendmsg of a run (TCP
+and UDP, any address, v4, v6, v4-mapped) to 127.0.0.1:P / [::1]:P, where P is THAT run's
+resolver port: the kernel picks P from the run's own cgroup id, so the resolver knows which run
+asks by the socket the query arrived on. Direct traffic to any resolver port (not through
+steering) is refused in the kernel, so a run cannot ask another run's resolver.
+
+Per query:
+  - one question, opcode QUERY, class IN; qtype A or AAAA (HTTPS/SVCB of an allowed name: an
+    empty NOERROR answer, so clients fall back to A/AAAA); anything else (TXT, ANY, NULL, MX,
+    ...) REFUSED + event: those types carry data out (and in);
+  - the name: LDH (and _) labels, label <= max_label, name <= max_name, and allowed by the run's
+    patterns ("pypi.org", "*.pythonhosted.org" = any name below it) else REFUSED + event; a
+    refused name is never forwarded;
+  - forwarded to the upstream (UDP, TCP on truncation) with a fresh id and source port; the
+    CNAME chain is followed (in the answer, else by asking for the target), and EVERY name of
+    it must be allowed (a CNAME to a name the run may not resolve: REFUSED, the event names
+    the target);
+  - only A/AAAA records owned by the chain's last name are kept; addresses that are sensitive
+    (loopback, link-local, metadata, unspecified, multicast, this host's own) are dropped;
+  - every kept address is INSERTED into the run's allow map (ports of the matching patterns,
+    TTL clamped to [min_ttl, max_ttl], the answer's TTLs rewritten to the same) BEFORE the
+    answer is sent; if an insert fails, the answer is withheld (SERVFAIL) and an event says why.
+    There is no timeout that releases an answer anyway (fail closed).
+In audit mode (`--mode monitor`) the same checks run and are reported as would-be refusals,
+but every name is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+QT_A, QT_NS, QT_CNAME, QT_SOA, QT_NULL, QT_MX, QT_TXT, QT_AAAA = 1, 2, 5, 6, 10, 15, 16, 28
+QT_OPT, QT_SVCB, QT_HTTPS, QT_ANY = 41, 64, 65, 255
+RC_NOERROR, RC_FORMERR, RC_SERVFAIL, RC_NXDOMAIN, RC_NOTIMP, RC_REFUSED = 0, 1, 2, 3, 4, 5
+QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 15: "MX",
+               16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
+
+# answers never inserted, whatever else the hooks consider sensitive
+FORBIDDEN_ANSWERS = [ipaddress.ip_network(c) for c in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "100.100.100.200/32", "::/128", "::1/128", "fe80::/10", "ff00::/8", "fd00:ec2::254/128",
+    "::ffff:0:0/96", "64:ff9b::/96")]
+
+
+# -- wire format ---------------------------------------------------------------------------
+class DNSFormatError(Exception):
+    pass
+
+
+def read_name(msg: bytes, off: int) -> tuple[str, int]:
+    labels: list[bytes] = []
+    jumps, end = 0, None
+    while True:
+        if off >= len(msg):
+            raise DNSFormatError("name runs past the message")
+        ln = msg[off]
+        if ln & 0xC0 == 0xC0:
+            if off + 1 >= len(msg):
+                raise DNSFormatError("bad pointer")
+            ptr = ((ln & 0x3F) << 8) | msg[off + 1]
+            if end is None:
+                end = off + 2
+            jumps += 1
+            if jumps > 32 or ptr >= len(msg):
+                raise DNSFormatError("pointer loop")
+            off = ptr
+            continue
+        if ln & 0xC0:
+            raise DNSFormatError("bad label type")
+        off += 1
+        if ln == 0:
+            break
+        labels.append(msg[off:off + ln])
+        off += ln
+    name = b".".join(labels).decode("ascii", errors="replace").lower()
+    return name, (end if end is not None else off)
+
+
+def encode_name(name: str) -> bytes:
+    out = b""
+    for lab in name.rstrip(".").split("."):
+        if lab:
+            b = lab.encode("ascii")
+            out += bytes([len(b)]) + b
+    return out + b"\0"
+
+
+@dataclass
+class RR:
+    name: str
+    type: int
+    cls: int
+    ttl: int
+    rdata: bytes
+    target: str = ""  # CNAME target
+
+
+@dataclass
+class Message:
+    id: int
+    flags: int
+    questions: list[tuple[str, int, int]]
+    answers: list[RR]
+    authority: list[RR]
+    additional: list[RR]
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+
+def parse(msg: bytes) -> Message:
+    if len(msg) < 12:
+        raise DNSFormatError("short header")
+    mid, flags, qd, an, ns, ar = struct.unpack_from(">HHHHHH", msg, 0)
+    off = 12
+    qs: list[tuple[str, int, int]] = []
+    for _ in range(qd):
+        name, off = read_name(msg, off)
+        if off + 4 > len(msg):
+            raise DNSFormatError("short question")
+        qt, qc = struct.unpack_from(">HH", msg, off)
+        off += 4
+        qs.append((name, qt, qc))
+    sections: list[list[RR]] = [[], [], []]
+    for sec, count in zip(sections, (an, ns, ar), strict=True):
+        for _ in range(count):
+            name, off = read_name(msg, off)
+            if off + 10 > len(msg):
+                raise DNSFormatError("short record")
+            t, c, ttl, rdlen = struct.unpack_from(">HHIH", msg, off)
+            off += 10
+            if off + rdlen > len(msg):
+                raise DNSFormatError("short rdata")
+            rr = RR(name, t, c, ttl, msg[off:off + rdlen])
+            if t == QT_CNAME:
+                rr.target, _ = read_name(msg, off)
+            off += rdlen
+            sec.append(rr)
+    return Message(mid, flags, qs, *sections)
+
+
+def build(mid: int, flags: int, questions: list[tuple[str, int, int]],
+          answers: Any = (), additional: Any = ()) -> bytes:
+    out = struct.pack(">HHHHHH", mid, flags, len(questions), len(answers), 0, len(additional))
+    for name, qt, qc in questions:
+        out += encode_name(name) + struct.pack(">HH", qt, qc)
+    for rr in list(answers) + list(additional):
+        rdata = encode_name(rr.target) if rr.type == QT_CNAME else rr.rdata
+        out += encode_name(rr.name) + struct.pack(">HHIH", rr.type, rr.cls, rr.ttl, len(rdata))
+        out += rdata
+    return out
+
+
+def reply_flags(qflags: int, rcode: int, aa: bool = False) -> int:
+    # QR=1, opcode copied, RD copied, RA=1
+    return 0x8000 | (qflags & 0x7800) | (qflags & 0x0100) | 0x0080 | (0x0400 if aa else 0) | rcode
+
+
+def client_udp_size(m: Message) -> int:
+    for rr in m.additional:
+        if rr.type == QT_OPT:
+            return max(512, min(rr.cls, 4096))
+    return 512
+
+
+# -- policy --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NameRule:
+    pattern: str            # "pypi.org" or "*.pythonhosted.org" (any depth below, not itself)
+    ports: tuple[int, int]
+    proto: str = "tcp"
+    source: str = "profile"  # profile | grant:<id> (who opened it: revocation removes its own)
+
+    def matches(self, name: str) -> bool:
+        p = self.pattern.lower().rstrip(".")
+        name = name.lower().rstrip(".")
+        if p == "*":
+            return True
+        if p.startswith("*."):
+            return name.endswith(p[1:]) and len(name) > len(p) - 1
+        return name == p
+
+
+@dataclass
+class DnsEvent:
+    cgroup_id: int
+    action: str             # refused | servfail | answered | dropped-address
+    qname: str
+    qtype: str
+    reason: str = ""
+    addresses: tuple[str, ...] = ()
+    transport: str = "udp"
+    rule: str = ""          # refused: dns.name | dns.qtype | dns.shape | dns.cname | ...
+    audit: bool = False     # monitor mode: would have been refused, answered anyway
+
+    def line(self) -> str:
+        s = f"dns: {self.action} {self.qtype} {self.qname!r} ({self.reason})"
+        if self.addresses:
+            s += " -> " + ", ".join(self.addresses)
+        return s
+
+
+@dataclass
+class RunDNS:
+    cgid: int
+    rules: list[NameRule]
+    port: int = 0
+    socks: list[socket.socket] = field(default_factory=list)
+    servers: list[Any] = field(default_factory=list)
+    transports: list[Any] = field(default_factory=list)
+    audit: bool = False
+
+
+class Resolver:
+    """An asyncio loop in a thread. add_run() returns the run's port (bound on 127.0.0.1 and
+    ::1, UDP and TCP); give it to SockHooks.register_run(cgid, dns_port=port)."""
+
+    def __init__(self, hooks: Any, upstream: tuple[str, int], *, min_ttl: int = 5,
+                 max_ttl: int = 3600, grace: int = 10, max_label: int = 40,
+                 max_name: int = 160, timeout: float = 2.0,
+                 on_event: Callable[[DnsEvent], None] | None = None,
+                 cache_size: int = 10000):
+        self.hooks = hooks
+        self.upstream = upstream
+        self.min_ttl, self.max_ttl, self.grace = min_ttl, max_ttl, grace
+        self.max_label, self.max_name = max_label, max_name
+        self.timeout = timeout
+        self.on_event = on_event
+        self.cache_size = cache_size
+        self._cache: dict[tuple[str, int], tuple[float, Message, float]] = {}
+        self._runs: dict[int, RunDNS] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="gb-resolver",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- runs -------------------------------------------------------------------------------
+    def add_run(self, cgid: int, rules: list[NameRule], audit: bool = False) -> int:
+        port: int = self._call(self._add_run(cgid, rules, audit))
+        return port
+
+    def remove_run(self, cgid: int) -> None:
+        self._call(self._remove_run(cgid))
+
+    def set_rules(self, cgid: int, rules: list[NameRule]) -> None:
+        """Grants: widen (or narrow) a run's names. Narrowing does not touch addresses already
+        inserted: the caller removes those (SockHooks.remove(kill=True))."""
+        run = self._runs.get(cgid)
+        if run is not None:
+            run.rules = list(rules)  # one reference assignment: atomic for the loop thread
+
+    def rules(self, cgid: int) -> list[NameRule]:
+        run = self._runs.get(cgid)
+        return list(run.rules) if run else []
+
+    @property
+    def run_count(self) -> int:
+        return len(self._runs)
+
+    def close(self) -> None:
+        for cgid in list(self._runs):
+            self.remove_run(cgid)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(2)
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    async def _add_run(self, cgid: int, rules: list[NameRule], audit: bool) -> int:
+        run = RunDNS(cgid, list(rules), audit=audit)
+        port = 0
+        for _attempt in range(50):
+            socks: list[socket.socket] = []
+            try:
+                u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(u4)
+                u4.bind(("127.0.0.1", 0))
+                port = u4.getsockname()[1]
+                for fam, typ, addr in ((socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1"),
+                                       (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
+                                       (socket.AF_INET6, socket.SOCK_STREAM, "::1")):
+                    try:
+                        s = socket.socket(fam, typ)
+                    except OSError:  # no IPv6 here: v4 (and v4-mapped) steering only
+                        continue
+                    socks.append(s)
+                    if typ == socket.SOCK_STREAM:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if fam == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    try:
+                        s.bind((addr, port))
+                    except OSError as e:
+                        if fam == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                            socks.remove(s)
+                            s.close()
+                            continue
+                        raise
+                break
+            except OSError:
+                for s in socks:
+                    s.close()
+        else:
+            raise OSError("no free resolver port")
+        run.port, run.socks = port, socks
+        for s in socks:
+            s.setblocking(False)
+            if s.type == socket.SOCK_DGRAM:
+                tr, _ = await self.loop.create_datagram_endpoint(
+                    lambda: _UDPServer(self, run), sock=s)
+                run.transports.append(tr)
+            else:
+                srv = await asyncio.start_server(
+                    lambda r, w: self._tcp_client(run, r, w), sock=s, limit=65536)
+                run.servers.append(srv)
+        self._runs[cgid] = run
+        return port
+
+    async def _remove_run(self, cgid: int) -> None:
+        run = self._runs.pop(cgid, None)
+        if run is None:
+            return
+        for tr in run.transports:
+            tr.close()
+        for srv in run.servers:
+            srv.close()
+        for s in run.socks:
+            s.close()
+
+    # -- events -----------------------------------------------------------------------------
+    def _event(self, ev: DnsEvent) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(ev)
+            except Exception:  # noqa: BLE001, S110 - a consumer error never stops answering
+                pass
+
+    # -- policy -----------------------------------------------------------------------------
+    def _name_ok(self, name: str) -> str:
+        """'' when the name's shape is acceptable, else why not."""
+        if not name or len(name) > self.max_name:
+            return f"name longer than {self.max_name}"
+        for lab in name.split("."):
+            if not lab or len(lab) > self.max_label:
+                return f"label longer than {self.max_label}"
+            if not lab.isascii() or not all(c.isalnum() or c in "-_" for c in lab):
+                return "label with characters outside [a-z0-9-_]"
+        return ""
+
+    @staticmethod
+    def _matching(run: RunDNS, name: str) -> list[NameRule]:
+        return [r for r in run.rules if r.matches(name)]
+
+    def _forbidden(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if any(addr in n for n in FORBIDDEN_ANSWERS if n.version == addr.version):
+            return True
+        try:
+            return bool(self.hooks.is_sensitive(str(addr)))
+        except AttributeError:
+            return False
+
+    async def handle(self, run: RunDNS, data: bytes, transport: str) -> bytes | None:
+        try:
+            q = parse(data)
+        except DNSFormatError:
+            return None if len(data) < 2 else build(
+                struct.unpack_from(">H", data)[0], 0x8000 | RC_FORMERR, [])
+        if q.flags & 0x8000:
+            return None  # a response: ignore
+        if len(q.questions) != 1 or (q.flags >> 11) & 0xF != 0:
+            return build(q.id, reply_flags(q.flags, RC_NOTIMP if len(q.questions) == 1
+                                           else RC_FORMERR), q.questions[:1])
+        qname, qtype, qclass = q.questions[0]
+        tname = QTYPE_NAMES.get(qtype, str(qtype))
+        audit = run.audit
+        noted: list[DnsEvent] = []  # audit: the would-be refusals, reported with the answer
+
+        def refuse(reason: str, rule: str, rcode: int = RC_REFUSED,
+                   name: str = qname) -> bytes | None:
+            ev = DnsEvent(run.cgid, "refused" if rcode == RC_REFUSED else "servfail",
+                          name, tname, reason, transport=transport, rule=rule, audit=audit)
+            if audit and rcode == RC_REFUSED:
+                noted.append(ev)
+                return None  # monitor mode: carry on, answer anyway
+            self._event(ev)
+            return build(q.id, reply_flags(q.flags, rcode), q.questions)
+
+        if qclass != 1:
+            out = refuse("class not IN", "dns.qtype")
+            if out is not None or not audit:
+                return out
+        why = self._name_ok(qname)
+        if why:
+            out = refuse(why, "dns.shape")
+            if out is not None:
+                return out
+        rules = self._matching(run, qname)
+        if not rules:
+            out = refuse("name not allowed", "dns.name")
+            if out is not None:
+                return out
+            rules = [NameRule(qname, (1, 65535), "tcp", "audit")]
+        if qtype in (QT_HTTPS, QT_SVCB):
+            return build(q.id, reply_flags(q.flags, RC_NOERROR), q.questions)  # NODATA
+        if qtype not in (QT_A, QT_AAAA):
+            out = refuse(f"query type {tname} not answered", "dns.qtype")
+            if out is not None:
+                return out
+            return self._forward_raw(q, noted)
+        if qname == "localhost":
+            rr = RR(qname, qtype, 1, 0, (socket.inet_pton(socket.AF_INET, "127.0.0.1")
+                                         if qtype == QT_A else
+                                         socket.inet_pton(socket.AF_INET6, "::1")))
+            return build(q.id, reply_flags(q.flags, RC_NOERROR, aa=True), q.questions, [rr])
+
+        # resolve, following the chain: every name of it must be allowed
+        chain = [qname]
+        records: list[RR] = []
+        name = qname
+        rcode = RC_NOERROR
+        for _hop in range(8):
+            try:
+                resp = await self._upstream(name, qtype)
+            except (TimeoutError, OSError, DNSFormatError) as e:
+                return refuse(f"upstream: {e or type(e).__name__}", "dns.upstream",
+                              RC_SERVFAIL)
+            rcode = resp.rcode
+            if rcode not in (RC_NOERROR, RC_NXDOMAIN):
+                return refuse(f"upstream rcode {rcode}", "dns.upstream", RC_SERVFAIL)
+            by_owner: dict[str, list[RR]] = {}
+            for rr in resp.answers:
+                by_owner.setdefault(rr.name.rstrip("."), []).append(rr)
+            while True:  # walk the CNAMEs inside this answer
+                cn = [rr for rr in by_owner.get(name, []) if rr.type == QT_CNAME]
+                if not cn:
+                    break
+                target = cn[0].target.rstrip(".")
+                if target in chain or len(chain) >= 8:
+                    return refuse("CNAME loop or chain too long", "dns.cname", RC_SERVFAIL)
+                why = self._name_ok(target)
+                if not why and not self._matching(run, target):
+                    why = "CNAME target not allowed"
+                if why:
+                    out = refuse(f"{why}: {qname} -> {target}", "dns.cname", name=target)
+                    if out is not None:
+                        return out
+                records.append(RR(name, QT_CNAME, 1, cn[0].ttl, b"", target=target))
+                chain.append(target)
+                name = target
+            final = [rr for rr in by_owner.get(name, []) if rr.type == qtype]
+            if final or rcode == RC_NXDOMAIN or name == chain[0] or not records:
+                records += final
+                break
+            # the answer stopped at a CNAME: ask for the target ourselves
+        else:
+            return refuse("CNAME chain too long", "dns.cname", RC_SERVFAIL)
+
+        # addresses: owned by the chain's last name, not forbidden
+        kept: list[RR] = []
+        addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        dropped: list[str] = []
+        for rr in records:
+            if rr.type == QT_CNAME:
+                kept.append(rr)
+                continue
+            if rr.name.rstrip(".") != name:
+                continue
+            try:
+                a: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+                    ipaddress.IPv4Address(rr.rdata) if rr.type == QT_A
+                    else ipaddress.IPv6Address(rr.rdata))
+            except ipaddress.AddressValueError:
+                continue
+            if self._forbidden(a) and not audit:
+                dropped.append(str(a))
+                continue
+            kept.append(rr)
+            addrs.append(a)
+        if dropped:
+            self._event(DnsEvent(run.cgid, "dropped-address", qname, tname,
+                                 "answer pointed at a sensitive address", tuple(dropped),
+                                 transport, rule="dns.rebinding"))
+        ttls = [rr.ttl for rr in kept] or [self.min_ttl]
+        ttl = max(self.min_ttl, min(self.max_ttl, min(ttls)))
+        for rr in kept:
+            rr.ttl = ttl
+        # INSERT BEFORE ANSWER: every address for every matching rule, or no answer at all
+        if not audit:
+            try:
+                for a in addrs:
+                    for r in rules:
+                        self.hooks.add(run.cgid, str(a), r.ports, ttl=ttl + self.grace,
+                                       proto=r.proto, dns=True, label=qname)
+            except Exception as e:  # noqa: BLE001 - any failure withholds the answer
+                return refuse(f"cannot insert into the run's map ({e}): answer withheld",
+                              "dns.insert", RC_SERVFAIL)
+        for ev in noted:
+            self._event(ev)
+        self._event(DnsEvent(run.cgid, "answered", qname, tname, f"ttl {ttl}",
+                             tuple(str(a) for a in addrs), transport,
+                             rule=",".join(r.pattern for r in rules), audit=bool(noted)))
+        return build(q.id, reply_flags(q.flags, rcode), q.questions, kept)
+
+    def _forward_raw(self, q: Message, noted: list[DnsEvent]) -> bytes:
+        """Monitor mode, a type glassbreak never answers: reported, answered empty."""
+        for ev in noted:
+            self._event(ev)
+        return build(q.id, reply_flags(q.flags, RC_NOERROR), q.questions)
+
+    # -- upstream ---------------------------------------------------------------------------
+    async def _upstream(self, name: str, qtype: int) -> Message:
+        """A shared answer cache in front of the upstream (DNS data is public; what a run may
+        ask and what enters its map stay per run)."""
+        key = (name, qtype)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            _exp, m, t0 = hit
+            age = int(now - t0)
+            return Message(m.id, m.flags, m.questions,
+                           [RR(a.name, a.type, a.cls, max(0, a.ttl - age), a.rdata, a.target)
+                            for a in m.answers], [], [])
+        m = await self._ask_upstream(name, qtype)
+        if self.cache_size and m.rcode == RC_NOERROR and m.answers:
+            ttl = min(min(a.ttl for a in m.answers), self.max_ttl)
+            if ttl > 0:
+                if len(self._cache) >= self.cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = (now + ttl, m, now)
+        return Message(m.id, m.flags, m.questions,
+                       [RR(a.name, a.type, a.cls, a.ttl, a.rdata, a.target) for a in m.answers],
+                       [], [])
+
+    async def _ask_upstream(self, name: str, qtype: int) -> Message:
+        qid = random.getrandbits(16)
+        opt = RR("", QT_OPT, 1232, 0, b"")
+        query = build(qid, 0x0100, [(name, qtype, 1)], additional=[opt])
+        host, port = self.upstream
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        loop = asyncio.get_running_loop()
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, (host, port))
+            await loop.sock_sendall(s, query)
+            deadline = loop.time() + self.timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError("upstream timeout")
+                data = await asyncio.wait_for(loop.sock_recv(s, 65535), left)
+                try:
+                    m = parse(data)
+                except DNSFormatError:
+                    continue
+                if m.id == qid and m.questions[:1] == [(name, qtype, 1)]:
+                    break
+        finally:
+            s.close()
+        if m.flags & 0x0200:  # TC: ask again over TCP
+            m = await self._upstream_tcp(name, qtype)
+        return m
+
+    async def _upstream_tcp(self, name: str, qtype: int) -> Message:
+        qid = random.getrandbits(16)
+        query = build(qid, 0x0100, [(name, qtype, 1)])
+        r, w = await asyncio.wait_for(asyncio.open_connection(*self.upstream), self.timeout)
+        try:
+            w.write(struct.pack(">H", len(query)) + query)
+            await w.drain()
+            ln = struct.unpack(">H", await asyncio.wait_for(r.readexactly(2), self.timeout))[0]
+            m = parse(await asyncio.wait_for(r.readexactly(ln), self.timeout))
+            if m.id != qid:
+                raise DNSFormatError("id mismatch")
+            return m
+        finally:
+            w.close()
+
+    # -- client side ------------------------------------------------------------------------
+    async def _tcp_client(self, run: RunDNS, r: asyncio.StreamReader,
+                          w: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(100):  # queries per connection
+                hdr = await asyncio.wait_for(r.readexactly(2), 10)
+                data = await asyncio.wait_for(r.readexactly(struct.unpack(">H", hdr)[0]), 10)
+                out = await self.handle(run, data, "tcp")
+                if out is None:
+                    break
+                w.write(struct.pack(">H", len(out)) + out)
+                await w.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+class _UDPServer(asyncio.DatagramProtocol):
+    def __init__(self, res: Resolver, run: RunDNS):
+        self.res, self.run = res, run
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        asyncio.ensure_future(self._answer(data, addr))
+
+    async def _answer(self, data: bytes, addr: Any) -> None:
+        out = await self.res.handle(self.run, data, "udp")
+        if out is None:
+            return
+        try:
+            limit = client_udp_size(parse(data))
+        except DNSFormatError:
+            limit = 512
+        if len(out) > limit:  # truncate: the client retries over TCP
+            m = parse(out)
+            out = build(m.id, m.flags | 0x0200, m.questions)
+        self.transport.sendto(out, addr)
+
+
+def upstream_from_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[str, int] | None:
+    """The host's first nameserver (the resolver's default upstream)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    return parts[1].split("%")[0], 53
+    except OSError:
+        pass
+    return None
+
+
+def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
+    """'1.2.3.4', '1.2.3.4:5353', '[::1]:53', '::1' -> (host, port)."""
+    s = text.strip()
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if s.count(":") == 1:
+        host, port = s.split(":")
+        return host, int(port)
+    return s, default_port
