@@ -21,6 +21,12 @@ to right the same way, as if each later one extended the earlier):
   - owners: union. escalation: inherited field-wise (the child's given fields win), except
     maxTtl, which can only shrink (ttl is clamped to it).
   - examples (profile, exec and per-safeBin): union; all are checked against the final profile.
+  - network.default: the stricter (deny > block > allow). network.allow / network.unix: the
+    first profile of a chain that lists entries defines the list; below it a child's list
+    replaces it and every child entry must be covered by a parent entry (the same name, a name
+    under a parent `*.` wildcard, a CIDR inside a parent CIDR, ports within the parent's range,
+    the same protocol or a parent `any:`), else an error (as exec.allow), unless the parent's
+    default is allow.
   With `relax: true` the child's values replace the parent's where given (per safeBins binary
   and per field; exec and escalation per field; seccomp rules and owners as a whole), and the
   parents' examples are not re-checked (they describe the stricter profile); the relaxing
@@ -42,6 +48,7 @@ from sandbox.policy.profile import (
     EscalationPolicy,
     Examples,
     ExecPolicy,
+    NetworkPolicy,
     Profile,
     ResolvedProfile,
     SafeBin,
@@ -226,6 +233,42 @@ def _merge_escalation(parent: EscalationPolicy, child: EscalationPolicy, relax: 
                            hint="make ttl <= maxTtl") from None
 
 
+def _merge_network(parent: NetworkPolicy, child: NetworkPolicy, relax: bool,
+                   src: Source) -> NetworkPolicy:
+    from sandbox.policy.network import covered, parse_allow
+
+    if relax:
+        return parent.model_copy(update={k: getattr(child, k) for k in child.model_fields_set})
+    upd: dict[str, Any] = {}
+    if _given(child, "default"):
+        upd["default"] = max(parent.default, child.default, key=_EXEC_RANK.__getitem__)
+    open_default = parent.default == "allow"
+    if _given(child, "allow"):
+        if parent.allow and not open_default:
+            mine = [parse_allow(e) for e in parent.allow]
+            for i, e in enumerate(child.allow):
+                if not covered(parse_allow(e), mine):
+                    raise ProfileError(
+                        f"{src.where(('network', 'allow', i))}: network.allow[{i}]: {e!r} is "
+                        f"not allowed by the profile this one extends (it allows: "
+                        f"{', '.join(parent.allow)})",
+                        hint="a child can only narrow network.allow; remove the entry, or set "
+                        "`relax: true` if this profile is meant to loosen its parent")
+        upd["allow"] = list(child.allow)
+    if _given(child, "unix"):
+        if parent.unix and not open_default:
+            for i, e in enumerate(child.unix):
+                if e not in parent.unix:
+                    raise ProfileError(
+                        f"{src.where(('network', 'unix', i))}: network.unix[{i}]: {e!r} is not "
+                        f"allowed by the profile this one extends (it allows: "
+                        f"{', '.join(parent.unix)})",
+                        hint="a child can only narrow network.unix; remove the entry, or set "
+                        "`relax: true`")
+        upd["unix"] = list(child.unix)
+    return parent.model_copy(update=upd)
+
+
 def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfile:
     relax = child.relax
     bins = dict(parent.safeBins)
@@ -246,6 +289,8 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
         parent.seccomp, child.seccomp, relax)
     esc = parent.escalation if child.escalation is None else _merge_escalation(
         parent.escalation, child.escalation, relax, src)
+    network = parent.network if child.network is None else _merge_network(
+        parent.network, child.network, relax, src)
     if relax and esc.relaxedProfile == child.name:
         esc = esc.model_copy(update={"relaxedProfile": None})
     if relax and _given(child, "owners"):
@@ -259,7 +304,7 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
         name=child.name, description=child.description or parent.description,
         chain=[child.name, *parent.chain], sources=[str(src.path), *parent.sources],
         owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, escalation=esc,
-        examples=examples)
+        examples=examples, network=network)
 
 
 def _as_child(r: ResolvedProfile) -> Profile:
@@ -272,4 +317,5 @@ def _root(p: Profile) -> ResolvedProfile:
     return ResolvedProfile(name=p.name, description=p.description, chain=[p.name],
                            owners=list(p.owners), safeBins=dict(p.safeBins),
                            exec=p.exec or ExecPolicy(), seccomp=p.seccomp or SeccompPolicy(),
-                           escalation=p.escalation or EscalationPolicy(), examples=p.examples)
+                           escalation=p.escalation or EscalationPolicy(), examples=p.examples,
+                           network=p.network or NetworkPolicy())

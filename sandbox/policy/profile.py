@@ -173,6 +173,42 @@ class SeccompPolicy(Model):
         return SeccompRule._action(v)
 
 
+NetworkDefault = Literal["allow", "block", "deny"]
+
+
+class NetworkPolicy(Model):
+    """Which destinations a run may reach (sandbox.policy.network has the entry format).
+
+    default: what happens to a destination no entry allows: block (refused, escalatable),
+    deny (refused, never escalatable) or allow (everything but the sensitive addresses:
+    metadata, link-local, this host's own, loopback). allow: "host:port" entries (names,
+    `*.` wildcards, addresses, CIDRs, `localhost`, port ranges, `udp:`/`any:` prefixes).
+    unix: pathname unix sockets (absolute; $UID is the run's uid) and @abstract names.
+    """
+
+    default: NetworkDefault = "block"
+    allow: list[str] = Field(default_factory=list)
+    unix: list[str] = Field(default_factory=list)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, v: list[str]) -> list[str]:
+        from sandbox.policy.network import parse_allow
+
+        for e in v:
+            parse_allow(e)
+        return v
+
+    @field_validator("unix")
+    @classmethod
+    def _unix(cls, v: list[str]) -> list[str]:
+        from sandbox.policy.network import check_unix
+
+        for e in v:
+            check_unix(e)
+        return v
+
+
 class Webhook(Model):
     url: str
     format: Literal["generic", "slack", "n8n"] = "generic"
@@ -261,6 +297,7 @@ class Profile(Model):
     seccomp: SeccompPolicy | None = None
     escalation: EscalationPolicy | None = None
     examples: Examples = Field(default_factory=Examples)
+    network: NetworkPolicy | None = None
 
     @property
     def parents(self) -> list[str]:
@@ -291,6 +328,7 @@ class ResolvedProfile(Model):
     seccomp: SeccompPolicy = Field(default_factory=SeccompPolicy)
     escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
     examples: Examples = Field(default_factory=Examples)
+    network: NetworkPolicy = Field(default_factory=NetworkPolicy)
     grantedCommands: list[GrantedCommand] = Field(
         default_factory=list,
         description="set by the runner from command-scope grants, never by profile files",
