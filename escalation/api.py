@@ -36,7 +36,7 @@ class DecisionIn(BaseModel):
     approver: str | None = None
     ttl: str | int | None = None
     reason: str | None = None
-    scope: Literal["command", "profile"] | None = None
+    scope: Literal["command", "profile", "destination"] | None = None
     one_shot: bool = False
 
 
@@ -264,7 +264,9 @@ def _page(rec: Any, action: str, ts: str, nonce: str, sig: str) -> str:
     rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in [
         ("state", rec.display_state), ("agent", rec.agent), ("host", rec.host),
         ("profile", f"{rec.profile} ({rec.profile_hash[:12]})"), ("layer", rec.layer),
-        ("rule", f"{rec.rule_id}: {rec.rule_reason}"), ("command", " ".join(rec.argv)),
+        ("rule", f"{rec.rule_id}: {rec.rule_reason}"),
+        *([("destination", rec.destination)] if getattr(rec, "destination", None) else []),
+        ("command", " ".join(rec.argv)),
         ("cwd", rec.cwd), ("binary", f"{rec.binary} {rec.binary_sha256 or ''}"),
         ("agent's reason", rec.agent_reason), ("owners", ", ".join(rec.owners)),
         ("seen", rec.count), ("max ttl", f"{rec.max_ttl}s")])

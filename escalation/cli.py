@@ -71,7 +71,8 @@ def list_cmd(state: str | None, output: str) -> None:
     for r in recs:
         click.echo(f"{r.id}  {r.display_state:<16} {_when(r.created_at)}  agent={r.agent or '-'}"
                    f"  profile={r.profile}  rule={r.rule_id}  x{r.count}  "
-                   f"{' '.join(r.argv)[:60]}")
+                   + (f"-> {r.destination}  " if r.destination else "")
+                   + f"{' '.join(r.argv)[:60]}")
 
 
 @escalations.command("show")
@@ -89,6 +90,7 @@ def show_cmd(esc_id: str, output: str) -> None:
         f"escalation {rec.id}: {rec.display_state}" + (f" by {rec.decided_by}"
                                                         if rec.decided_by else ""),
         f"  trigger   {rec.layer} / {rec.rule_id}: {rec.rule_reason}",
+        *([f"  dest      {rec.destination}"] if rec.destination else []),
         f"  command   {' '.join(rec.argv)}",
         f"  cwd       {rec.cwd}",
         f"  binary    {rec.binary or '?'} sha256={rec.binary_sha256 or '?'}",
@@ -122,9 +124,10 @@ def show_cmd(esc_id: str, output: str) -> None:
               help="your name; must be an owner/approver of the profile")
 @click.option("--ttl", help="grant duration (e.g. 10m); default the profile's ttl, <= maxTtl")
 @click.option("--reason")
-@click.option("--scope", type=click.Choice(["command", "profile"]),
+@click.option("--scope", type=click.Choice(["command", "profile", "destination"]),
               help="profile: the relaxed profile for that agent (default when the profile "
-                   "names one); command: only this exact argv + cwd + binary")
+                   "names one); command: only this exact argv + cwd + binary; destination "
+                   "(default for network blocks): only the blocked destination")
 @click.option("--once", is_flag=True, help="one-shot command grant (used by one run)")
 @OUTPUT
 @guarded
@@ -195,7 +198,8 @@ def grants_list(all_: bool, output: str) -> None:
     if not gs:
         click.echo("no active grants")
     for g in gs:
-        what = g.relaxed_profile if g.scope == "profile" else " ".join(g.argv or [])[:50]
+        what = g.relaxed_profile if g.scope == "profile" else (
+            g.destination if g.scope == "destination" else " ".join(g.argv or [])[:50])
         click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={g.agent or '-'} "
                    f"profile={g.profile} -> {what}  by {g.approver} until "
                    f"{_when(g.expires_at)}  ({g.escalation_id})"

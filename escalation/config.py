@@ -47,6 +47,10 @@ class Config(BaseModel):
     slackUsers: dict[str, str] = Field(default_factory=dict,
                                        description="Slack user id or username -> approver name")
     webhooks: list[Webhook] = Field(default_factory=list, description="sent for every profile")
+    dnsUpstream: str | None = Field(
+        default=None, description="the DNS server glassbreak's resolver asks for runs "
+        "(host, host:port or [v6]:port); default: the first nameserver of /etc/resolv.conf; "
+        "$GLASSBREAK_DNS_UPSTREAM overrides")
 
     def decision_secret(self) -> str | None:
         return _optional(self.decisionSecretEnv, self.decisionSecretFile, "decision secret")

@@ -46,6 +46,9 @@ class BlockContext(_M):
     webhooks: list[Webhook] = Field(default_factory=list)
     auto_approve: list[AutoApprove] = Field(default_factory=list)
     on_expiry: Literal["kill", "keep"] = "kill"
+    destination: str | None = Field(
+        default=None, description="network blocks: what a destination grant would open "
+        "(a network.allow entry, or unix:PATH)")
 
 
 class Transition(_M):
@@ -106,6 +109,8 @@ class EscalationRecord(_M):
     decided_at: float | None = None
     decision_reason: str | None = None
     grant_id: str | None = None
+    destination: str | None = Field(default=None, description="network blocks: the "
+                                    "destination (a network.allow entry, or unix:PATH)")
     history: list[Transition] = Field(default_factory=list)
     # filled on read from the outbox (not stored)
     deliveries: list[DeliveryInfo] = Field(default_factory=list)
@@ -124,8 +129,10 @@ class Grant(_M):
     escalation_id: str | None = None
     agent: str | None = None
     profile: str
-    scope: Literal["command", "profile"]
+    scope: Literal["command", "profile", "destination"]
     relaxed_profile: str | None = None
+    destination: str | None = Field(default=None, description="scope destination: the "
+                                    "network.allow entry (or unix:PATH) it opens")
     argv: list[str] | None = None
     cwd: str | None = None
     binary_sha256: str | None = None

@@ -137,6 +137,8 @@ class RedisStore(Store):
     def _index_key(self, g: Grant) -> str:
         if g.scope == "profile":
             return f"{P}grants:profile:{g.profile}:{g.agent or ''}"
+        if g.scope == "destination":
+            return f"{P}grants:dest:{g.profile}:{g.agent or ''}"
         return f"{P}grants:cmd:{g.profile}:{g.agent or ''}:{g.cmd_key}"
 
     def put_grant(self, g: Grant) -> None:
@@ -170,7 +172,8 @@ class RedisStore(Store):
 
     def candidate_grants(self, agent: str | None, profile: str, cmd_key: str) -> list[Grant]:
         keys = [f"{P}grants:profile:{profile}:{agent or ''}",
-                f"{P}grants:cmd:{profile}:{agent or ''}:{cmd_key}"]
+                f"{P}grants:cmd:{profile}:{agent or ''}:{cmd_key}",
+                f"{P}grants:dest:{profile}:{agent or ''}"]
         pipe0 = self.r.pipeline(transaction=False)
         for k in keys:
             pipe0.smembers(k)

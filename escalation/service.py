@@ -5,6 +5,7 @@
     svc.raise_block(BlockContext(...)) -> EscalationRecord
     svc.decide(esc_id, approve=True, by="alice", ttl_s=600) -> EscalationRecord
     svc.wait_for_decision(esc_id, timeout_s) -> EscalationRecord
+    svc.destination_grants(agent=, profile=) -> [Grant]   (scope destination, active)
     svc.grant_status(grant_id) -> "active" | "expired" | "revoked"
     svc.revoke(grant_id, by="alice") ; svc.subscribe_revocations(callback) -> stop()
 
@@ -88,7 +89,7 @@ class EscalationService:
         cands = self.store.candidate_grants(agent, profile, key)
         cands.sort(key=lambda g: (g.scope != "profile", g.one_shot, -g.expires_at))
         for g in cands:
-            if g.status(now) != "active":
+            if g.status(now) != "active" or g.scope == "destination":
                 continue
             if g.scope == "command" and g.cmd_key != key:
                 continue
@@ -98,6 +99,13 @@ class EscalationService:
                 g.consumed_at = now
             return g
         return None
+
+    def destination_grants(self, *, agent: str | None, profile: str) -> list[Grant]:
+        """The active destination grants of (agent, profile): what a run's network layer adds
+        to its maps (until each grant's expiry). StoreError when the store is unreachable."""
+        now = time.time()
+        return [g for g in self.store.candidate_grants(agent, profile, "")
+                if g.scope == "destination" and g.destination and g.status(now) == "active"]
 
     def grant_status(self, grant_id: str) -> str:
         return self.store.grant_live(grant_id, time.time())
@@ -140,7 +148,8 @@ class EscalationService:
         rec = EscalationRecord(
             id=new_id("esc"), created_at=now, updated_at=now, last_seen=now,
             expires_at=now + ctx.pending_ttl,
-            dedupe=dedupe_key(ctx.agent, ctx.profile, ctx.rule_id, ctx.argv, ctx.cwd),
+            dedupe=dedupe_key(ctx.agent, ctx.profile, ctx.rule_id + (
+                f"|{ctx.destination}" if ctx.destination else ""), ctx.argv, ctx.cwd),
             agent=ctx.agent, host=ctx.host, profile=ctx.profile, profile_hash=ctx.profile_hash,
             owners=sorted(set(ctx.owners)), layer=ctx.layer, rule_id=ctx.rule_id,
             rule_reason=ctx.rule_reason, verdict=ctx.verdict, argv=redact_argv(ctx.argv),
@@ -150,6 +159,7 @@ class EscalationService:
             run_ids=[ctx.run_id] if ctx.run_id else [], relaxed_profile=ctx.relaxed_profile,
             ttl_default=min(ctx.ttl_default, ctx.max_ttl), max_ttl=ctx.max_ttl,
             on_expiry=ctx.on_expiry, webhooks=self._webhooks(ctx.webhooks),
+            destination=ctx.destination,
             history=[Transition(kind="raised", by=ctx.agent or "agent:?",
                                 why=ctx.agent_reason)],
         )
@@ -211,7 +221,10 @@ class EscalationService:
                              f"/hour for agent {ctx.agent}); left pending for a human",
                              raise_=False)
                 return
-            scope = rule.scope if rule.scope == "command" or rec.relaxed_profile else "command"
+            scope: str = rule.scope if rule.scope == "command" or rec.relaxed_profile \
+                else "command"
+            if rec.destination and scope == "command":
+                scope = "destination"  # a network block: the destination, not the argv
             self._approve(rec, by=name, why=f"matches {rule.commands}",
                           ttl_s=min(parse_duration(rule.ttl), rec.max_ttl), scope=scope,
                           one_shot=False)
@@ -322,6 +335,15 @@ class EscalationService:
         if ttl <= 0 or ttl > rec.max_ttl:
             self._refuse(esc_id, by, f"ttl {ttl}s is outside (0, maxTtl {rec.max_ttl}s]",
                          via=via)
+        if rec.destination:
+            scope = scope or "destination"
+            if scope == "command":
+                self._refuse(esc_id, by, f"escalation {esc_id} is a network block: approve "
+                             "with scope destination (that destination) or profile (the "
+                             "relaxed profile)", via=via)
+        elif scope == "destination":
+            self._refuse(esc_id, by, f"escalation {esc_id} names no destination: approve with "
+                         "scope command or profile", via=via)
         scope = scope or ("profile" if rec.relaxed_profile else "command")
         if scope == "profile" and not rec.relaxed_profile:
             self._refuse(esc_id, by, f"profile {rec.profile} names no escalation.relaxedProfile; "
@@ -340,7 +362,8 @@ class EscalationService:
                   binary_sha256=rec.binary_sha256 if scope == "command" else None,
                   cmd_key=rec.cmd_key if scope == "command" else None,
                   one_shot=one_shot and scope == "command", approver=by, reason=why,
-                  created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry)
+                  created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry,
+                  destination=rec.destination if scope == "destination" else None)
         return self._finish(rec, "approved", by, why, g, via=via)
 
     def _finish(self, rec: EscalationRecord, state: str, by: str, why: str | None,
@@ -354,6 +377,7 @@ class EscalationService:
         detail = why or ""
         if grant:
             detail = (f"{why + '; ' if why else ''}grant {grant.id} ({grant.scope}"
+                      f"{' ' + grant.destination if grant.destination else ''}"
                       f"{', one-shot' if grant.one_shot else ''}) until "
                       f"{time.strftime('%H:%M:%S', time.localtime(grant.expires_at))}")
         new.history.append(Transition(kind=state, by=by, why=detail))  # type: ignore[arg-type]

@@ -139,8 +139,9 @@ class SqliteStore(Store):
     def candidate_grants(self, agent: str | None, profile: str, cmd_key: str) -> list[Grant]:
         rows = self._q(
             "SELECT data, consumed FROM grants WHERE profile=? AND agent=? AND revoked IS NULL "
-            "AND expires>? AND (scope='profile' OR (cmd_key=? AND (one_shot=0 OR consumed "
-            "IS NULL))) ORDER BY expires DESC", (profile, agent or "", time.time(), cmd_key))
+            "AND expires>? AND (scope IN ('profile', 'destination') OR (cmd_key=? AND "
+            "(one_shot=0 OR consumed IS NULL))) ORDER BY expires DESC",
+            (profile, agent or "", time.time(), cmd_key))
         return [_grant(r) for r in rows]
 
     def consume_grant(self, grant_id: str, now: float) -> bool:

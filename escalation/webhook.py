@@ -57,7 +57,9 @@ def slack_payload(rec: EscalationRecord, event: str, public_url: str | None) -> 
     text = f"glassbreak: {title}: `{cmd}` ({rec.profile}, agent {rec.agent or '-'})"
     fields = [("Agent", rec.agent or "-"), ("Host", rec.host),
               ("Profile", f"{rec.profile} ({rec.profile_hash[:12]})"),
-              ("Trigger", f"{rec.layer} / {rec.rule_id}"), ("Owners", ", ".join(rec.owners)),
+              ("Trigger", f"{rec.layer} / {rec.rule_id}"
+                          + (f" -> {rec.destination}" if rec.destination else "")),
+              ("Owners", ", ".join(rec.owners)),
               ("State", f"{rec.display_state} (seen {rec.count}x)")]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},

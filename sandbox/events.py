@@ -65,6 +65,40 @@ class ExecBlocked(_Event):
     profile: str
     escalation_id: str | None = None
     enforced: bool = True
+    destination: str | None = Field(
+        default=None, description="network blocks: the destination as a network.allow entry "
+        "(host:port, udp:host:port, name:*) or unix:PATH")
+
+
+class NetConnect(_Event):
+    """A connect (or UDP send, or a DNS query steered to glassbreak's resolver) seen by the
+    network hooks; refusals are `blocked` events. Allowed ones are reported at most once per
+    destination and second."""
+
+    type: Literal["connect"] = "connect"
+    kind: str
+    pid: int | None = None
+    destination: str
+    proto: str
+    decision: Literal["allow", "block", "deny"]
+    rule_id: str
+    name: str | None = Field(default=None, description="the DNS name that resolved to it")
+    note: str | None = None
+    would_block: bool = False
+
+
+class DnsLookup(_Event):
+    """A DNS question a run asked glassbreak's resolver, and what it answered."""
+
+    type: Literal["dns"] = "dns"
+    qname: str
+    qtype: str
+    action: Literal["answered", "refused", "servfail", "dropped-address"]
+    addresses: list[str] = Field(default_factory=list)
+    transport: str = "udp"
+    rule_id: str
+    reason: str = ""
+    would_block: bool = False
 
 
 class SyscallKilled(_Event):
@@ -159,7 +193,7 @@ class RunExited(_Event):
 Event = Annotated[
     RunStarted | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed | GrantEnded
     | EscalationRaised | EscalationDecided | DecisionRefused | WebhookDelivery | Degraded
-    | RunExited,
+    | RunExited | NetConnect | DnsLookup,
     Field(discriminator="type"),
 ]
 

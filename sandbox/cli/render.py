@@ -22,8 +22,10 @@ def render_text(ev: Any) -> str | None:
         head = "BLOCKED" if ev.enforced else "WOULD BLOCK (monitor)"
         verdict = "deny" if ev.verdict == "deny" else "block"
         tail = ask_hint(ev.escalation_id, verdict) if ev.enforced else "not enforced"
+        dest = getattr(ev, "destination", None)
+        where = f" | destination: {dest}" if dest else ""
         return (f"glassbreak: {head} [{ev.layer}] profile={ev.profile} rule={ev.rule_id}: "
-                f"{ev.reason} | argv: {argv} | to ask: {tail}")
+                f"{ev.reason}{where} | argv: {argv} | to ask: {tail}")
     if t == "syscall_killed":
         return (f"glassbreak: pid {ev.pid} was killed by seccomp: syscall {ev.syscall} "
                 f"(nr {ev.nr}, {ev.arch}); the profile's seccomp rules forbid it")

@@ -21,6 +21,7 @@ class Layer(StrEnum):
     EXEC_GATE = "exec-gate"  # seccomp user-notification on execve/execveat
     EXEC_TRACE = "exec-trace"  # eBPF hold at sched_process_exec
     SECCOMP = "seccomp"
+    NETWORK = "network"  # cgroup socket hooks and glassbreak's DNS resolver
 
 
 @dataclass(frozen=True)

@@ -158,9 +158,10 @@ def _close_all(fds: Any) -> None:
 
 
 class Daemon:
-    def __init__(self, path: str | None = None, *, tracer: Any | None = None) -> None:
+    def __init__(self, path: str | None = None, *, tracer: Any | None = None,
+                 network: Any | None = None) -> None:
         self.path = path or socket_path()
-        self.sup = Supervisor(tracer=tracer)
+        self.sup = Supervisor(tracer=tracer, network=network)
         self.sock: socket.socket | None = None
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
@@ -442,8 +443,20 @@ def open_socket(path: str | None = None, *, announce: bool = True) -> Daemon:
         print(f"glassbreak daemon: the eBPF tracer could not start ({e}); runs will say so",
               file=sys.stderr, flush=True)
         tracer = None
+    network: Any | None = None
+    network_error: str | None = None
+    try:  # after the tracer: two bcc compiles must not overlap (libbcc chdir()s the process)
+        from sandbox.run.network import NetworkService
+
+        network = NetworkService()
+    except Exception as e:  # noqa: BLE001 - runs then fail with the doctor hint (or --degraded)
+        network_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        print(f"glassbreak daemon: the network layer could not start ({network_error}); runs "
+              "will say so", file=sys.stderr, flush=True)
     _cap_malloc_arenas()
-    d = Daemon(path, tracer=tracer)
+    d = Daemon(path, tracer=tracer, network=network)
+    if network_error:
+        d.sup._network_error = network_error  # noqa: SLF001 - not retried at every run
     d.bind()
     if announce:
         print(json.dumps({"socket": d.path, "pid": os.getpid()}), flush=True)

@@ -9,6 +9,7 @@ A layer is one object with one small interface:
                        exec is answered (the exec gate takes the seccomp listener here)
   fds() / handle(fd)   the supervisor's event loop: what to watch and who reads it
   fatal                a reason to end the run now (fail closed), or None
+  tick()               about once a second from the supervisor's loop (timers: grant windows)
   narrow(profile)      the grant's window closed: judge by this (strict) profile from now on
   finish(run, result)  the child exited: drain what is still queued, fill the result
   explain_death(...)   the child died of a signal this layer caused: say which rule
@@ -52,6 +53,10 @@ class RunContext:
     # raise an escalation for a block seen by a layer; returns its id (or None)
     on_block: Callable[[Any], str | None]
     uid: int | None = None
+    agent: str | None = None
+    # the agent's active destination grants for the strict profile (network layer); raises
+    # when the store is unreachable (then no destination grant is honoured)
+    destination_grants: Callable[[], list[Any]] | None = None
 
 
 @dataclass
@@ -86,6 +91,9 @@ class EnforcementLayer:
     @property
     def fatal(self) -> str | None:
         return None
+
+    def tick(self) -> None:
+        pass
 
     def narrow(self, profile: ResolvedProfile) -> None:
         pass
@@ -223,6 +231,64 @@ class ExecGateLayer(EnforcementLayer):
             if self._watching is not None and self._tracer is not None:
                 self._tracer.unwatch(self._watching)
                 self._watching = None
+
+
+class NetworkLayer(EnforcementLayer):
+    """Egress: the cgroup socket hooks on the run's leaf and the run's DNS resolver
+    (sandbox.run.network). Attached and filled before the child exists; every refused connect
+    or name is one `blocked` event (layer network), one stderr line and one escalation per
+    distinct destination. The stdio of the run must not be an unchecked socket."""
+
+    name = "network"
+
+    def __init__(self, service: Any, gate_layer: ExecGateLayer | None = None) -> None:
+        self._svc = service
+        self._gate_layer = gate_layer
+        self.net: Any = None
+
+    def _procs(self, pid: int) -> list[dict[str, Any]]:
+        gate = self._gate_layer.gate if self._gate_layer is not None else None
+        return gate.ancestry(pid) if gate is not None else []
+
+    def _recent(self) -> list[dict[str, Any]]:
+        gate = self._gate_layer.gate if self._gate_layer is not None else None
+        return gate.recent_execs() if gate is not None else []
+
+    def prepare(self, run: RunContext, spec: ChildSpec) -> None:
+        import os
+
+        from sandbox.run.network import RunNetwork, check_stdio
+
+        check_stdio((spec.stdin, spec.stdout, spec.stderr))
+        uid = run.uid if run.uid is not None else os.getuid()
+        self.net = RunNetwork(self._svc, run, run.effective.network, uid=uid,
+                              procs=self._procs, recent=self._recent,
+                              grants=run.destination_grants)
+        self.net.start()
+
+    def fds(self) -> list[int]:
+        if self.net is None:
+            return []
+        return [self._svc.fileno(), self._svc.event_fd(self.net.cgid)]
+
+    def handle(self, fd: int) -> None:
+        self.net.handle()
+
+    def tick(self) -> None:
+        if self.net is not None:
+            self.net.tick()
+
+    def narrow(self, profile: ResolvedProfile) -> None:
+        if self.net is not None:
+            self.net.narrow(profile.network)
+
+    def finish(self, run: RunContext, result: LayerResult) -> None:
+        if self.net is not None:
+            self.net.finish(result)
+
+    def close(self) -> None:
+        if self.net is not None:
+            self.net.close()
 
 
 def user_visible(ev: Any) -> bool:

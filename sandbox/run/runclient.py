@@ -74,6 +74,8 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
             os.environ[var] = ":".join(os.path.join(cwd, p) if p else p
                                        for p in os.environ[var].split(":"))
     sup = Supervisor()
+    if "network" not in degraded:
+        sup.prewarm_network()  # compiled in the same thread, after the exec tracer
     if "ebpf" not in degraded:
         sup.prewarm()  # compile the eBPF program while the profile loads (cold runs)
     emit = make_emit(output)

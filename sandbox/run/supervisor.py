@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from sandbox.policy.profile import ResolvedProfile
 
 Mode = Literal["enforce", "monitor"]
-DEGRADABLE = ("exec-gate", "ebpf")
+DEGRADABLE = ("exec-gate", "ebpf", "network")
 
 
 @dataclass
@@ -100,7 +100,8 @@ def new_run_id() -> str:
 class Supervisor:
     """Runs commands under profiles. A daemon keeps one Supervisor (and so one eBPF tracer)."""
 
-    def __init__(self, *, tracer: Any | None = None, audit: Any | None = None) -> None:
+    def __init__(self, *, tracer: Any | None = None, audit: Any | None = None,
+                 network: Any | None = None) -> None:
         # Without a relaxedProfile or autoApprove rule, only a command-scope grant could apply;
         # the store is consulted when it holds any grant at all (cheap for SQLite).
         self._maybe_grants = True
@@ -111,6 +112,9 @@ class Supervisor:
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
         self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
+        self._network = network  # sandbox.run.network.NetworkService, once per process
+        self._network_error: str | None = None
+        self._network_lock = threading.Lock()
 
     # -- lazily built collaborators -------------------------------------------------------
     @property
@@ -146,6 +150,40 @@ class Supervisor:
             self._tracer = ExecTracer()
         except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
             self._tracer_error = f"{type(e).__name__}: {e}"
+        if self._prewarm_network:
+            self._build_network()  # after the tracer: bcc compiles must not overlap (cwd)
+
+    _prewarm_network = False
+
+    def prewarm_network(self) -> None:
+        """Also compile the network hooks in the prewarm thread (after the tracer)."""
+        self._prewarm_network = True
+
+    def _build_network(self) -> None:
+        with self._network_lock:
+            if self._network is not None or self._network_error is not None:
+                return
+            try:
+                from sandbox.run.network import NetworkService
+
+                self._network = NetworkService()
+            except GlassbreakError as e:
+                self._network_error = e.message
+            except Exception as e:  # noqa: BLE001 - reported as a missing kernel feature
+                self._network_error = f"{type(e).__name__}: {e}"
+
+    def network(self) -> Any:
+        """The network service (hooks + resolver), built once; KernelFeatureMissing if not."""
+        if self._prewarm is not None:
+            self._prewarm.join()
+        self._build_network()
+        if self._network is None:
+            raise KernelFeatureMissing(
+                f"the network layer could not start ({self._network_error})",
+                hint="run `glassbreak doctor` to see which kernel feature is missing; "
+                "`--degraded network` (root) runs without it (recorded in the audit log)",
+            )
+        return self._network
 
     def tracer(self) -> Any:
         if self._prewarm is not None:
@@ -313,8 +351,8 @@ class Supervisor:
 
     def _raise(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
                req: RunRequest, cwd: str, env: dict[str, str], run_id: str,
-               ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None
-               ) -> tuple[str | None, str | None]:
+               ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None,
+               destination: str | None = None) -> tuple[str | None, str | None]:
         try:
             from escalation.service import BlockContext
 
@@ -336,7 +374,7 @@ class Supervisor:
                 run_id=run_id, relaxed_profile=esc.relaxedProfile, ttl_default=esc.ttl_seconds,
                 max_ttl=esc.max_ttl_seconds, pending_ttl=esc.pending_ttl_seconds,
                 webhooks=list(esc.webhooks), auto_approve=list(esc.autoApprove),
-                on_expiry=esc.onExpiry,
+                on_expiry=esc.onExpiry, destination=destination,
             )
             rec = self.escalations().raise_block(ctx)
             self._states[rec.id] = str(getattr(rec, "state", ""))
@@ -355,14 +393,19 @@ class Supervisor:
     def _layers(self, req: RunRequest) -> list[Any]:
         """The run's enforcement layers, in the order they are prepared (the child applies
         their parts in its own fixed order: sandbox.kernel.child.STEPS)."""
-        from sandbox.run.layers import ExecGateLayer, SeccompLayer
+        from sandbox.run.layers import ExecGateLayer, NetworkLayer, SeccompLayer
 
         use_gate = "exec-gate" not in req.degraded
         use_ebpf = "ebpf" not in req.degraded
         tracer = self.tracer() if use_ebpf else None
+        network = self.network() if "network" not in req.degraded else None
         layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate, use_ebpf))]
+        gate = None
         if use_gate or tracer is not None:
-            layers.append(ExecGateLayer(tracer, use_notify=use_gate))
+            gate = ExecGateLayer(tracer, use_notify=use_gate)
+            layers.append(gate)
+        if network is not None:
+            layers.append(NetworkLayer(network, gate))
         return layers
 
     def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
@@ -381,7 +424,8 @@ class Supervisor:
         cg = RunCgroup.create(run_id)
         names = ["pre-check", "seccomp"] + (["exec-gate"] if "exec-gate" not in req.degraded
                                             else []) + \
-            (["ebpf"] if "ebpf" not in req.degraded else [])
+            (["ebpf"] if "ebpf" not in req.degraded else []) + \
+            (["network"] if "network" not in req.degraded else [])
         record(RunStarted(
             profile=strict.name, profile_hash=strict.content_hash,
             effective_profile=effective.name, agent=req.agent, argv=list(req.argv), cwd=cwd,
@@ -396,14 +440,22 @@ class Supervisor:
             esc, note = (None, None)
             if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
                 esc, note = self._raise(strict, d, Layer(info.layer), req, info.cwd or cwd, env,
-                                        run_id, info.ancestry, info.recent_execs, info.sha256)
+                                        run_id, info.ancestry, info.recent_execs, info.sha256,
+                                        destination=getattr(info, "destination", None))
             if note:
                 record(Degraded(what="webhook", why=note))
             return esc
 
+        def destination_grants() -> list[Any]:
+            grants: list[Any] = self.escalations().destination_grants(
+                agent=req.agent, profile=strict.name)
+            return grants
+
         run = RunContext(run_id=run_id, mode=req.mode, strict=strict, effective=effective,
                          cgroup=cg, env=env, cwd=cwd, record=record, on_block=on_block,
-                         uid=req.uid)
+                         uid=req.uid, agent=req.agent,
+                         destination_grants=destination_grants if req.mode == "enforce"
+                         else None)
         spec = ChildSpec(list(req.argv), executable=executable, env=env, cwd=cwd,
                          cgroup_procs=cg.procs_path, stdin=req.stdin, stdout=req.stdout,
                          stderr=req.stderr, uid=req.uid, gid=req.gid, groups=req.groups)
@@ -476,6 +528,8 @@ class Supervisor:
                         status = _reap(child.pid)
                     else:
                         key.data.handle(key.fd)
+                for layer in layers:
+                    layer.tick()
                 fatal = next(((lay, lay.fatal) for lay in layers if lay.fatal), None)
                 if fatal is not None:
                     lay, why = fatal
