@@ -149,12 +149,17 @@ def test_missing_ebpf_refuses_125_unless_degraded(env: dict[str, str], state_dir
     assert r.returncode == 125, r.stderr
     assert "eBPF" in r.stderr and "glassbreak doctor" in r.stderr
     assert "Traceback" not in r.stderr
+    # the network layer's socket hooks are bcc programs too: without bcc they refuse as well
     r = run_cli("run", "--profile", "readonly", "--degraded", "ebpf", "--", "/bin/true",
                 env=broken)
+    assert r.returncode == 125 and "network layer" in r.stderr, r.stderr
+    r = run_cli("run", "--profile", "readonly", "--degraded", "ebpf", "--degraded", "network",
+                "--", "/bin/true", env=broken)
     assert r.returncode == 0, r.stderr
-    assert "warning: ebpf" in r.stderr
+    assert "warning: ebpf" in r.stderr and "warning: network" in r.stderr
     started = [e for e in _audit(state_dir) if e["type"] == "run_started"]
-    assert started[-1]["degraded"] == ["ebpf"] and "ebpf" not in started[-1]["layers"]
+    assert started[-1]["degraded"] == ["ebpf", "network"]
+    assert "ebpf" not in started[-1]["layers"] and "network" not in started[-1]["layers"]
     assert any(e["type"] == "degraded" and e["what"] == "ebpf" for e in _audit(state_dir))
 
 
