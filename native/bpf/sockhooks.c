@@ -230,7 +230,9 @@ static __always_inline int repeated(u64 cgid, u32 kind, u32 *a, u32 port)
 static __always_inline void report_inet(struct bpf_sock_addr *ctx, u64 cgid, u32 kind,
                                         u32 reason, u32 *a, u16 port, u32 audit)
 {
-    if (reason != RS_DNS_STEERED && repeated(cgid, kind, a, port))
+    // one report per (run, kind, verdict, protocol, destination) per DEDUP_NS
+    u32 dkey = kind | (reason << 8) | ((u32)ctx->protocol << 16);
+    if (reason != RS_DNS_STEERED && repeated(cgid, dkey, a, port))
         return;
     struct event *e = ev_start(cgid, kind, reason);
     if (!e)
@@ -290,13 +292,10 @@ static __always_inline int policy_allows(u64 cgid, struct run_cfg *cfg, u32 *a, 
     k.addr[3] = a[3];
     struct lpm_val *v = allow_trie.lookup(&k);
     if (!v) {
-        if (cfg->flags & F_DEFAULT_ALLOW) {
-            if (sens_plen < 0)
-                return 1;
-            *reason = RS_SENSITIVE;
-            return 0;
-        }
-        *reason = RS_NOT_ALLOWED;
+        if ((cfg->flags & F_DEFAULT_ALLOW) && sens_plen < 0)
+            return 1;
+        // a sensitive address is refused as such (never escalatable), listed or not
+        *reason = sens_plen >= 0 ? RS_SENSITIVE : RS_NOT_ALLOWED;
         return 0;
     }
     u64 now = bpf_ktime_get_boot_ns();
@@ -324,7 +323,7 @@ static __always_inline int policy_allows(u64 cgid, struct run_cfg *cfg, u32 *a, 
     }
     if ((cfg->flags & F_DEFAULT_ALLOW) && sens_plen < 0)
         return 1;
-    *reason = sens ? RS_SENSITIVE : (expired ? RS_EXPIRED : RS_NOT_ALLOWED);
+    *reason = expired ? RS_EXPIRED : ((sens || sens_plen >= 0) ? RS_SENSITIVE : RS_NOT_ALLOWED);
     return 0;
 }
 

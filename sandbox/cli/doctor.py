@@ -250,6 +250,121 @@ def check_kill_logging() -> Check:
                  "echo kill_process >> /proc/sys/kernel/seccomp/actions_logged")
 
 
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+BPF_PROG_ATTACH = 8
+ATTACH_INET4_CONNECT, ATTACH_UNIX_CONNECT = 10, 49
+
+
+def _sock_addr_prog(attach_type: int, ret: int) -> tuple[int, int]:
+    """Load `return ret` as a CGROUP_SOCK_ADDR program for attach_type; (fd, errno)."""
+    insns = _insn(0xB7, imm=ret) + EXIT
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = struct.pack("<IIQQIIQII16sII", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, len(insns) // 8,
+                       ctypes.addressof(code), ctypes.addressof(lic), 0, 0, 0, 0, 0, b"",
+                       0, attach_type)
+    lib = _libc()
+    buf = ctypes.create_string_buffer(attr.ljust(128, b"\0"), 128)
+    fd = lib.syscall(SYS["bpf"], BPF_PROG_LOAD, buf, 128)
+    return int(fd), ctypes.get_errno()
+
+
+def check_socket_hooks() -> list[Check]:
+    """The network layer: a cgroup/connect4 program that refuses, attached to a scratch cgroup,
+    must make a connect of a process in it fail with EPERM; the unix hook type must load; the
+    kernel's BTF must describe the unix address (Linux >= 6.7); SOCK_DESTROY must exist."""
+    import errno
+    import socket as _socket
+
+    from sandbox.kernel.cgroup import PARENT, cgroup2_mount
+
+    fix = "`--degraded network` (root) runs without the network layer; see vagrant/ for a VM"
+    out: list[Check] = []
+    fd, err = _sock_addr_prog(ATTACH_INET4_CONNECT, 0)
+    if fd < 0:
+        return [Check("socket hooks", False, True,
+                      f"a cgroup/connect4 program did not load: {os.strerror(err)}",
+                      "needs CONFIG_CGROUP_BPF (Linux >= 4.17); " + fix)]
+    scratch = cgroup2_mount() / PARENT / f"doctor-{os.getpid()}"
+    try:
+        scratch.mkdir(exist_ok=True)
+        cg = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            lib = _libc()
+            attr = ctypes.create_string_buffer(
+                struct.pack("<IIII", cg, fd, ATTACH_INET4_CONNECT, 0).ljust(128, b"\0"), 128)
+            if lib.syscall(SYS["bpf"], BPF_PROG_ATTACH, attr, 128) != 0:
+                e = ctypes.get_errno()
+                return [Check("socket hooks", False, True, f"attaching cgroup/connect4 failed: "
+                              f"{os.strerror(e)}", fix)]
+        finally:
+            os.close(cg)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                with open(scratch / "cgroup.procs", "w") as f:
+                    f.write("0")
+                s = _socket.socket()
+                try:
+                    s.connect(("127.0.0.1", 9))
+                    code = 1
+                except OSError as e:
+                    code = 0 if e.errno == errno.EPERM else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        out.append(Check("socket hooks", ok, True,
+                         "a cgroup/connect4 program attached to a cgroup refused a connect "
+                         "(EPERM)" if ok else "a refusing cgroup/connect4 program did not refuse "
+                         f"(child status {status})", fix))
+    finally:
+        os.close(fd)
+        try:
+            scratch.rmdir()
+        except OSError:
+            pass
+    ufd, uerr = _sock_addr_prog(ATTACH_UNIX_CONNECT, 1)
+    if ufd >= 0:
+        os.close(ufd)
+    from sandbox.kernel.sockhooks import btf_member_offset
+
+    try:
+        off = btf_member_offset("bpf_sock_addr_kern", "uaddrlen")
+    except OSError:
+        off = None
+    uok = ufd >= 0 and off is not None
+    out.append(Check("unix socket hooks", uok, True,
+                     "cgroup/connect_unix loads; BTF has bpf_sock_addr_kern.uaddrlen" if uok else
+                     ("cgroup/connect_unix did not load: " + os.strerror(uerr) if ufd < 0 else
+                      "the kernel's BTF lacks bpf_sock_addr_kern.uaddrlen"),
+                     "needs Linux >= 6.7 with BTF (/sys/kernel/btf/vmlinux); " + fix))
+    out.append(_check_sock_destroy())
+    return out
+
+
+def _check_sock_destroy() -> Check:
+    """SOCK_DESTROY of a socket that does not exist: ENOENT when the kernel has it
+    (CONFIG_INET_DIAG_DESTROY), EOPNOTSUPP when not."""
+    import socket as _socket
+
+    try:
+        with _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, 4) as s:
+            req = struct.pack("=BBBBI", _socket.AF_INET, _socket.IPPROTO_TCP, 0, 0,
+                              0xFFFFFFFF) + bytes(48)
+            s.send(struct.pack("=IHHII", 16 + len(req), 21, 1 | 4, 1, 0) + req)
+            data = s.recv(4096)
+        err = -struct.unpack_from("=i", data, 16)[0]
+    except OSError as e:
+        err = e.errno or 0
+    ok = err in (0, 2)  # ENOENT: supported, nothing to destroy
+    return Check("sock_destroy", ok, True,
+                 "SOCK_DESTROY is available (revocation ends open connections)" if ok else
+                 f"SOCK_DESTROY failed: {os.strerror(err)}",
+                 "needs CONFIG_INET_DIAG_DESTROY (and CONFIG_INET_UDP_DIAG)")
+
+
 def check_root() -> Check:
     ok = os.geteuid() == 0
     return Check("root", ok, True, "running as root" if ok else f"uid {os.geteuid()}",
@@ -267,7 +382,7 @@ def run_checks() -> list[Check]:
     probes: list[Callable[[], Check | list[Check]]] = [
         check_arch, check_root, check_libseccomp, check_seccomp, check_bpf, check_ringbuf,
         check_send_signal, check_tracefs, check_headers, check_bcc, check_cgroup,
-        check_kill_logging, check_redis,
+        check_socket_hooks, check_kill_logging, check_redis,
     ]
     out: list[Check] = []
     for probe in probes:

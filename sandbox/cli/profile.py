@@ -1,4 +1,5 @@
-"""`glassbreak profile list|show|validate|explain|schema`: for the people who write profiles.
+"""`glassbreak profile list|show|validate|explain|schema|suggest-network`: for the people who
+write profiles.
 
 `sandbox.cli.main` adds the `profile` group lazily; it can also be used alone (CliRunner in tests).
 Exit codes: 0 ok; 125 a profile is invalid (file:line on stderr); 2 usage errors.
@@ -183,6 +184,41 @@ def explain(name: str, command: tuple[str, ...], output: str, lenient: bool) -> 
     click.echo(f"  {decision.reason}")
     if decision.binary:
         click.echo(f"  binary: {decision.binary}")
+
+
+@profile.command("suggest-network")
+@click.argument("run_id")
+@OUTPUT
+def suggest_network(run_id: str, output: str) -> None:
+    """RUN_ID's destinations (best from a `--mode monitor` run) as `network.allow` and
+    `network.unix` entries, for review: a name where a DNS answer explains an address, the
+    address otherwise. Nothing is written; paste what you keep into the profile."""
+    from sandbox.audit import read_events
+    from sandbox.run.network import suggest_allow
+
+    events = list(read_events(run_id=run_id))
+    if not events:
+        _fail(GlassbreakError(f"no events for run {run_id!r} in the audit log",
+                              hint="run ids are printed in the JSON result of `glassbreak run "
+                              "--output json`; check GLASSBREAK_STATE_DIR"), output)
+    sug = suggest_allow(events)
+    if output == "json":
+        click.echo(json.dumps({"run_id": run_id, **sug}))
+        return
+    started = next((e for e in events if e.get("type") == "run_started"), {})
+    click.echo(f"# destinations of {run_id} (profile {started.get('profile', '?')}, mode "
+               f"{started.get('mode', '?')}): review before use")
+    if not sug["allow"] and not sug["unix"]:
+        click.echo("# (the run reached no destination)")
+        return
+    click.echo("network:")
+    for key in ("allow", "unix"):
+        if sug[key]:
+            click.echo(f"  {key}:")
+            width = max(len(json.dumps(x["entry"])) for x in sug[key])
+            for x in sug[key]:
+                click.echo(f"    - {json.dumps(x['entry']):<{width}}  # {x['why']}, seen "
+                           f"{x['seen']}x")
 
 
 @profile.command()

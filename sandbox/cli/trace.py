@@ -1,5 +1,6 @@
-"""`glassbreak trace RUN_ID`: the run's process tree with the decision taken at every exec,
-rebuilt from the audit log (compact text, or JSON)."""
+"""`glassbreak trace RUN_ID`: the run's process tree with the decision taken at every exec, the
+connects each process made (allowed and refused) and the DNS answers the run got, rebuilt from
+the audit log (compact text, or JSON)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ from sandbox.errors import GlassbreakError
 def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
     execs = [e for e in events if e.get("type") == "exec"]
     blocks = [e for e in events if e.get("type") == "blocked"]
+    net: dict[int | None, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if e.get("type") == "connect" or (e.get("type") == "blocked"
+                                          and e.get("layer") == "network"):
+            net[e.get("pid")].append(
+                {"kind": e.get("kind") or "refused", "destination": e.get("destination"),
+                 "name": e.get("name"),
+                 "decision": e.get("decision") or e.get("verdict"),
+                 "rule_id": e.get("rule_id"), "note": e.get("note") or e.get("reason"),
+                 "escalation_id": e.get("escalation_id"),
+                 "would_block": e.get("would_block") or e.get("enforced") is False})
+    dns = [{k: e.get(k) for k in ("qname", "qtype", "action", "addresses", "rule_id",
+                                  "reason", "would_block")}
+           for e in events if e.get("type") == "dns"]
     started = next((e for e in events if e.get("type") == "run_started"), None)
     result = next((e for e in events if e.get("type") == "run_result"), None)
     by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -30,11 +45,14 @@ def build_tree(events: list[dict[str, Any]]) -> dict[str, Any]:
                 "execs": [{k: e.get(k) for k in ("binary", "argv", "decision", "layer",
                                                  "rule_id", "sha256", "would_block")}
                           for e in by_pid[pid]],
+                "network": net.get(pid, []),
                 "children": [node(k) for k in kids]}
 
     roots = sorted(p for p in pids if parent.get(p) not in pids or parent.get(p) == p)
+    other = {str(p): v for p, v in net.items() if p not in pids}
     return {"run_id": (started or result or {}).get("run_id"), "started": started,
             "result": result, "tree": [node(r) for r in roots],
+            "network_other": other, "dns": dns,
             "blocked": [{k: b.get(k) for k in ("layer", "rule_id", "reason", "argv", "binary",
                                                "pid", "escalation_id", "verdict")}
                         for b in blocks]}
@@ -69,12 +87,35 @@ def render_trace(run_id: str, output: str = "text") -> str:
             argv = shlex.join(e["argv"] or [])
             lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({e['binary']}; "
                          f"{e['decision']} by {e['layer']}: {e['rule_id']})")
+        for c in n.get("network", []):
+            lines.append(f"{'  ' * (depth + 1)}{_net_line(c)}")
         for c in n["children"]:
             walk(c, depth + 1)
 
     for r in tree["tree"]:
         walk(r, 0)
+    for pid, conns in sorted(tree["network_other"].items()):
+        for c in conns:
+            lines.append(f"  [{pid}] {_net_line(c)}")
+    for d in tree["dns"]:
+        mark = {"answered": "+", "refused": "x", "servfail": "!", "dropped-address": "x"}.get(
+            d["action"], "?")
+        if d.get("would_block"):
+            mark = "~"
+        got = " -> " + ", ".join(d["addresses"]) if d.get("addresses") else ""
+        lines.append(f"dns {mark} {d['qtype']} {d['qname']}{got}   ({d['action']}: "
+                     f"{d['rule_id']}{'; ' + d['reason'] if d.get('reason') else ''})")
     for b in tree["blocked"]:
         lines.append(f"blocked [{b['layer']}] {shlex.join(b['argv'] or [])}: {b['rule_id']} "
                      f"({b['reason']}) escalation={b['escalation_id'] or '-'}")
     return "\n".join(lines)
+
+
+def _net_line(c: dict[str, Any]) -> str:
+    mark = {"allow": "+", "block": "x", "deny": "X"}.get(c.get("decision") or "", "?")
+    if c.get("would_block"):
+        mark = "~"
+    name = f" ({c['name']})" if c.get("name") else ""
+    esc = f" escalation={c['escalation_id']}" if c.get("escalation_id") else ""
+    return (f"{mark} net {c.get('kind')} {c.get('destination')}{name}   ({c.get('decision')}: "
+            f"{c.get('rule_id')}{esc})")

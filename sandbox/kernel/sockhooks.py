@@ -419,6 +419,7 @@ class SockHooks:
         self._queues: dict[int, deque[NetEvent]] = {}
         self._efds: dict[int, int] = {}
         self._touched: set[int] = set()
+        self._leaves: dict[str, int] = {}  # the leaf directory's name (the run id) -> cgid
         self.unrouted = 0
         self.quota = per_run_quota
         self.sensitive: list[str] = []
@@ -452,9 +453,28 @@ class SockHooks:
         finally:
             os.close(fd)
 
+        with self._lock:
+            self._leaves[os.path.basename(os.fspath(cgroup_path).rstrip("/"))] = \
+                self.cgroup_id(cgroup_path)
+
     @staticmethod
     def cgroup_id(cgroup_path: str | os.PathLike[str]) -> int:
         return os.stat(cgroup_path).st_ino
+
+    def _owner(self, tgid: int) -> int | None:
+        """The run a process in an unknown cgroup belongs to (a cgroup a root run made below
+        its leaf): from /proc/PID/cgroup, by the leaf's name in its path."""
+        try:
+            with open(f"/proc/{tgid}/cgroup") as f:
+                path = f.read().strip().rsplit("::", 1)[-1]
+        except OSError:
+            return None
+        parts = path.split("/")
+        for name in parts[:-1]:
+            cg = self._leaves.get(name)
+            if cg is not None and cg in self._queues:
+                return cg
+        return None
 
     # -- runs ---------------------------------------------------------------------------------
     def register_run(self, cgid: int, dns_port: int = 0, flags: int = 0) -> None:
@@ -487,6 +507,8 @@ class SockHooks:
             self._suppressed.pop(ct.c_uint64(cgid), None)
             self._queues.pop(cgid, None)
             self._touched.discard(cgid)
+            for k in [k for k, v in self._leaves.items() if v == cgid]:
+                del self._leaves[k]
             efd = self._efds.pop(cgid, None)
             if efd is not None:
                 os.close(efd)
@@ -615,9 +637,10 @@ class SockHooks:
         now = boot_ns()
         return [r for r in self.rules(cgid) if not r.live(now)]
 
-    def gc(self, cgid: int | None = None) -> int:
-        """Drop expired rules (the kernel already ignores them; this frees the entries)."""
-        now, n = boot_ns(), 0
+    def gc(self, cgid: int | None = None, older_than: float = 0.0) -> int:
+        """Drop rules expired more than `older_than` seconds ago (the kernel already ignores
+        them; this frees the entries; until then a refusal says "expired")."""
+        now, n = boot_ns() - int(older_than * 1e9), 0
         with self._lock:
             for c in [cgid] if cgid is not None else list(self._runs):
                 run = self._runs.get(c)
@@ -723,7 +746,11 @@ class SockHooks:
     # -- unix ---------------------------------------------------------------------------------
     @staticmethod
     def _ukey(cgid: int, path: bytes, length: int) -> UnixKey:
-        return UnixKey(cgid=cgid, path=path, len=length)
+        k = UnixKey(cgid=cgid, len=length)
+        # memmove, not the field setter: ctypes stops a c_char array at the first NUL, and an
+        # abstract name starts with one
+        ct.memmove(ct.addressof(k) + UnixKey.path.offset, path, len(path))
+        return k
 
     def add_unix(self, cgid: int, path: str, ttl: float | None = None,
                  expiry_boot_ns: int | None = None) -> None:
@@ -776,7 +803,12 @@ class SockHooks:
         if size < ct.sizeof(EventC):
             return 0
         e = ct.cast(data, ct.POINTER(EventC)).contents
-        q = self._queues.get(e.cgid)
+        cgid = e.cgid
+        q = self._queues.get(cgid)
+        if q is None and e.reason == 2:  # "no run": maybe a cgroup below a run's leaf
+            owner = self._owner(e.tgid)
+            if owner is not None:
+                cgid, q = owner, self._queues.get(owner)
         if q is None:
             self.unrouted += 1
             return 0
@@ -787,12 +819,12 @@ class SockHooks:
                     if raw[:1] == b"\0" else raw.split(b"\0", 1)[0].decode(errors="replace"))
         q.append(NetEvent(
             kind=KINDS.get(e.kind, str(e.kind)), reason=REASONS.get(e.reason, str(e.reason)),
-            cgroup_id=e.cgid, pid=e.pid, tgid=e.tgid, uid=e.uid, gid=e.gid,
+            cgroup_id=cgid, pid=e.pid, tgid=e.tgid, uid=e.uid, gid=e.gid,
             comm=e.comm.decode(errors="replace"), family=e.family, type=e.type,
             protocol=e.protocol,
             addr=str(words_addr(e.addr)) if e.family in (2, 10) else "",
             port=e.port, path=path, audit=bool(e.audit), cookie=e.cookie, ts_boot_ns=e.ts))
-        self._touched.add(e.cgid)
+        self._touched.add(cgid)
         return 0
 
     def poll(self) -> None:
@@ -963,6 +995,39 @@ def _parse_diag(body: bytes, proto: int) -> DiagSock:
         off += (alen + 3) & ~3
     return DiagSock(fam, proto, state, src, sport, dst, dport, ifindex, (c0, c1), raw_id, cg,
                     inode)
+
+
+def diag_peer(proto: int, local: tuple[str, int], peer: tuple[str, int]) -> DiagSock | None:
+    """The socket at the other end of one of our own sockets (the resolver's): `local` is our
+    address, `peer` the client's. One sock_diag lookup (no dump); None when it is gone."""
+    fam = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+    if fam == socket.AF_INET6 and ":" not in local[0]:
+        local = ("::ffff:" + local[0], local[1])
+
+    def packed(a: str) -> bytes:
+        return socket.inet_pton(fam, a).ljust(16, b"\0")
+
+    if proto == socket.IPPROTO_UDP:
+        # udp_dump_one: "src and dst are swapped for historical reasons": the socket bound to
+        # dst:dport that would receive a datagram from src:sport
+        sid = struct.pack(">HH", local[1], peer[1]) + packed(local[0]) + packed(peer[0])
+    else:  # inet_diag_find_one_icsk: local = src:sport, remote = dst:dport
+        sid = struct.pack(">HH", peer[1], local[1]) + packed(peer[0]) + packed(local[0])
+    sid += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)  # any interface, no cookie check
+    req = struct.pack("=BBBBI", fam, proto, 0, 0, 0xFFFFFFFF) + sid
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           NETLINK_SOCK_DIAG) as s:
+            _nl_request(s, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, req, 1)
+            data = s.recv(65536)
+    except OSError:
+        return None
+    if len(data) < 16:
+        return None
+    ln, mt = struct.unpack_from("=IH", data, 0)
+    if mt != SOCK_DIAG_BY_FAMILY:
+        return None
+    return _parse_diag(data[16:ln], proto)
 
 
 def sock_destroy(d: DiagSock) -> bool:

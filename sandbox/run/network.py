@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 LAYER = "network"
 GRANT_POLL_S = 1.0
+EXPIRED_KEEP_S = 60.0  # expired entries stay this long, so that a refusal says "expired"
 DEFAULT_UPSTREAM = ("127.0.0.1", 53)
 
 # hook reasons that no profile rule or grant opens: never escalatable
@@ -205,6 +206,7 @@ class RunNetwork:
         self._raised: dict[tuple[str, str], str | None] = {}
         self._shown: set[tuple[str, str]] = set()
         self._names: dict[str, str] = {}  # address -> the name it was answered for
+        self._askers: dict[int, int] = {}  # socket cookie of a steered DNS query -> its tgid
         self.stats = NetStats()
         self.started = False
 
@@ -387,7 +389,7 @@ class RunNetwork:
 
                     self.run.record(Degraded(what="grants", why=f"grant {gid} could not be "
                                              f"applied: {e}"))
-        self.hooks.gc(self.cgid)
+        self.hooks.gc(self.cgid, older_than=EXPIRED_KEEP_S)
 
     def narrow(self, policy: NetworkPolicy) -> None:
         """A profile grant's window closed: the strict profile's network section from now on;
@@ -417,10 +419,31 @@ class RunNetwork:
     # -- events -------------------------------------------------------------------------------
     def handle(self) -> None:
         net, dns = self.svc.consume(self.cgid)
+        for e in net:  # the DNS queries first: they name the process of a refused answer
+            if e.reason == "dns steered" and e.cookie:
+                if len(self._askers) > 4096:
+                    self._askers.clear()
+                self._askers[e.cookie] = e.tgid
         for d in dns:
             self._dns_event(d)
         for e in net:
             self._net_event(e)
+
+    def _asker(self, d: DnsEvent) -> int | None:
+        """The process that asked a refused question: the steered query's socket cookie, else
+        the run's process holding the asking socket (best effort)."""
+        if d.client_cookie and d.client_cookie in self._askers:
+            return self._askers[d.client_cookie]
+        if d.client_inode:
+            want = f"socket:[{d.client_inode}]"
+            for pid in self.run.cgroup.pids():
+                try:
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                            return pid
+                except OSError:
+                    continue
+        return None
 
     def _who(self, pid: int | None) -> tuple[list[str], str | None, list[dict[str, Any]]]:
         """argv, binary and ancestry of a process: the exec gate's table (what the kernel
@@ -544,7 +567,7 @@ class RunNetwork:
             return
         dest = d.qname if verdict is Verdict.DENY else format_entry(d.qname, (1, 65535))
         why = f"DNS {d.qtype} {d.qname!r}: {d.reason}"
-        self._block(verdict, rule, why, dest, None, kind="dns")
+        self._block(verdict, rule, why, dest, self._asker(d), kind="dns")
 
     def _block(self, verdict: Verdict, rule: str, why: str, dest: str, pid: int | None, *,
                kind: str) -> None:
@@ -642,9 +665,10 @@ def check_stdio(fds: tuple[int, int, int]) -> None:
             typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
             listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
             try:
-                peer = s.getpeername()
+                s.getpeername()  # a unix socketpair's peer is unnamed (''), yet connected
+                peer = True
             except OSError:
-                peer = None
+                peer = False
         finally:
             s.close()
         name = ("stdin", "stdout", "stderr")[i]
@@ -685,6 +709,16 @@ def suggest_allow(events: list[dict[str, Any]]) -> dict[str, Any]:
         if t == "blocked" and e.get("layer") != LAYER:
             continue
         if t == "connect" and e.get("kind") in ("dns-query",):
+            continue
+        if e.get("rule_id") == "network.sensitive" and not dest.startswith("unix:"):
+            try:
+                entry = parse_allow(dest)
+                loop = entry.is_ip and entry.network.network_address.is_loopback
+            except ValueError:
+                loop = False
+            if loop:
+                note(allow, format_entry("localhost", entry.ports, entry.proto),
+                     "a loopback service: allow only if the run should reach it")
             continue
         if e.get("verdict") == "deny" or (t == "connect" and e.get("decision") == "deny"):
             continue

@@ -205,6 +205,8 @@ class DnsEvent:
     transport: str = "udp"
     rule: str = ""          # refused: dns.name | dns.qtype | dns.shape | dns.cname | ...
     audit: bool = False     # monitor mode: would have been refused, answered anyway
+    client_cookie: int = 0  # refusals: the asking socket (sock_diag), to name its process
+    client_inode: int = 0
 
     def line(self) -> str:
         s = f"dns: {self.action} {self.qtype} {self.qname!r} ({self.reason})"
@@ -372,7 +374,10 @@ class Resolver:
         except AttributeError:
             return False
 
-    async def handle(self, run: RunDNS, data: bytes, transport: str) -> bytes | None:
+    async def handle(self, run: RunDNS, data: bytes, transport: str,
+                     peer: tuple[Any, Any] | None = None) -> bytes | None:
+        """One query -> the reply (None: no reply). `peer`: (our address, the client's), to
+        find the asking socket when a query is refused."""
         try:
             q = parse(data)
         except DNSFormatError:
@@ -392,6 +397,7 @@ class Resolver:
                    name: str = qname) -> bytes | None:
             ev = DnsEvent(run.cgid, "refused" if rcode == RC_REFUSED else "servfail",
                           name, tname, reason, transport=transport, rule=rule, audit=audit)
+            self._identify(ev, peer)
             if audit and rcode == RC_REFUSED:
                 noted.append(ev)
                 return None  # monitor mode: carry on, answer anyway
@@ -514,6 +520,22 @@ class Resolver:
                              rule=",".join(r.pattern for r in rules), audit=bool(noted)))
         return build(q.id, reply_flags(q.flags, rcode), q.questions, kept)
 
+    @staticmethod
+    def _identify(ev: DnsEvent, peer: tuple[Any, Any] | None) -> None:
+        """The client socket (still open: it waits for this reply) -> cookie and inode."""
+        if peer is None:
+            return
+        try:
+            from sandbox.kernel.sockhooks import diag_peer
+
+            proto = socket.IPPROTO_UDP if ev.transport == "udp" else socket.IPPROTO_TCP
+            d = diag_peer(proto, (peer[0][0], peer[0][1]), (peer[1][0], peer[1][1]))
+        except Exception:  # noqa: BLE001 - best effort: the event stays without a process
+            return
+        if d is not None:
+            ev.client_cookie = d.cookie[0] | (d.cookie[1] << 32)
+            ev.client_inode = d.inode
+
     def _forward_raw(self, q: Message, noted: list[DnsEvent]) -> bytes:
         """Monitor mode, a type glassbreak never answers: reported, answered empty."""
         for ev in noted:
@@ -592,11 +614,12 @@ class Resolver:
     # -- client side ------------------------------------------------------------------------
     async def _tcp_client(self, run: RunDNS, r: asyncio.StreamReader,
                           w: asyncio.StreamWriter) -> None:
+        peer = (w.get_extra_info("sockname"), w.get_extra_info("peername"))
         try:
             for _ in range(100):  # queries per connection
                 hdr = await asyncio.wait_for(r.readexactly(2), 10)
                 data = await asyncio.wait_for(r.readexactly(struct.unpack(">H", hdr)[0]), 10)
-                out = await self.handle(run, data, "tcp")
+                out = await self.handle(run, data, "tcp", peer)
                 if out is None:
                     break
                 w.write(struct.pack(">H", len(out)) + out)
@@ -619,7 +642,8 @@ class _UDPServer(asyncio.DatagramProtocol):
         asyncio.ensure_future(self._answer(data, addr))
 
     async def _answer(self, data: bytes, addr: Any) -> None:
-        out = await self.res.handle(self.run, data, "udp")
+        out = await self.res.handle(self.run, data, "udp",
+                                    (self.transport.get_extra_info("sockname"), addr))
         if out is None:
             return
         try:
