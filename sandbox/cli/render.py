@@ -31,6 +31,8 @@ def render_text(ev: Any) -> str | None:
                 f"(nr {ev.nr}, {ev.arch}); the profile's seccomp rules forbid it")
     if t == "events_lost":
         return (f"glassbreak: {ev.count} trace event(s) lost ({ev.source}); {ev.action}")
+    if t == "dns" and ev.action == "servfail":
+        return f"glassbreak: DNS {ev.qtype} {ev.qname!r} not answered: {ev.reason}"
     if t == "degraded":
         return f"glassbreak: warning: {ev.what}: {ev.why}"
     if t == "grant_used":

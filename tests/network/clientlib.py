@@ -427,3 +427,13 @@ def sub_cgroup_tcp(host: str, port: int) -> str:
     with open(d + "/cgroup.procs", "w") as f:
         f.write(str(os.getpid()))
     return tcp(host, port)
+
+
+def retry_tcp(host: str, port: int, seconds: float) -> dict:
+    """Connect every 0.2 s until it works (e.g. an approval arrives) or `seconds` pass."""
+    t0 = time.time()
+    while True:
+        r = tcp(host, port)
+        if r == "ok" or time.time() - t0 > seconds:
+            return {"result": r, "at": round(time.time() - t0, 2)}
+        time.sleep(0.2)

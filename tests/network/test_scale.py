@@ -1,0 +1,112 @@
+"""One daemon, many runs: 20 concurrent runs with different network policies through a real
+`glassbreak serve` keep separate maps (no lookup or entry leaks between them); and the maps,
+resolver sockets, queues and fds of a run are freed when it ends (no growth over 1,000 runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GLASSBREAK, load_bench
+from tests.network.conftest import HOST4, N_MULTI, PY, Runner, client_code
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def daemon(netns: None, upstream: Any, tmp_path: Path) -> Iterator[Any]:
+    work = Path(tempfile.mkdtemp(prefix="gb-netd-"))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for i in range(N_MULTI):
+        (profiles / f"n{i}.yaml").write_text(json.dumps({
+            "name": f"n{i}", "extends": "base", "owners": ["alice"],
+            "exec": {"allow": ["python3", "/usr/bin/python3*"]},
+            "network": {"allow": [f"n{i}.test:8080"]}}))
+    env = {**os.environ, "GLASSBREAK_DNS_UPSTREAM": f"{upstream.addr[0]}:{upstream.addr[1]}",
+           "GLASSBREAK_PROFILE_PATH": str(profiles), "GLASSBREAK_STATE_DIR": str(work / "state")}
+    dp = load_bench("daemons").start_daemon(work, env=env, timeout=60)
+    try:
+        yield dp
+    finally:
+        dp.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_twenty_concurrent_daemon_runs_keep_separate_maps(daemon: Any) -> None:
+    outs: dict[int, Any] = {}
+    barrier = threading.Barrier(N_MULTI)
+
+    def one(i: int) -> None:
+        other = (i + 1) % N_MULTI
+        code = client_code("many", [["dns", HOST4, f"n{i}.test"], ["sleep", 0.5],
+                                    ["tcp", f"10.99.0.{10 + i}", 8080],
+                                    ["tcp", f"10.99.0.{10 + other}", 8080],
+                                    ["dns", HOST4, f"n{other}.test"]])
+        env = {**os.environ, "GLASSBREAK_SOCKET": str(daemon.sock),
+               "PATH": "/usr/local/bin:/usr/bin:/bin"}
+        env.pop("GLASSBREAK_NO_DAEMON", None)
+        barrier.wait(30)
+        r = subprocess.run([GLASSBREAK, "run", "-o", "json", "-p", f"n{i}", "--", PY, "-S",
+                            "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        outs[i] = r
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(N_MULTI)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(180)
+    audit = [json.loads(x) for x in (daemon.state / "audit.jsonl").read_text().splitlines()]
+    for i, r in outs.items():
+        other = (i + 1) % N_MULTI
+        lines = [x for x in r.stdout.splitlines() if x.strip()]
+        assert r.returncode == 0 and lines, (i, r.stderr)
+        got = json.loads(lines[-1])
+        assert got[0]["addrs"] == [f"10.99.0.{10 + i}"], (i, got)
+        assert got[2:4] == ["ok", "EPERM"], (i, got)  # its own host only
+        assert got[4]["rcode"] == 5, (i, got)          # not the other run's name
+        run_id = next(json.loads(x)["run_id"] for x in r.stderr.splitlines()
+                      if x.startswith("{") and "run_id" in x)
+        blocks = {e["destination"] for e in audit if e.get("run_id") == run_id
+                  and e["type"] == "blocked"}
+        assert blocks == {f"10.99.0.{10 + other}:8080", f"n{other}.test:*"}, (i, blocks)
+    assert len(outs) == N_MULTI
+    assert daemon.proc.poll() is None
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_maps_are_freed_when_runs_end_no_growth_over_1000_runs(netns: None,
+                                                              runner: Runner) -> None:
+    net = runner.kernel.net
+    hooks = net.hooks
+    p = runner.profile("cycle", {"allow": ["web.test:8080", "10.99.0.0/24:5432",
+                                           "10.98.0.0/16:443", "localhost:8000-8010",
+                                           "[fd99:99::/64]:9000"],
+                                 "unix": ["/run/glassbreak-test-none.sock"]})
+    quick = ["true"]
+    busy = [PY, "-S", "-c", client_code("many", [["dns", HOST4, "web.test"],
+                                                 ["tcp", HOST4, 8080], ["tcp", HOST4, 9000]])]
+    runner.run(p, quick)  # warm: the first run creates what lives as long as the process
+    before = (hooks.map_counts(), net.resolver.run_count, len(hooks._queues),
+              len(hooks._leaves), len(hooks._efds), len(net._dns), _fds())
+    for i in range(1000):
+        r = runner.run(p, busy if i % 100 == 0 else quick)
+        assert r.code == 0, (i, r.lines)
+        if i % 100 == 0:
+            assert r.value == [r.value[0], "ok", "EPERM"] and r.value[0]["rcode"] == 0
+    after = (hooks.map_counts(), net.resolver.run_count, len(hooks._queues),
+             len(hooks._leaves), len(hooks._efds), len(net._dns), _fds())
+    assert after[:6] == before[:6], (before, after)
+    assert after[6] <= before[6], (before, after)  # fds: none left behind
