@@ -708,7 +708,8 @@ def suggest_allow(events: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         if t == "blocked" and e.get("layer") != LAYER:
             continue
-        if t == "connect" and e.get("kind") in ("dns-query",):
+        if t == "connect" and (e.get("kind") == "dns-query"
+                               or "address sorting" in (e.get("note") or "")):
             continue
         if e.get("rule_id") == "network.sensitive" and not dest.startswith("unix:"):
             try:
