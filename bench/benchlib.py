@@ -28,7 +28,7 @@ class Wrapper:
 
 @dataclass(frozen=True)
 class Workload:
-    name: str       # group: startup | exec-heavy | syscall-heavy
+    name: str       # group: startup | exec-heavy | syscall-heavy | connect-heavy | dns-...
     argv: tuple[str, ...]
     profile: str = "readonly"  # the glassbreak profile this workload runs under
 
@@ -55,6 +55,25 @@ def workloads(execs: int = 500, dd_count: int = 500_000,
     ]
 
 
+def net_workloads(python: str, netload: str, tcp_port: int, dns: tuple[str, int],
+                  net_profile: str, connects: int = 10_000, lookups: int = 1_000,
+                  distinct: int = 300) -> list[Workload]:
+    """The network layer's workloads (bench/netload.py, loopback only): TCP connects to a local
+    accept-and-close server, DNS lookups of one name (what a client does: the resolver's cache
+    answers) and of distinct names (each forwarded upstream and inserted in the run's map).
+    Bare asks the local DNS server itself; under glassbreak the same port-53 query is steered
+    to glassbreak's resolver, which forwards to that server."""
+    host, port = dns
+    return [
+        Workload("connect-heavy", (python, "-S", netload, "connect", "127.0.0.1",
+                                   str(tcp_port), str(connects)), net_profile),
+        Workload("dns-heavy", (python, "-S", netload, "dns", host, str(port), "www.bench.test",
+                               str(lookups)), net_profile),
+        Workload("dns-distinct", (python, "-S", netload, "dns-distinct", host, str(port),
+                                  "bench.test", str(distinct)), net_profile),
+    ]
+
+
 def glassbreak_prefix(glassbreak: str, profile: str) -> tuple[str, ...]:
     return (glassbreak, "run", "--profile", profile, "--")
 
@@ -70,8 +89,10 @@ def make_variants(wrappers: Sequence[Wrapper], loads: Sequence[Workload],
         for w in wrappers:
             if allowed is not None and w.name not in allowed:
                 continue
-            prefix = (glassbreak_prefix(glassbreak, load.profile)
-                      if w.prefix == ("glassbreak",) else w.prefix)
+            if w.prefix[:1] == ("glassbreak",):  # the marker, then options of `run`
+                prefix = (glassbreak, "run", *w.prefix[1:], "--profile", load.profile, "--")
+            else:
+                prefix = w.prefix
             out.append(Variant(name=f"{load.name}/{w.name}", group=load.name, wrapper=w.name,
                                argv=(*prefix, *load.argv), env=w.env, phase=w.phase))
     return out
@@ -111,7 +132,8 @@ def net_ratio(num: float | None, den: float | None, num_base: float | None,
 
 @dataclass(frozen=True)
 class Target:
-    """PASS when value <= limit. kind "ratio": num/den medians; "seconds": num's median."""
+    """PASS when value <= limit. kind "ratio": num/den medians; "seconds": num's median;
+    "delta": num's median minus den's (seconds)."""
 
     name: str
     source: str  # issue that set it
@@ -151,6 +173,14 @@ def default_targets() -> list[Target]:
                "exec-heavy/glassbreak-cold", 1.5, "exec-heavy/bare"),
         Target("syscall-heavy (cold) <= 1.10x bare", "issue 3", "ratio",
                "syscall-heavy/glassbreak-cold", 1.10, "syscall-heavy/bare"),
+        Target("connect-heavy (warm) <= 1.10x bare", "issue 11", "ratio",
+               "connect-heavy/glassbreak-warm", 1.10, "connect-heavy/bare"),
+        Target("dns-heavy (warm) <= 1.10x bare", "issue 11", "ratio",
+               "dns-heavy/glassbreak-warm", 1.10, "dns-heavy/bare"),
+        Target("dns-distinct (warm) <= 1.10x bare", "issue 11", "ratio",
+               "dns-distinct/glassbreak-warm", 1.10, "dns-distinct/bare"),
+        Target("warm run: network layer adds <= 0.5 ms", "issue 11", "delta",
+               "startup/glassbreak-warm", 0.0005, "startup/glassbreak-warm-nonet"),
     ]
 
 
@@ -171,6 +201,8 @@ def evaluate(targets: Sequence[Target], medians: Mapping[str, float | None],
             value = ratio(medians[t.num], medians[t.den or ""])
         elif t.kind == "seconds":
             value = medians[t.num]
+        elif t.kind == "delta":
+            value = (medians[t.num] or 0.0) - (medians[t.den or ""] or 0.0)
         else:
             raise ValueError(f"unknown target kind {t.kind!r}")
         if value is None:
@@ -216,6 +248,8 @@ def render_targets(results: Sequence[TargetResult]) -> str:
             val = "n/a"
         elif t.kind == "ratio":
             val = f"{r.value:.2f}x"
+        elif t.kind == "delta":
+            val = ("+" if r.value >= 0 else "-") + fmt_seconds(abs(r.value))
         else:
             val = fmt_seconds(r.value)
         limit = f"{t.limit:g}x" if t.kind == "ratio" else fmt_seconds(t.limit)

@@ -33,6 +33,7 @@ from benchlib import (  # noqa: E402
     evaluate,
     make_variants,
     net_ratio,
+    net_workloads,
     ratio,
     render_table,
     render_targets,
@@ -56,12 +57,29 @@ exec:
   allow: [sh, dash, "true", dd]
   default: block
 """
+NET_PROFILE = """\
+# Written by bench/run.py: the network workloads (bench/netload.py) on base, every layer on.
+name: benchnet
+description: glassbreak network benchmark workloads
+extends: base
+owners: [bench]
+exec:
+  allow: [python3, /usr/bin/python3*]
+network:
+  allow: ["localhost:{port}", "www.bench.test:443", "*.bench.test:443"]
+"""
+BENCH_DNS = ("127.0.0.54", 53)  # the bench's DNS server (a loopback address port 53 is free on)
 ONLY = {  # which wrappers run which workload (start-up: all of them)
     "exec-heavy": ["bare", "bwrap", "glassbreak-cold", "glassbreak-warm"],
     "syscall-heavy": ["bare", "bwrap", "glassbreak-cold", "glassbreak-warm"],
+    "connect-heavy": ["bare", "glassbreak-warm"],
+    "dns-heavy": ["bare", "glassbreak-warm"],
+    "dns-distinct": ["bare", "glassbreak-warm"],
 }
 BASELINES = {"startup": "startup/bare", "exec-heavy": "exec-heavy/bare",
-             "syscall-heavy": "syscall-heavy/bare"}
+             "syscall-heavy": "syscall-heavy/bare", "connect-heavy": "connect-heavy/bare",
+             "dns-heavy": "dns-heavy/bare", "dns-distinct": "dns-distinct/bare"}
+NET_GROUPS = ("connect-heavy", "dns-heavy", "dns-distinct")
 
 
 def log(msg: str) -> None:
@@ -77,6 +95,9 @@ def wrappers(nosock: str, sock: str | None) -> list[Wrapper]:
         Wrapper("firejail", ("firejail", "--quiet", "--noprofile", "--seccomp")),
         Wrapper("glassbreak-cold", ("glassbreak",), ((SOCKET_ENV, nosock),)),
         Wrapper("glassbreak-warm", ("glassbreak",), warm_env, phase="warm"),
+        # the same warm run without the network layer: what the layer costs a run
+        Wrapper("glassbreak-warm-nonet", ("glassbreak", "--degraded", "network"), warm_env,
+                phase="warm"),
     ]
 
 
@@ -277,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up (a smoke run)")
     ap.add_argument("--execs", type=int, default=500, help="execs in the exec-heavy loop")
     ap.add_argument("--dd-count", type=int, default=500_000, help="dd bs=1 count")
-    ap.add_argument("--groups", default="startup,exec-heavy,syscall-heavy")
+    ap.add_argument("--groups", default="startup,exec-heavy,syscall-heavy,connect-heavy,"
+                    "dns-heavy,dns-distinct")
+    ap.add_argument("--connects", type=int, default=10_000, help="TCP connects (connect-heavy)")
+    ap.add_argument("--lookups", type=int, default=1_000, help="DNS lookups (dns-heavy)")
     ap.add_argument("--glassbreak", default=str(Path(sys.executable).parent / "glassbreak"),
                     help="the console script (not a pyenv shim: it adds ~150 ms)")
     ap.add_argument("--daemon", default="auto",
@@ -299,13 +323,17 @@ def main(argv: list[str] | None = None) -> int:
         prof.write_text(BENCH_PROFILE)
         state = work / "state"
         state.mkdir()
-        base_env = dict(os.environ, GLASSBREAK_STATE_DIR=str(state))
+        base_env = dict(os.environ, GLASSBREAK_STATE_DIR=str(state),
+                        GLASSBREAK_DNS_UPSTREAM=f"{BENCH_DNS[0]}:{BENCH_DNS[1]}")
+        servers = NetServers()
+        servers.start()
         daemon = Daemon()
         daemon.start(args.daemon, args.glassbreak, work, base_env)
         try:
-            data, targets = run_all(args, work, prof, base_env, daemon)
+            data, targets = run_all(args, work, prof, base_env, daemon, servers)
         finally:
             daemon.stop()
+            servers.stop()
     from scale import scale_results  # 50 concurrent runs; escalation latency
 
     data["scale"] = scale_results(args.scale, args.glassbreak, quick=args.quick)
@@ -325,10 +353,62 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if (args.strict and missed) else 0
 
 
+class NetServers:
+    """bench/netload.py serve: an accept-and-close TCP server and a DNS server on loopback,
+    in their own process (ended by pid)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.reason = ""
+
+    def start(self) -> None:
+        self.port = _free_port()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-S", str(Path(__file__).parent / "netload.py"), "serve",
+                 "--tcp-port", str(self.port), "--dns", f"{BENCH_DNS[0]}:{BENCH_DNS[1]}"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            self.reason = f"cannot start the bench's servers: {e}"
+            return
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.reason = f"the bench's servers did not start: {_tail(self.proc.stderr.read())}"
+            self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def layer_cost(reason: str) -> dict[str, Any]:
+    """The network layer's own cost per run, in process (bench/netload.py layer-cost)."""
+    if reason:
+        return {"status": "n/a", "reason": reason}
+    try:
+        r = subprocess.run([sys.executable, str(Path(__file__).parent / "netload.py"),
+                            "layer-cost", "300"], capture_output=True, text=True, timeout=300)
+        med, p90 = (float(x) for x in r.stdout.split()[:2])
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        return {"status": "n/a", "reason": f"layer-cost failed: {e}"}
+    return {"status": "ok", "median_us": med, "p90_us": p90}
+
+
 def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str, str],
-            daemon: Daemon) -> tuple[dict[str, Any], list[TargetResult]]:
+            daemon: Daemon, servers: NetServers | None = None
+            ) -> tuple[dict[str, Any], list[TargetResult]]:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     loads = [w for w in workloads(args.execs, args.dd_count, str(prof)) if w.name in groups]
+    net_reason = "" if servers is not None and servers.proc is not None else (
+        servers.reason if servers is not None else "no servers")
+    if servers is not None and servers.proc is not None:
+        netprof = work / "benchnet.yaml"
+        netprof.write_text(NET_PROFILE.format(port=servers.port))
+        loads += [w for w in net_workloads(
+            "/usr/bin/python3", str(Path(__file__).parent / "netload.py"), servers.port,
+            BENCH_DNS, str(netprof), args.connects, args.lookups) if w.name in groups]
     variants = make_variants(wrappers(str(work / "no-daemon.sock"), daemon.socket), loads,
                              args.glassbreak, ONLY)
     results: dict[str, dict[str, Any]] = {}
@@ -337,6 +417,8 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
         envs[v.name] = env_for(v, base_env)
         reason = (daemon.reason or "no daemon") if v.phase == "warm" and not daemon.socket \
             else probe(v, envs[v.name])
+        if reason is None and v.group in NET_GROUPS and net_reason:
+            reason = net_reason
         results[v.name] = {"group": v.group, "wrapper": v.wrapper, "phase": v.phase,
                            "argv": list(v.argv), "status": "ok" if reason is None else "n/a",
                            "reason": reason or "", "times": []}
@@ -367,6 +449,11 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
                              f"(the cost of the work alone)")
     if daemon.mode == "off" or not daemon.socket:
         notes.append(f"warm path: n/a ({daemon.reason})")
+    cost = layer_cost("" if os.geteuid() == 0 else "needs root")
+    if cost["status"] == "ok":
+        notes.append(f"network layer, in process: {cost['median_us']:.0f} us per run (median; "
+                     f"p90 {cost['p90_us']:.0f} us): attach 11 programs, register, resolver "
+                     "socket set, profile entries, then free it all")
     reasons = {n: r["reason"] for n, r in results.items()}
     targets = evaluate(default_targets(), medians, reasons)
     data = {
@@ -383,6 +470,7 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
         "ratios": ratios,
         "notes": notes,
         "targets": [t.to_dict() for t in targets],
+        "network_layer_cost": cost,
     }
     return data, targets
 

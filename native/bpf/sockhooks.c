@@ -232,7 +232,7 @@ static __always_inline void report_inet(struct bpf_sock_addr *ctx, u64 cgid, u32
 {
     // one report per (run, kind, verdict, protocol, destination) per DEDUP_NS
     u32 dkey = kind | (reason << 8) | ((u32)ctx->protocol << 16);
-    if (reason != RS_DNS_STEERED && repeated(cgid, dkey, a, port))
+    if (repeated(cgid, dkey, a, port))
         return;
     struct event *e = ev_start(cgid, kind, reason);
     if (!e)

@@ -57,6 +57,7 @@ BPF_SOURCE = Path(__file__).resolve().parents[2] / "native" / "bpf" / "sockhooks
 MAX_RULES = 16
 PER_RUN_QUOTA = 4096  # trie entries one run may hold (DNS answers included)
 HOST_REFRESH_S = 2.0  # the host's own addresses are re-read at most this often
+REFRESH_SLACK_NS = 1_000_000_000  # a rule's expiry is only pushed later by more than this
 
 PT_CGROUP_SOCK = 9
 PT_CGROUP_SOCK_ADDR = 18
@@ -491,6 +492,16 @@ class SockHooks:
             self._runs_map[ct.c_uint64(cgid)] = run.cfg
             self._queues.setdefault(cgid, deque())
 
+    def reserve_resolver_port(self, port: int) -> None:
+        """A resolver socket set made ahead of any run: direct traffic to it is refused."""
+        self._rports[ct.c_uint16(port)] = ct.c_uint64(0)
+
+    def release_resolver_port(self, port: int) -> None:
+        with self._lock:
+            if any(r.cfg.dns_port == port for r in self._runs.values()):
+                return
+            self._rports.pop(ct.c_uint16(port), None)
+
     def clear(self, cgid: int) -> None:
         """Every map entry and queue of the run (the run is over)."""
         with self._lock:
@@ -589,13 +600,15 @@ class SockHooks:
             if run is None:
                 raise PolicyError(f"cgroup {cgid} is not a registered run")
             # same prefix, ports, flags and label: refresh the expiry instead of a duplicate
+            # (a later expiry by less than REFRESH_SLACK_NS is not worth a map write: the
+            # resolver refreshes a name's addresses at every answer)
             for rid in run.by_prefix.get(net, ()):
                 r = run.rules[rid]
                 if (r.lo, r.hi, r.flags, r.label) == (lo, hi, flags, label):
-                    old = r.expiry
-                    r.expiry = 0 if (expiry == 0 or r.expiry == 0) else max(r.expiry, expiry)
-                    if r.expiry != old:
-                        self._rewrite(cgid, run, net)
+                    if r.expiry == 0 or (expiry != 0 and expiry <= r.expiry + REFRESH_SLACK_NS):
+                        return rid
+                    r.expiry = 0 if expiry == 0 else expiry
+                    self._rewrite(cgid, run, net)
                     return rid
             if net not in run.by_prefix and len(run.by_prefix) >= self.quota:
                 self.gc(cgid)

@@ -17,6 +17,7 @@ No I/O here: the kernel side is sandbox.kernel.sockhooks, the run side sandbox.r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ def _check_name(host: str, entry: str) -> None:
             f"{entry!r}: {host!r} is not a host name, a `*.` wildcard, an address or a CIDR")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_allow(entry: str) -> AllowEntry:
     """'host:port', '*.name:lo-hi', 'cidr:port', '[v6]:port', 'udp:host:port', 'host:*'."""
     if not isinstance(entry, str):

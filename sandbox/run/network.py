@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 LAYER = "network"
 GRANT_POLL_S = 1.0
+DNS_DEDUP_S = 1.0  # one event per run, question and outcome per second
 EXPIRED_KEEP_S = 60.0  # expired entries stay this long, so that a refusal says "expired"
 DEFAULT_UPSTREAM = ("127.0.0.1", 53)
 
@@ -104,6 +105,8 @@ class NetworkService:
                                            **(resolver_options or {}))
         self._lock = threading.Lock()
         self._dns: dict[int, deque[DnsEvent]] = {}
+        self._seen: dict[int, dict[tuple[Any, ...], float]] = {}
+        self.repeats: dict[int, int] = {}  # DNS events not queued (repeats), per run
 
     def fileno(self) -> int:
         return self.hooks.fileno()
@@ -112,10 +115,22 @@ class NetworkService:
         return self.hooks.event_fd(cgid)
 
     def _dns_event(self, ev: DnsEvent) -> None:  # the resolver's thread
+        now = time.monotonic()
         with self._lock:
             q = self._dns.get(ev.cgroup_id)
             if q is None:
                 return
+            # the same question with the same outcome within DNS_DEDUP_S: counted, not queued
+            # (a client asking one name a thousand times wakes its supervisor once a second)
+            key = (ev.action, ev.qname, ev.qtype, ev.rule, ev.addresses)
+            seen = self._seen.setdefault(ev.cgroup_id, {})
+            last = seen.get(key)
+            if last is not None and now - last < DNS_DEDUP_S:
+                self.repeats[ev.cgroup_id] = self.repeats.get(ev.cgroup_id, 0) + 1
+                return
+            if len(seen) > 4096:
+                seen.clear()
+            seen[key] = now
             q.append(ev)
         try:
             os.eventfd_write(self.hooks.event_fd(ev.cgroup_id), 1)
@@ -138,6 +153,8 @@ class NetworkService:
     def forget(self, cgid: int) -> None:
         with self._lock:
             self._dns.pop(cgid, None)
+            self.repeats.pop(cgid, None)
+            self._seen.pop(cgid, None)
 
     def close(self) -> None:
         self.resolver.close()
@@ -225,7 +242,8 @@ class RunNetwork:
             ) from None
         self.svc.open_queue(self.cgid)
         self.hooks.event_fd(self.cgid)
-        port = self.svc.resolver.add_run(self.cgid, self._name_rules(), audit=self.audit)
+        port = self.svc.resolver.add_run(self.cgid, self._name_rules(), audit=self.audit,
+                                         pids=self.run.cgroup.pids)
         self.started = True
         self.hooks.register_run(self.cgid, dns_port=port, flags=self._flags())
         try:
@@ -432,6 +450,8 @@ class RunNetwork:
     def _asker(self, d: DnsEvent) -> int | None:
         """The process that asked a refused question: the steered query's socket cookie, else
         the run's process holding the asking socket (best effort)."""
+        if d.client_pid:
+            return d.client_pid
         if d.client_cookie and d.client_cookie in self._askers:
             return self._askers[d.client_cookie]
         if d.client_inode:

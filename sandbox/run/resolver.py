@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import random
 import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +48,7 @@ QT_OPT, QT_SVCB, QT_HTTPS, QT_ANY = 41, 64, 65, 255
 RC_NOERROR, RC_FORMERR, RC_SERVFAIL, RC_NXDOMAIN, RC_NOTIMP, RC_REFUSED = 0, 1, 2, 3, 4, 5
 QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 15: "MX",
                16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
+QTYPE_NUMBERS = {v: k for k, v in QTYPE_NAMES.items()}
 
 # answers never inserted, whatever else the hooks consider sensitive
 FORBIDDEN_ANSWERS = [ipaddress.ip_network(c) for c in (
@@ -207,6 +210,7 @@ class DnsEvent:
     audit: bool = False     # monitor mode: would have been refused, answered anyway
     client_cookie: int = 0  # refusals: the asking socket (sock_diag), to name its process
     client_inode: int = 0
+    client_pid: int = 0     # the run's process holding that socket (found while it waits)
 
     def line(self) -> str:
         s = f"dns: {self.action} {self.qtype} {self.qname!r} ({self.reason})"
@@ -217,18 +221,28 @@ class DnsEvent:
 
 @dataclass
 class RunDNS:
-    cgid: int
+    cgid: int  # 0: not (or no longer) a run's: queries are dropped
     rules: list[NameRule]
     port: int = 0
     socks: list[socket.socket] = field(default_factory=list)
     servers: list[Any] = field(default_factory=list)
     transports: list[Any] = field(default_factory=list)
     audit: bool = False
+    pids: Callable[[], list[int]] | None = None  # the run's processes (to name an asker)
+    identified: dict[tuple[str, int, str], float] = field(default_factory=dict)
 
 
 class Resolver:
     """An asyncio loop in a thread. add_run() returns the run's port (bound on 127.0.0.1 and
-    ::1, UDP and TCP); give it to SockHooks.register_run(cgid, dns_port=port)."""
+    ::1, UDP and TCP); give it to SockHooks.register_run(cgid, dns_port=port).
+
+    A few socket sets are made ahead of time (POOL), so add_run and remove_run never wait for
+    the loop's thread (a run's start-up pays microseconds, not a thread hand-off). A set in the
+    pool answers nobody, and its port is reserved in the hooks' resolver_ports map from birth,
+    so no run reaches it directly either."""
+
+    POOL = 4
+    CLOSE_DELAY = 0.05  # s
 
     def __init__(self, hooks: Any, upstream: tuple[str, int], *, min_ttl: int = 5,
                  max_ttl: int = 3600, grace: int = 10, max_label: int = 40,
@@ -244,18 +258,56 @@ class Resolver:
         self.cache_size = cache_size
         self._cache: dict[tuple[str, int], tuple[float, Message, float]] = {}
         self._runs: dict[int, RunDNS] = {}
+        self._pool: deque[RunDNS] = deque()
+        self._refilling = False
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gb-resolver",
                                         daemon=True)
         self._thread.start()
+        self.loop.call_soon_threadsafe(self._refill)
 
     # -- runs -------------------------------------------------------------------------------
-    def add_run(self, cgid: int, rules: list[NameRule], audit: bool = False) -> int:
-        port: int = self._call(self._add_run(cgid, rules, audit))
-        return port
+    def add_run(self, cgid: int, rules: list[NameRule], audit: bool = False,
+                pids: Callable[[], list[int]] | None = None) -> int:
+        try:
+            run = self._pool.popleft()
+        except IndexError:  # the pool ran dry (a burst of starts): make one now
+            run = self._call(self._make())
+        run.rules, run.audit, run.pids = list(rules), audit, pids
+        run.cgid = cgid  # last: from now on its queries are answered
+        self._runs[cgid] = run
+        if not self._pool:
+            self.loop.call_soon_threadsafe(self._refill)
+        return run.port
 
     def remove_run(self, cgid: int) -> None:
-        self._call(self._remove_run(cgid))
+        run = self._runs.pop(cgid, None)
+        if run is None:
+            return
+        run.cgid = 0  # answers nobody from now on; the loop closes its sockets and refills
+        # the pool a little later: not while this run's supervisor finishes (one GIL)
+
+        def later() -> None:
+            self.loop.create_task(self._close(run))
+            self._refill()
+
+        self.loop.call_soon_threadsafe(self.loop.call_later, self.CLOSE_DELAY, later)
+
+    def _refill(self) -> None:  # the loop's thread
+        if self._refilling or len(self._pool) >= self.POOL:
+            return
+        self._refilling = True
+
+        async def fill() -> None:
+            try:
+                while len(self._pool) < self.POOL:
+                    self._pool.append(await self._make())
+            except OSError:
+                pass  # add_run makes its own then
+            finally:
+                self._refilling = False
+
+        self.loop.create_task(fill())
 
     def set_rules(self, cgid: int, rules: list[NameRule]) -> None:
         """Grants: widen (or narrow) a run's names. Narrowing does not touch addresses already
@@ -275,14 +327,25 @@ class Resolver:
     def close(self) -> None:
         for cgid in list(self._runs):
             self.remove_run(cgid)
+
+        async def drain() -> None:
+            while self._pool:
+                await self._close(self._pool.popleft())
+
+        try:
+            self._call(drain())
+        except Exception:  # noqa: BLE001, S110 - closing anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(2)
 
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
-    async def _add_run(self, cgid: int, rules: list[NameRule], audit: bool) -> int:
-        run = RunDNS(cgid, list(rules), audit=audit)
+    async def _make(self) -> RunDNS:
+        """A socket set on a fresh port (UDP and TCP on 127.0.0.1 and ::1), serving nobody
+        until add_run gives it a run."""
+        run = RunDNS(0, [])
         port = 0
         for _attempt in range(50):
             socks: list[socket.socket] = []
@@ -318,6 +381,9 @@ class Resolver:
         else:
             raise OSError("no free resolver port")
         run.port, run.socks = port, socks
+        reserve = getattr(self.hooks, "reserve_resolver_port", None)
+        if reserve is not None:
+            reserve(port)
         for s in socks:
             s.setblocking(False)
             if s.type == socket.SOCK_DGRAM:
@@ -328,19 +394,18 @@ class Resolver:
                 srv = await asyncio.start_server(
                     lambda r, w: self._tcp_client(run, r, w), sock=s, limit=65536)
                 run.servers.append(srv)
-        self._runs[cgid] = run
-        return port
+        return run
 
-    async def _remove_run(self, cgid: int) -> None:
-        run = self._runs.pop(cgid, None)
-        if run is None:
-            return
+    async def _close(self, run: RunDNS) -> None:
         for tr in run.transports:
             tr.close()
         for srv in run.servers:
             srv.close()
         for s in run.socks:
             s.close()
+        release = getattr(self.hooks, "release_resolver_port", None)
+        if release is not None:
+            release(run.port)
 
     # -- events -----------------------------------------------------------------------------
     def _event(self, ev: DnsEvent) -> None:
@@ -377,7 +442,29 @@ class Resolver:
     async def handle(self, run: RunDNS, data: bytes, transport: str,
                      peer: tuple[Any, Any] | None = None) -> bytes | None:
         """One query -> the reply (None: no reply). `peer`: (our address, the client's), to
-        find the asking socket when a query is refused."""
+        find the asking socket when a query is refused. The answer is computed synchronously
+        from what is known (the cache, and what this query fetched); every upstream question
+        it misses is fetched, then it is computed again: no side effect happens before all
+        the data is there, so a query that needs nothing from upstream is answered at once
+        (datagram_received does that without a task)."""
+        fetched: dict[tuple[str, int], Message | Exception] = {}
+        for _ in range(12):
+            try:
+                return self.answer_sync(run, data, transport, peer, fetched)
+            except _Miss as m:
+                try:
+                    fetched[(m.name, m.qtype)] = await self._fetch(m.name, m.qtype)
+                except (TimeoutError, OSError, DNSFormatError) as e:
+                    fetched[(m.name, m.qtype)] = e
+        return None
+
+    def answer_sync(self, run: RunDNS, data: bytes, transport: str,
+                    peer: tuple[Any, Any] | None,
+                    fetched: dict[tuple[str, int], Message | Exception]) -> bytes | None:
+        """The reply from the cache and `fetched`; raises _Miss (before any side effect: no
+        event, no map insert) when an upstream answer is needed."""
+        if not run.cgid:
+            return None  # a pooled or finished socket set answers nobody
         try:
             q = parse(data)
         except DNSFormatError:
@@ -397,7 +484,7 @@ class Resolver:
                    name: str = qname) -> bytes | None:
             ev = DnsEvent(run.cgid, "refused" if rcode == RC_REFUSED else "servfail",
                           name, tname, reason, transport=transport, rule=rule, audit=audit)
-            self._identify(ev, peer)
+            self._identify(run, ev, peer)
             if audit and rcode == RC_REFUSED:
                 noted.append(ev)
                 return None  # monitor mode: carry on, answer anyway
@@ -439,7 +526,7 @@ class Resolver:
         rcode = RC_NOERROR
         for _hop in range(8):
             try:
-                resp = await self._upstream(name, qtype)
+                resp = self._lookup(name, qtype, fetched)
             except (TimeoutError, OSError, DNSFormatError) as e:
                 return refuse(f"upstream: {e or type(e).__name__}", "dns.upstream",
                               RC_SERVFAIL)
@@ -521,10 +608,18 @@ class Resolver:
         return build(q.id, reply_flags(q.flags, rcode), q.questions, kept)
 
     @staticmethod
-    def _identify(ev: DnsEvent, peer: tuple[Any, Any] | None) -> None:
-        """The client socket (still open: it waits for this reply) -> cookie and inode."""
+    def _identify(run: RunDNS, ev: DnsEvent, peer: tuple[Any, Any] | None) -> None:
+        """The client socket (still open: it waits for this reply) -> cookie, inode and the
+        run's process holding it. Once per question and rule per second (a refusal loop
+        costs one look-up a second)."""
         if peer is None:
             return
+        key, now = (ev.qname, QTYPE_NUMBERS.get(ev.qtype, 0), ev.rule), time.monotonic()
+        if now - run.identified.get(key, 0.0) < 1.0:
+            return
+        if len(run.identified) > 1024:
+            run.identified.clear()
+        run.identified[key] = now
         try:
             from sandbox.kernel.sockhooks import diag_peer
 
@@ -532,9 +627,19 @@ class Resolver:
             d = diag_peer(proto, (peer[0][0], peer[0][1]), (peer[1][0], peer[1][1]))
         except Exception:  # noqa: BLE001 - best effort: the event stays without a process
             return
-        if d is not None:
-            ev.client_cookie = d.cookie[0] | (d.cookie[1] << 32)
-            ev.client_inode = d.inode
+        if d is None:
+            return
+        ev.client_cookie = d.cookie[0] | (d.cookie[1] << 32)
+        ev.client_inode = d.inode
+        want = f"socket:[{d.inode}]"
+        for pid in run.pids() if run.pids is not None and d.inode else []:
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                        ev.client_pid = pid
+                        return
+            except OSError:
+                continue
 
     def _forward_raw(self, q: Message, noted: list[DnsEvent]) -> bytes:
         """Monitor mode, a type glassbreak never answers: reported, answered empty."""
@@ -543,18 +648,30 @@ class Resolver:
         return build(q.id, reply_flags(q.flags, RC_NOERROR), q.questions)
 
     # -- upstream ---------------------------------------------------------------------------
-    async def _upstream(self, name: str, qtype: int) -> Message:
-        """A shared answer cache in front of the upstream (DNS data is public; what a run may
-        ask and what enters its map stay per run)."""
-        key = (name, qtype)
+    def _lookup(self, name: str, qtype: int,
+                fetched: dict[tuple[str, int], Message | Exception]) -> Message:
+        """What this query fetched, else the shared answer cache (DNS data is public; what a
+        run may ask and what enters its map stay per run), else _Miss."""
+        got = fetched.get((name, qtype))
+        if isinstance(got, Exception):
+            raise got
+        if got is not None:
+            return Message(got.id, got.flags, got.questions,
+                           [RR(a.name, a.type, a.cls, a.ttl, a.rdata, a.target)
+                            for a in got.answers], [], [])
         now = time.monotonic()
-        hit = self._cache.get(key)
+        hit = self._cache.get((name, qtype))
         if hit is not None and hit[0] > now:
             _exp, m, t0 = hit
             age = int(now - t0)
             return Message(m.id, m.flags, m.questions,
                            [RR(a.name, a.type, a.cls, max(0, a.ttl - age), a.rdata, a.target)
                             for a in m.answers], [], [])
+        raise _Miss(name, qtype)
+
+    async def _fetch(self, name: str, qtype: int) -> Message:
+        key = (name, qtype)
+        now = time.monotonic()
         m = await self._ask_upstream(name, qtype)
         if self.cache_size and m.rcode == RC_NOERROR and m.answers:
             ttl = min(min(a.ttl for a in m.answers), self.max_ttl)
@@ -562,9 +679,7 @@ class Resolver:
                 if len(self._cache) >= self.cache_size:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = (now + ttl, m, now)
-        return Message(m.id, m.flags, m.questions,
-                       [RR(a.name, a.type, a.cls, a.ttl, a.rdata, a.target) for a in m.answers],
-                       [], [])
+        return m
 
     async def _ask_upstream(self, name: str, qtype: int) -> Message:
         qid = random.getrandbits(16)
@@ -630,6 +745,14 @@ class Resolver:
             w.close()
 
 
+class _Miss(Exception):
+    """answer_sync needs an upstream answer it does not have."""
+
+    def __init__(self, name: str, qtype: int) -> None:
+        super().__init__(name, qtype)
+        self.name, self.qtype = name, qtype
+
+
 class _UDPServer(asyncio.DatagramProtocol):
     def __init__(self, res: Resolver, run: RunDNS):
         self.res, self.run = res, run
@@ -639,11 +762,18 @@ class _UDPServer(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        asyncio.ensure_future(self._answer(data, addr))
+        peer = (self.transport.get_extra_info("sockname"), addr)
+        try:  # the common case (a cached name, or a refusal): answered now, no task
+            out = self.res.answer_sync(self.run, data, "udp", peer, {})
+        except _Miss:
+            asyncio.ensure_future(self._answer(data, addr, peer))
+            return
+        self._send(data, out, addr)
 
-    async def _answer(self, data: bytes, addr: Any) -> None:
-        out = await self.res.handle(self.run, data, "udp",
-                                    (self.transport.get_extra_info("sockname"), addr))
+    async def _answer(self, data: bytes, addr: Any, peer: Any) -> None:
+        self._send(data, await self.res.handle(self.run, data, "udp", peer), addr)
+
+    def _send(self, data: bytes, out: bytes | None, addr: Any) -> None:
         if out is None:
             return
         try:

@@ -57,10 +57,16 @@ class DNSFixture:
                 except OSError:
                     return
 
-        self.udp = U((host, port), UH)
-        port = self.udp.server_address[1]
-        self.tcp = T((host, port), TH)
-        self.addr = (host, port)
+        for _ in range(50):  # UDP and TCP on the same free port
+            self.udp = U((host, port), UH)
+            try:
+                self.tcp = T((host, self.udp.server_address[1]), TH)
+                break
+            except OSError:
+                self.udp.server_close()
+        else:
+            raise OSError("no port free for both UDP and TCP")
+        self.addr = (host, self.udp.server_address[1])
         for srv in (self.udp, self.tcp):
             threading.Thread(target=srv.serve_forever, daemon=True).start()
 
