@@ -39,6 +39,7 @@ least as specific that did not come from DNS. Expiry is checked in the kernel (b
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import ipaddress
 import itertools
 import os
@@ -181,7 +182,17 @@ Net = ipaddress.IPv6Network
 
 def to_net128(cidr: str | ipaddress.IPv4Network | ipaddress.IPv6Network) -> Net:
     """Any address/CIDR -> the 128-bit space (IPv4 as ::ffff:a.b.c.d/96+plen)."""
-    n = ipaddress.ip_network(cidr, strict=False) if isinstance(cidr, str) else cidr
+    if isinstance(cidr, str):
+        return _to_net128_str(cidr)
+    return _to_net128(cidr)
+
+
+@functools.lru_cache(maxsize=65536)
+def _to_net128_str(cidr: str) -> Net:
+    return _to_net128(ipaddress.ip_network(cidr, strict=False))
+
+
+def _to_net128(n: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Net:
     if n.version == 4:
         return ipaddress.IPv6Network((int(n.network_address) | 0xFFFF00000000, 96 + n.prefixlen))
     assert isinstance(n, ipaddress.IPv6Network)
@@ -362,6 +373,22 @@ class _Run:
                 self.broad.discard(rule.net)
 
 
+NetIndex = tuple[tuple[int, frozenset[int]], ...]
+
+
+def sensitive_int(v: int, index: NetIndex) -> bool:
+    """Is the 128-bit address v (IPv4 as ::ffff:a.b.c.d) inside the indexed networks? (the
+    hot path of every DNS answer: integers, no ipaddress objects)"""
+    return any((v >> (128 - plen)) in prefixes for plen, prefixes in index)
+
+
+def net_index(nets: Iterable[Net]) -> NetIndex:
+    by: dict[int, set[int]] = {}
+    for n in nets:
+        by.setdefault(n.prefixlen, set()).add(int(n.network_address) >> (128 - n.prefixlen))
+    return tuple((plen, frozenset(p)) for plen, p in sorted(by.items()))
+
+
 def _covers(q: Net, p: Net) -> bool:
     """q contains p (or is p)."""
     if q.prefixlen > p.prefixlen:
@@ -425,6 +452,7 @@ class SockHooks:
         self.quota = per_run_quota
         self.sensitive: list[str] = []
         self._sens_nets: list[Net] = []
+        self._sens_idx: NetIndex = ()
         self._host: set[str] = set()
         self._host_read = 0.0
         self._include_host = include_host_addresses
@@ -541,6 +569,7 @@ class SockHooks:
         with self._lock:
             self.sensitive.append(cidr)
             self._sens_nets.append(net)
+            self._sens_idx = net_index(self._sens_nets)
 
     def _remove_sensitive(self, cidr: str) -> None:
         net = to_net128(cidr)
@@ -552,6 +581,7 @@ class SockHooks:
             i = self.sensitive.index(cidr)
             del self.sensitive[i]
             del self._sens_nets[i]
+            self._sens_idx = net_index(self._sens_nets)
 
     def refresh_host_addresses(self, force: bool = False) -> None:
         """This host's own addresses are sensitive (a connect to them reaches local services);
@@ -571,10 +601,10 @@ class SockHooks:
         for c in sorted(old - new):
             self._remove_sensitive(c)
 
-    def is_sensitive(self, addr: str) -> bool:
-        a = ipaddress.ip_address(addr)
-        net = to_net128(f"{a}/{a.max_prefixlen}")
-        return any(_covers(s, net) for s in list(self._sens_nets))
+    def is_sensitive(self, addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
+        v = int(a) | 0xFFFF00000000 if a.version == 4 else int(a)
+        return sensitive_int(v, self._sens_idx)
 
     def _sens_plen(self, net: Net) -> int:
         return max((s.prefixlen for s in list(self._sens_nets) if _covers(s, net)), default=-1)

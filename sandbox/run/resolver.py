@@ -50,11 +50,18 @@ QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 15:
                16: "TXT", 28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
 QTYPE_NUMBERS = {v: k for k, v in QTYPE_NAMES.items()}
 
+REPLAY_S = 1.0  # a run asking the same question again within this gets the same reply bytes
+
 # answers never inserted, whatever else the hooks consider sensitive
 FORBIDDEN_ANSWERS = [ipaddress.ip_network(c) for c in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
     "100.100.100.200/32", "::/128", "::1/128", "fe80::/10", "ff00::/8", "fd00:ec2::254/128",
     "::ffff:0:0/96", "64:ff9b::/96")]
+
+
+_FORBIDDEN128: list[Any] = []  # FORBIDDEN_ANSWERS in the hooks' 128-bit space (filled once)
+MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 # -- wire format ---------------------------------------------------------------------------
@@ -230,6 +237,9 @@ class RunDNS:
     audit: bool = False
     pids: Callable[[], list[int]] | None = None  # the run's processes (to name an asker)
     identified: dict[tuple[str, int, str], float] = field(default_factory=dict)
+    # the same question asked again within REPLAY_S: the reply bytes (its addresses are in
+    # the run's map for longer: TTL + grace); cleared whenever the run's names change
+    recent: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
 
 
 class Resolver:
@@ -274,6 +284,7 @@ class Resolver:
         except IndexError:  # the pool ran dry (a burst of starts): make one now
             run = self._call(self._make())
         run.rules, run.audit, run.pids = list(rules), audit, pids
+        run.recent, run.identified = {}, {}
         run.cgid = cgid  # last: from now on its queries are answered
         self._runs[cgid] = run
         if not self._pool:
@@ -315,6 +326,7 @@ class Resolver:
         run = self._runs.get(cgid)
         if run is not None:
             run.rules = list(rules)  # one reference assignment: atomic for the loop thread
+            run.recent = {}
 
     def rules(self, cgid: int) -> list[NameRule]:
         run = self._runs.get(cgid)
@@ -386,10 +398,10 @@ class Resolver:
             reserve(port)
         for s in socks:
             s.setblocking(False)
-            if s.type == socket.SOCK_DGRAM:
-                tr, _ = await self.loop.create_datagram_endpoint(
-                    lambda: _UDPServer(self, run), sock=s)
-                run.transports.append(tr)
+            if s.type == socket.SOCK_DGRAM:  # a plain reader: no transport machinery
+                srv_u = _UDPServer(self, run, s)
+                self.loop.add_reader(s.fileno(), srv_u.readable)
+                run.transports.append(srv_u)
             else:
                 srv = await asyncio.start_server(
                     lambda r, w: self._tcp_client(run, r, w), sock=s, limit=65536)
@@ -432,10 +444,19 @@ class Resolver:
         return [r for r in run.rules if r.matches(name)]
 
     def _forbidden(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if any(addr in n for n in FORBIDDEN_ANSWERS if n.version == addr.version):
+        from sandbox.kernel.sockhooks import net_index, sensitive_int, to_net128
+
+        if addr.version == 6 and (addr.ipv4_mapped is not None or addr in NAT64):
+            return True  # an AAAA answer carrying an IPv4 address: never
+        if not _FORBIDDEN128:  # (the 128-bit space stores IPv4 as ::ffff:a.b.c.d: the two
+            # IPv4-in-IPv6 ranges are checked above, on AAAA answers only)
+            _FORBIDDEN128.extend(net_index(to_net128(n) for n in FORBIDDEN_ANSWERS
+                                           if n not in (MAPPED, NAT64)))
+        v = int(addr) | 0xFFFF00000000 if addr.version == 4 else int(addr)
+        if sensitive_int(v, tuple(_FORBIDDEN128)):
             return True
         try:
-            return bool(self.hooks.is_sensitive(str(addr)))
+            return bool(self.hooks.is_sensitive(addr))
         except AttributeError:
             return False
 
@@ -465,6 +486,9 @@ class Resolver:
         event, no map insert) when an upstream answer is needed."""
         if not run.cgid:
             return None  # a pooled or finished socket set answers nobody
+        hit = run.recent.get(data[2:])
+        if hit is not None and hit[0] > time.monotonic() and len(data) >= 12:
+            return data[:2] + hit[1]  # asked again: same reply, the client's id
         try:
             q = parse(data)
         except DNSFormatError:
@@ -605,7 +629,12 @@ class Resolver:
         self._event(DnsEvent(run.cgid, "answered", qname, tname, f"ttl {ttl}",
                              tuple(str(a) for a in addrs), transport,
                              rule=",".join(r.pattern for r in rules), audit=bool(noted)))
-        return build(q.id, reply_flags(q.flags, rcode), q.questions, kept)
+        out = build(q.id, reply_flags(q.flags, rcode), q.questions, kept)
+        if not audit and not noted and rcode == RC_NOERROR:
+            if len(run.recent) >= 256:
+                run.recent.clear()
+            run.recent[data[2:]] = (time.monotonic() + min(REPLAY_S, ttl), out[2:])
+        return out
 
     @staticmethod
     def _identify(run: RunDNS, ev: DnsEvent, peer: tuple[Any, Any] | None) -> None:
@@ -753,20 +782,38 @@ class _Miss(Exception):
         self.name, self.qtype = name, qtype
 
 
-class _UDPServer(asyncio.DatagramProtocol):
-    def __init__(self, res: Resolver, run: RunDNS):
-        self.res, self.run = res, run
-        self.transport: Any = None
+class _UDPServer:
+    """One UDP socket of a run: read in the loop's reader callback, answered at once when
+    the answer needs nothing from upstream (a cached name, a refusal), else in a task."""
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self, res: Resolver, run: RunDNS, sock: socket.socket):
+        self.res, self.run, self.sock = res, run, sock
+        self.local = sock.getsockname()
+
+    def readable(self) -> None:
+        for _ in range(64):  # a burst, then back to the loop
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.datagram_received(data, addr)
+
+    def close(self) -> None:
+        try:
+            self.res.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        peer = (self.transport.get_extra_info("sockname"), addr)
+        peer = (self.local, addr)
         try:  # the common case (a cached name, or a refusal): answered now, no task
             out = self.res.answer_sync(self.run, data, "udp", peer, {})
         except _Miss:
             asyncio.ensure_future(self._answer(data, addr, peer))
+            return
+        except Exception:  # noqa: BLE001 - one bad datagram never stops the reader
             return
         self._send(data, out, addr)
 
@@ -776,14 +823,20 @@ class _UDPServer(asyncio.DatagramProtocol):
     def _send(self, data: bytes, out: bytes | None, addr: Any) -> None:
         if out is None:
             return
-        try:
-            limit = client_udp_size(parse(data))
-        except DNSFormatError:
-            limit = 512
+        if len(out) <= 512:
+            limit = 512  # fits any client: no need to read its EDNS size
+        else:
+            try:
+                limit = client_udp_size(parse(data))
+            except DNSFormatError:
+                limit = 512
         if len(out) > limit:  # truncate: the client retries over TCP
             m = parse(out)
             out = build(m.id, m.flags | 0x0200, m.questions)
-        self.transport.sendto(out, addr)
+        try:
+            self.sock.sendto(out, addr)
+        except OSError:
+            pass  # the client is gone (or its buffer is full): it retries
 
 
 def upstream_from_resolv_conf(path: str = "/etc/resolv.conf") -> tuple[str, int] | None:

@@ -99,3 +99,24 @@ def test_runs_do_not_share_lookups(netns: None, runner: Runner) -> None:
         t.join(60)
     assert out["a"][2] == "ok", out  # type: ignore[index]
     assert out["b"][1] == "EPERM" and out["b"][2]["rcode"] == 5, out  # type: ignore[index]
+
+
+def test_sensitive_answers_pure() -> None:
+    """The resolver's check of answer addresses (integers in the hooks' 128-bit space): IPv4
+    answers are not mistaken for v4-mapped ones; an AAAA carrying an IPv4 address is dropped."""
+    import ipaddress as ip
+
+    from sandbox.run.resolver import Resolver
+
+    class Hooks:
+        def is_sensitive(self, a: object) -> bool:
+            return str(a) == "10.0.0.99"  # "this host's own address"
+
+    r = Resolver.__new__(Resolver)
+    r.hooks = Hooks()
+    for a, want in [("93.184.216.34", False), ("10.0.0.1", False), ("10.0.0.99", True),
+                    ("169.254.169.254", True), ("127.0.0.5", True), ("0.1.2.3", True),
+                    ("224.0.0.1", True), ("100.100.100.200", True), ("2001:db8::1", False),
+                    ("::1", True), ("fe80::1", True), ("fd00:ec2::254", True),
+                    ("::ffff:93.184.216.34", True), ("64:ff9b::1.2.3.4", True)]:
+        assert r._forbidden(ip.ip_address(a)) is want, a
