@@ -43,13 +43,18 @@ def sample(pid: int) -> dict[str, int]:
 
 def settled(pid: int, base: dict[str, int], wait_s: float = 3.0) -> dict[str, int]:
     """A sample once the last run's threads have ended (the connection thread outlives the
-    client's reply by a moment), or after `wait_s`."""
+    client's reply by a moment) and the fds stopped moving (the resolver closes a finished
+    run's sockets and refills its pool a little later), or after `wait_s`."""
     deadline = time.monotonic() + wait_s
+    prev: dict[str, int] | None = None
     while True:
         s = sample(pid)
-        if not base or s["threads"] <= base["threads"] or time.monotonic() > deadline:
+        steady = prev is not None and prev["fds"] == s["fds"]
+        if ((not base or s["threads"] <= base["threads"]) and steady) or \
+                time.monotonic() > deadline:
             return s
-        time.sleep(0.05)
+        prev = s
+        time.sleep(0.15)
 
 
 BAD_INPUTS: list[bytes | None] = [
@@ -101,7 +106,7 @@ def measure(runs: int = 10_000, glassbreak: str = GLASSBREAK,
     try:
         for i in range(runs):
             if i == warm:
-                before = sample(dp.proc.pid)
+                before = settled(dp.proc.pid, {})
             if i % 50 == 25:
                 ans = bad_connection(str(dp.sock), BAD_INPUTS[(i // 50) % len(BAD_INPUTS)])
                 bad_answers[ans[:80]] = bad_answers.get(ans[:80], 0) + 1

@@ -103,6 +103,9 @@ class NetworkService:
         self.upstream = upstream or default_upstream()
         self.resolver: Resolver = Resolver(self.hooks, self.upstream, on_event=self._dns_event,
                                            **(resolver_options or {}))
+        import atexit
+
+        atexit.register(self.resolver.stop_at_exit)  # runs before bcc's (registered earlier)
         self._lock = threading.Lock()
         self._dns: dict[int, deque[DnsEvent]] = {}
         self._seen: dict[int, dict[tuple[Any, ...], float]] = {}
@@ -220,6 +223,7 @@ class RunNetwork:
         self._profile_unix: list[str] = []
         self._grants: dict[str, _GrantState] = {}
         self._next_poll = 0.0
+        self._store_down = False
         self._raised: dict[tuple[str, str], str | None] = {}
         self._shown: set[tuple[str, str]] = set()
         self._names: dict[str, str] = {}  # address -> the name it was answered for
@@ -248,7 +252,11 @@ class RunNetwork:
         self.hooks.register_run(self.cgid, dns_port=port, flags=self._flags())
         try:
             self._add_profile_rules()
-            for g in self._poll_grants():
+            try:
+                grants = self._poll_grants()
+            except _StoreDown:
+                grants = []  # fail closed: no destination grant while the store is down
+            for g in grants:
                 self._apply_grant(g)
         except sh.PolicyError as e:
             raise RunnerError(f"the run's network policy cannot be loaded: {e}",
@@ -299,13 +307,17 @@ class RunNetwork:
         if self._grants_fn is None:
             return []
         try:
-            return [g for g in self._grants_fn() if getattr(g, "destination", None)]
+            grants = [g for g in self._grants_fn() if getattr(g, "destination", None)]
         except Exception as e:  # noqa: BLE001 - a store we cannot reach honours no grant
-            from sandbox.events import Degraded
+            if not self._store_down:  # said once per outage
+                from sandbox.events import Degraded
 
-            self.run.record(Degraded(what="grants", why=f"grant store unreachable, no "
-                                     f"destination grant honoured: {e}"))
+                self.run.record(Degraded(what="grants", why=f"grant store unreachable, no "
+                                         f"destination grant honoured: {e}"))
+            self._store_down = True
             raise _StoreDown() from None
+        self._store_down = False
+        return grants
 
     def _apply_grant(self, g: Any) -> None:
         from sandbox.run.resolver import NameRule
@@ -415,14 +427,19 @@ class RunNetwork:
         if not self.started:
             self.policy = policy
             return
-        old_rules, old_unix = self._profile_rules, self._profile_unix
+        old_unix = self._profile_unix
+        gone = [r for r in self.hooks.rules(self.cgid) if r.id in set(self._profile_rules)]
         self.policy = policy
+        # the old entries out first (an entry both profiles have gets a fresh id back below),
+        # then the new ones in, then the connections that nothing allows any more ended
+        for r in gone:
+            self.hooks.remove(self.cgid, r.id)
         self._profile_rules, self._profile_unix = [], []
         self._add_profile_rules()
         self.svc.resolver.set_rules(self.cgid, self._name_rules())
         self.hooks.register_run(self.cgid, dns_port=self._dns_port(), flags=self._flags())
-        for rid in old_rules:
-            self.hooks.remove(self.cgid, rid, kill=True)
+        for r in gone:
+            self.hooks.end_connections(self.cgid, r.net, r.lo, r.hi)
         for p in old_unix:
             if p not in self._profile_unix:
                 self.hooks.remove_unix(self.cgid, p)

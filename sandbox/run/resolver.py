@@ -270,6 +270,7 @@ class Resolver:
         self._runs: dict[int, RunDNS] = {}
         self._pool: deque[RunDNS] = deque()
         self._refilling = False
+        self._closing = False
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gb-resolver",
                                         daemon=True)
@@ -299,8 +300,9 @@ class Resolver:
         # the pool a little later: not while this run's supervisor finishes (one GIL)
 
         def later() -> None:
-            self.loop.create_task(self._close(run))
-            self._refill()
+            if not self._closing:
+                self.loop.create_task(self._close(run))
+                self._refill()
 
         self.loop.call_soon_threadsafe(self.loop.call_later, self.CLOSE_DELAY, later)
 
@@ -311,10 +313,10 @@ class Resolver:
 
         async def fill() -> None:
             try:
-                while len(self._pool) < self.POOL:
+                while len(self._pool) < self.POOL and not self._closing:
                     self._pool.append(await self._make())
-            except OSError:
-                pass  # add_run makes its own then
+            except Exception:  # noqa: BLE001, S110 - add_run makes its own then
+                pass
             finally:
                 self._refilling = False
 
@@ -339,6 +341,7 @@ class Resolver:
     def close(self) -> None:
         for cgid in list(self._runs):
             self.remove_run(cgid)
+        self._closing = True
 
         async def drain() -> None:
             while self._pool:
@@ -416,8 +419,20 @@ class Resolver:
         for s in run.socks:
             s.close()
         release = getattr(self.hooks, "release_resolver_port", None)
-        if release is not None:
-            release(run.port)
+        if release is not None and not self._closing:
+            try:
+                release(run.port)
+            except Exception:  # noqa: BLE001, S110 - the maps are gone (process exit)
+                pass
+
+    def stop_at_exit(self) -> None:
+        """Interpreter exit: stop the loop before bcc's own exit handler closes the maps (the
+        loop must not touch them after that)."""
+        self._closing = True
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:
+            pass
 
     # -- events -----------------------------------------------------------------------------
     def _event(self, ev: DnsEvent) -> None:

@@ -148,7 +148,10 @@ def test_the_relaxed_profile_scope_and_its_window(netns: None, runner: Runner) -
     esc = _esc(runner.call(p, "tcp", HOST4, 9000), destination=f"{HOST4}:9000")
     rec = runner.escalations().decide(esc, approve=True, by="alice", scope="profile")
     assert runner.escalations().get_grant(rec.grant_id).scope == "profile"
-    r = runner.call(p, "many", [["tcp", HOST4, 9000], ["hold", HOST4, 9000, 6]])
+    r = runner.call(p, "many", [["tcp", HOST4, 9000], ["hold", HOST4, 9000, 6],
+                                ["tcp", HOST4, 9000], ["tcp", HOST4B, 5432]])
     assert r.value[0] == "ok" and r.value[1]["connect"] == "ok", r.value
     assert r.value[1]["ended"] in ("ECONNABORTED", "ECONNRESET", "eof"), r.value
+    # after the window: what only the relaxed profile allowed is refused, what both allow works
+    assert r.value[2:] == ["EPERM", "ok"], r.value
     assert r.of("grant_ended", why="expired")
