@@ -146,36 +146,6 @@ def btf_member_offset(struct_name: str, member: str,
     return None
 
 
-def btf_enum_value(enum_name: str, member: str,
-                   path: str = "/sys/kernel/btf/vmlinux") -> int | None:
-    """The value of `member` in the kernel's enum `enum_name` (from BTF)."""
-    data = Path(path).read_bytes()
-    magic, _ver, _fl, hdr_len, type_off, type_len, str_off, _str_len = struct.unpack_from(
-        "<HBBIIIII", data, 0)
-    if magic != 0xEB9F:
-        return None
-    tbase, sbase = hdr_len + type_off, hdr_len + str_off
-
-    def name(off: int) -> bytes:
-        return data[sbase + off:data.index(b"\0", sbase + off)]
-
-    extra = {1: 4, 3: 12, 14: 4, 17: 4}
-    per_vlen = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
-    pos, end = tbase, tbase + type_len
-    while pos < end:
-        name_off, info, _size = struct.unpack_from("<III", data, pos)
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        body = pos + 12
-        if kind == 6 and name(name_off) == enum_name.encode():
-            for i in range(vlen):
-                m_name, val = struct.unpack_from("<Ii", data, body + 8 * i)
-                if name(m_name) == member.encode():
-                    return int(val)
-            return None
-        pos = body + extra.get(kind, 0) + per_vlen.get(kind, 0) * vlen
-    return None
-
-
 # -- address helpers ---------------------------------------------------------------------------
 Net = ipaddress.IPv6Network
 
@@ -676,10 +646,6 @@ class SockHooks:
             run = self._runs.get(cgid)
             return list(run.rules.values()) if run else []
 
-    def expired_rules(self, cgid: int) -> list[Rule]:
-        now = boot_ns()
-        return [r for r in self.rules(cgid) if not r.live(now)]
-
     def gc(self, cgid: int | None = None, older_than: float = 0.0) -> int:
         """Drop rules expired more than `older_than` seconds ago (the kernel already ignores
         them; this frees the entries; until then a refusal says "expired")."""
@@ -820,14 +786,6 @@ class SockHooks:
                 run.unix.pop((key, length), None)
             self._unix.pop(self._ukey(cgid, key, length), None)
 
-    def unix_paths(self, cgid: int) -> dict[str, int]:
-        with self._lock:
-            run = self._runs.get(cgid)
-            if run is None:
-                return {}
-            return {("@" + k[1:].decode(errors="replace")) if ln else k.decode(errors="replace"):
-                    exp for (k, ln), exp in run.unix.items()}
-
     # -- events -------------------------------------------------------------------------------
     def fileno(self) -> int:
         """The ring buffer's map fd: pollable, readable when events are waiting."""
@@ -896,17 +854,6 @@ class SockHooks:
             out = list(q)
             q.clear()
             return out
-
-    def wait(self, cgid: int, timeout: float) -> list[NetEvent]:
-        """Tests: wait up to `timeout` s for events of the run."""
-        end = time.monotonic() + timeout
-        out: list[NetEvent] = []
-        while True:
-            with self._lock:
-                self._b.ring_buffer_poll(50)
-            out += self.consume(cgid)
-            if out or time.monotonic() >= end:
-                return out
 
     def lost(self, cgid: int) -> int:
         """Events the ring buffer had no room for (the refusal itself still happened)."""
