@@ -634,6 +634,8 @@ class Resolver:
             try:
                 for a in addrs:
                     for r in rules:
+                        if r.pattern == "*":
+                            continue  # `default: allow`: the kernel's default opens them
                         self.hooks.add(run.cgid, str(a), r.ports, ttl=ttl + self.grace,
                                        proto=r.proto, dns=True, label=qname)
             except Exception as e:  # noqa: BLE001 - any failure withholds the answer
@@ -732,24 +734,43 @@ class Resolver:
         host, port = self.upstream
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         loop = asyncio.get_running_loop()
+        # a fresh socket (a random source port) per question, connected: only the upstream's
+        # datagrams reach it; read by a reader callback and one timer (no task per wait)
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.setblocking(False)
-        try:
-            await loop.sock_connect(s, (host, port))
-            await loop.sock_sendall(s, query)
-            deadline = loop.time() + self.timeout
-            while True:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise TimeoutError("upstream timeout")
-                data = await asyncio.wait_for(loop.sock_recv(s, 65535), left)
+        got: asyncio.Future[Message] = loop.create_future()
+
+        def readable() -> None:
+            while not got.done():
+                try:
+                    data = s.recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:  # ECONNREFUSED: nobody there
+                    got.set_exception(e)
+                    return
                 try:
                     m = parse(data)
                 except DNSFormatError:
                     continue
                 if m.id == qid and m.questions[:1] == [(name, qtype, 1)]:
-                    break
+                    got.set_result(m)
+
+        def expire() -> None:
+            if not got.done():
+                got.set_exception(TimeoutError("upstream timeout"))
+
+        timer = loop.call_later(self.timeout, expire)
+        try:
+            s.connect((host, port))
+            s.send(query)
+            loop.add_reader(s.fileno(), readable)
+            try:
+                m = await got
+            finally:
+                loop.remove_reader(s.fileno())
         finally:
+            timer.cancel()
             s.close()
         if m.flags & 0x0200:  # TC: ask again over TCP
             m = await self._upstream_tcp(name, qtype)
