@@ -120,3 +120,13 @@ def test_sensitive_answers_pure() -> None:
                     ("::1", True), ("fe80::1", True), ("fd00:ec2::254", True),
                     ("::ffff:93.184.216.34", True), ("64:ff9b::1.2.3.4", True)]:
         assert r._forbidden(ip.ip_address(a)) is want, a
+
+
+def test_default_allow_answers_every_name(netns: None, runner: Runner) -> None:
+    """`default: allow`: every name is answered (nothing is inserted: the kernel's default
+    opens the addresses), every address but the sensitive ones is open."""
+    p = runner.profile("d-open", {"default": "allow"}, relax=True)
+    calls = [["dns", HOST4, f"n{i}.test"] for i in range(20)]
+    r = runner.call(p, "many", calls + [["tcp", "10.99.0.15", 8080], ["tcp", "127.0.0.1", 1]])
+    assert all(x["rcode"] == 0 and x["addrs"] for x in r.value[:20]), r.value
+    assert r.value[20:] == ["ok", "EPERM"]
