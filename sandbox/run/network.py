@@ -647,6 +647,13 @@ class RunNetwork:
 
     def finish(self, result: LayerResult) -> None:
         self.handle()
+        lost = self.hooks.lost(self.cgid)
+        if lost:  # the refusals happened; only their reports are missing
+            from sandbox.events import EventsLost
+
+            self.run.record(EventsLost(count=lost, source="network hooks' ring buffer",
+                                       action="refusals still enforced; not all reported"),
+                            sync=True)
         result.blocked += self.stats.blocked
         if self.stats.first_block is not None and result.first_block is None:
             result.first_block = self.stats.first_block
