@@ -34,6 +34,7 @@ from benchlib import (  # noqa: E402
     make_variants,
     net_ratio,
     net_workloads,
+    paired_delta,
     ratio,
     render_table,
     render_targets,
@@ -396,6 +397,24 @@ def layer_cost(reason: str) -> dict[str, Any]:
     return {"status": "ok", "median_us": med, "p90_us": p90}
 
 
+def paired_network_delta(results: dict[str, dict[str, Any]], envs: dict[str, dict[str, str]],
+                         pairs: int) -> float | None:
+    """Warm /bin/true with and without the network layer, alternated `pairs` times."""
+    a, b = "startup/glassbreak-warm", "startup/glassbreak-warm-nonet"
+    if any(results.get(n, {}).get("status") != "ok" for n in (a, b)):
+        return None
+    with_, without = [], []
+    for _ in range(pairs):
+        for name, out in ((a, with_), (b, without)):
+            t0 = time.perf_counter()
+            subprocess.run(results[name]["argv"], env=envs[name], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+            out.append(time.perf_counter() - t0)
+    results[a].setdefault("paired", {})["times_with"] = with_
+    results[b].setdefault("paired", {})["times_without"] = without
+    return paired_delta(with_, without)
+
+
 def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str, str],
             daemon: Daemon, servers: NetServers | None = None
             ) -> tuple[dict[str, Any], list[TargetResult]]:
@@ -426,7 +445,8 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
     for g in groups:
         log(f"measuring {g}: {args.reps} reps after {args.warmup} warm-ups")
         measure([v for v in variants if v.group == g], envs, args.reps, args.warmup, results)
-    medians: dict[str, float | None] = {}
+    delta = paired_network_delta(results, envs, max(args.reps * 4, 40))
+    medians: dict[str, float | None] = {"startup/network-layer-delta": delta}
     for name, r in results.items():
         if r["status"] == "ok" and r["times"]:
             r["summary"] = summarize(r["times"])
@@ -455,6 +475,12 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
                      f"p90 {cost['p90_us']:.0f} us): attach 11 programs, register, resolver "
                      "socket set, profile entries, then free it all")
     reasons = {n: r["reason"] for n, r in results.items()}
+    if delta is None:
+        reasons["startup/network-layer-delta"] = (
+            results.get("startup/glassbreak-warm-nonet", {}).get("reason") or "not measured")
+    else:
+        notes.append(f"the network layer adds {delta * 1e6:.0f} us to a warm run (median of "
+                     f"paired differences, warm /bin/true with and without it, alternated)")
     targets = evaluate(default_targets(), medians, reasons)
     data = {
         "meta": {

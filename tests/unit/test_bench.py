@@ -133,3 +133,18 @@ def test_render_table_and_targets(bl: ModuleType) -> None:
     assert line.startswith("PASS") and "2.25x" in line and "issue 5" in line
     assert bl.fmt_seconds(0.0005) == "500 us" and bl.fmt_seconds(2.0) == "2.00 s"
     assert bl.fmt_seconds(None) == "n/a"
+
+
+def test_paired_delta_and_network_targets(bl: ModuleType) -> None:
+    # drift hits both of each pair alike: the paired median sees the 0.3 ms, not the drift
+    with_layer = [0.010 + i * 0.002 + 0.0003 for i in range(9)]
+    without = [0.010 + i * 0.002 for i in range(9)]
+    assert bl.paired_delta(with_layer, without) == pytest.approx(0.0003)
+    assert bl.paired_delta([], []) is None
+    res = _by_name(bl.evaluate(bl.default_targets(), {
+        **_medians(), "startup/network-layer-delta": 0.0003, "connect-heavy/bare": 0.70,
+        "connect-heavy/glassbreak-warm": 0.72}))
+    assert res["warm run: network layer adds <= 0.5 ms"].status == "PASS"
+    assert res["connect-heavy (warm) <= 1.10x bare"].status == "PASS"
+    assert res["dns-heavy (warm) <= 1.10x bare"].status == "n/a"  # not measured: never PASS
+    assert bl.fmt_seconds(-0.0002) == "-200 us"
