@@ -6,8 +6,8 @@ only (standard library; the workloads run with `python3 -S`).
     netload.py connect HOST PORT N                  # N TCP connects (connect + close)
     netload.py dns HOST PORT NAME N                 # N A queries for NAME (one UDP socket each)
     netload.py dns-distinct HOST PORT SUFFIX N      # N queries for n0.SUFFIX .. nN-1.SUFFIX
-    netload.py layer-cost [RUNS [GAP_S]]            # the network layer's own cost per run
-                                                    # (attach, maps, resolver; then free), in us
+    netload.py layer-cost [RUNS [GAP_S]]            # the network layer's own time per real run
+                                                    # (in process: its methods, timed), in us
 
 A workload exits 0 only if every connect or query worked, so a refused one fails the bench's
 probe (the variant is then n/a with the reason) instead of producing a fast wrong figure.
@@ -101,50 +101,61 @@ def dns_distinct(host: str, port: int, suffix: str, n: int) -> int:
 
 
 def layer_cost(runs: int, gap: float = 0.01) -> int:
-    """The network layer of one run, in process (root): prepare (attach the 11 programs to a
-    fresh cgroup leaf, register, the resolver's 4 sockets, a profile's entries) and close
-    (free everything), without a child. Prints median and p90 in microseconds."""
+    """The network layer's own time in real runs (in process, root): its prepare (attach the
+    11 programs, register, a resolver socket set, the profile's entries, the agent's grants),
+    fds, finish and close, timed around the layer's methods while the supervisor runs
+    `/bin/true` under a profile with entries. Prints median and p90 in microseconds."""
+    import statistics
+    import tempfile
+
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from dataclasses import dataclass
-    from typing import Any
+    from sandbox.run import layers
+    from sandbox.run.network import NetworkService
+    from sandbox.run.supervisor import RunRequest, Supervisor
 
-    from sandbox.kernel.cgroup import RunCgroup
-    from sandbox.policy.profile import NetworkPolicy
-    from sandbox.run.network import NetworkService, RunNetwork
+    work = tempfile.mkdtemp(prefix="gb-layer-cost-")
+    os.environ["GLASSBREAK_STATE_DIR"] = os.path.join(work, "state")
+    prof = os.path.join(work, "cost.yaml")
+    with open(prof, "w") as f:
+        f.write('name: cost\nextends: base\nexec: {allow: ["true"]}\nnetwork:\n  allow: '
+                '["pypi.org:443", "*.pythonhosted.org:443", "10.20.0.0/16:5432", '
+                '"localhost:8000-8100"]\n  unix: ["/run/user/$UID/bus"]\n')
+    spent: dict[str, list[float]] = {"prepare": [], "fds": [], "finish": [], "close": []}
 
-    @dataclass
-    class Run:
-        run_id: str
-        cgroup: Any
-        mode: str = "enforce"
-        strict: Any = None
-        cwd: str = "/"
+    def timed(name: str) -> None:
+        orig = getattr(layers.NetworkLayer, name)
 
-        def record(self, *a: Any, **k: Any) -> None:
-            pass
-
-        def on_block(self, info: Any) -> None:
-            return None
-
-    svc = NetworkService(("127.0.0.1", 1))
-    pol = NetworkPolicy(allow=["pypi.org:443", "*.pythonhosted.org:443", "10.20.0.0/16:5432",
-                               "localhost:8000-8100"], unix=["/run/user/$UID/bus"])
-    times = []
-    for i in range(runs):
-        cg = RunCgroup.create(f"bench-net-{os.getpid()}-{i}")
-        time.sleep(gap)  # runs do not start back to back: the resolver refills its pool
-        try:
+        def f(self: object, *a: object, **k: object) -> object:
             t0 = time.perf_counter()
-            rn = RunNetwork(svc, Run(f"r{i}", cg), pol, uid=0)  # type: ignore[arg-type]
-            rn.start()
-            rn.close()
-            times.append(time.perf_counter() - t0)
+            try:
+                return orig(self, *a, **k)
+            finally:
+                spent[name].append(time.perf_counter() - t0)
+
+        setattr(layers.NetworkLayer, name, f)
+
+    for name in spent:
+        timed(name)
+    sup = Supervisor(network=NetworkService(("127.0.0.1", 1)))
+
+    def run() -> None:
+        dn = os.open(os.devnull, os.O_RDWR)
+        try:
+            sup.run(RunRequest(argv=["true"], profile=prof, env={"PATH": "/usr/bin:/bin"},
+                               cwd="/", stdin=dn, stdout=dn, stderr=dn), lambda e: None)
         finally:
-            cg.close()
-    times.sort()
-    med, p90 = times[len(times) // 2], times[int(len(times) * 0.9)]
+            os.close(dn)
+        time.sleep(gap)  # runs do not come back to back
+
+    for _ in range(10):
+        run()
+    for v in spent.values():
+        v.clear()
+    for _ in range(runs):
+        run()
+    totals = sorted(sum(x) for x in zip(*spent.values(), strict=False))
+    med, p90 = statistics.median(totals), totals[int(len(totals) * 0.9)]
     print(f"{med * 1e6:.0f} {p90 * 1e6:.0f}")
-    svc.close()
     return 0
 
 

@@ -508,12 +508,20 @@ class SockHooks:
                 for net in run.by_prefix:
                     self._trie_del(cgid, net)
                 for (p, ln) in run.unix:
-                    self._unix.pop(self._ukey(cgid, p, ln), None)
+                    try:
+                        del self._unix[self._ukey(cgid, p, ln)]
+                    except KeyError:
+                        pass
                 if run.cfg.dns_port:
-                    self._rports.pop(ct.c_uint16(run.cfg.dns_port), None)
-            self._runs_map.pop(ct.c_uint64(cgid), None)
-            self._lost.pop(ct.c_uint64(cgid), None)
-            self._suppressed.pop(ct.c_uint64(cgid), None)
+                    try:
+                        del self._rports[ct.c_uint16(run.cfg.dns_port)]
+                    except KeyError:
+                        pass
+            for m in (self._runs_map, self._lost, self._suppressed):
+                try:  # one syscall each (a Mapping's pop would look it up first)
+                    del m[ct.c_uint64(cgid)]
+                except KeyError:
+                    pass
             self._queues.pop(cgid, None)
             self._touched.discard(cgid)
             for k in [k for k, v in self._leaves.items() if v == cgid]:

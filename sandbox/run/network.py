@@ -246,6 +246,7 @@ class RunNetwork:
             ) from None
         self.svc.open_queue(self.cgid)
         self.hooks.event_fd(self.cgid)
+        self._next_poll = time.monotonic() + GRANT_POLL_S  # polled below, once
         port = self.svc.resolver.add_run(self.cgid, self._name_rules(), audit=self.audit,
                                          pids=self.run.cgroup.pids)
         self.started = True
@@ -662,15 +663,26 @@ class RunNetwork:
         if not self.started:
             return
         self.started = False
+        cg = self.run.cgroup
         try:
-            self.svc.resolver.remove_run(self.cgid)
-        finally:
-            self.hooks.clear(self.cgid)
+            self.hooks.clear(self.cgid)  # first: it frees the resolver port's entry, which
+        finally:  # a recycled socket set reserves again
+            # its socket set is reused once the run's cgroup is empty (killed next)
+            self.svc.resolver.remove_run(self.cgid, gone=lambda: _cgroup_empty(cg))
             self.svc.forget(self.cgid)
 
 
 class _StoreDown(Exception):
     pass
+
+
+def _cgroup_empty(cg: Any) -> bool:
+    """No process of the run is left: its leaf is gone or says `populated 0` (a leaf being
+    removed may refuse the read: then it is gone when the directory is)."""
+    try:
+        return not cg.populated()
+    except OSError:
+        return not os.path.isdir(cg.path)
 
 
 def _kill_holders(pids: list[int], inodes: set[int]) -> list[int]:

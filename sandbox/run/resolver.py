@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
 import random
@@ -38,7 +39,6 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,13 +226,12 @@ class DnsEvent:
         return s
 
 
-@dataclass
+@dataclass(eq=False)  # identity: kept in sets
 class RunDNS:
     cgid: int  # 0: not (or no longer) a run's: queries are dropped
     rules: list[NameRule]
     port: int = 0
     socks: list[socket.socket] = field(default_factory=list)
-    servers: list[Any] = field(default_factory=list)
     transports: list[Any] = field(default_factory=list)
     audit: bool = False
     pids: Callable[[], list[int]] | None = None  # the run's processes (to name an asker)
@@ -246,13 +245,20 @@ class Resolver:
     """An asyncio loop in a thread. add_run() returns the run's port (bound on 127.0.0.1 and
     ::1, UDP and TCP); give it to SockHooks.register_run(cgid, dns_port=port).
 
-    A few socket sets are made ahead of time (POOL), so add_run and remove_run never wait for
-    the loop's thread (a run's start-up pays microseconds, not a thread hand-off). A set in the
-    pool answers nobody, and its port is reserved in the hooks' resolver_ports map from birth,
-    so no run reaches it directly either."""
+    Socket sets are kept in a pool and RECYCLED, without waking the loop's thread: add_run
+    takes a ready one (no thread hand-off, no allocation: a run's start pays microseconds);
+    remove_run makes it answer nobody at once and retires it; every RECLAIM_S the loop takes
+    the retired sets whose run is over (`gone()`: the run's cgroup killed and empty), drops
+    whatever is still queued on them, ends their TCP connections and puts them back: one
+    wake-up per RECLAIM_S, whatever the rate of runs (the pool grows to what that rate needs,
+    up to POOL_MAX). A set whose run never empties within QUARANTINE_S is closed, not reused.
+    A port in the pool is reserved in the hooks' resolver_ports map, so no run reaches it
+    directly."""
 
-    POOL = 4
-    CLOSE_DELAY = 0.05  # s
+    POOL = 4           # ready sets made at start (more when a burst of runs needs them)
+    POOL_MAX = 8       # recycled sets beyond this are closed
+    QUARANTINE_S = 5.0
+    RECLAIM_S = 0.1
 
     def __init__(self, hooks: Any, upstream: tuple[str, int], *, min_ttl: int = 5,
                  max_ttl: int = 3600, grace: int = 10, max_label: int = 40,
@@ -268,59 +274,67 @@ class Resolver:
         self.cache_size = cache_size
         self._cache: dict[tuple[str, int], tuple[float, Message, float]] = {}
         self._runs: dict[int, RunDNS] = {}
-        self._pool: deque[RunDNS] = deque()
-        self._refilling = False
+        self._pool: list[RunDNS] = []
+        self._retired: list[tuple[RunDNS, Callable[[], bool] | None, float]] = []
+        self._reclaim_lock = threading.Lock()
+        self._all: set[RunDNS] = set()  # every set not closed (pool, runs, quarantine)
         self._closing = False
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="gb-resolver",
                                         daemon=True)
         self._thread.start()
-        self.loop.call_soon_threadsafe(self._refill)
+        self.loop.call_soon_threadsafe(self._fill)
+        self.loop.call_soon_threadsafe(self._tick)
 
     # -- runs -------------------------------------------------------------------------------
     def add_run(self, cgid: int, rules: list[NameRule], audit: bool = False,
                 pids: Callable[[], list[int]] | None = None) -> int:
         try:
-            run = self._pool.popleft()
-        except IndexError:  # the pool ran dry (a burst of starts): make one now
-            run = self._call(self._make())
+            run = self._pool.pop()
+        except IndexError:  # a burst of starts emptied the pool: one made now
+            run = self._bind_set()
+            self.loop.call_soon_threadsafe(self._register, run)
         run.rules, run.audit, run.pids = list(rules), audit, pids
         run.recent, run.identified = {}, {}
-        run.cgid = cgid  # last: from now on its queries are answered
+        run.cgid = cgid  # from now on its queries are answered
         self._runs[cgid] = run
-        if not self._pool:
-            self.loop.call_soon_threadsafe(self._refill)
         return run.port
 
-    def remove_run(self, cgid: int) -> None:
+    def remove_run(self, cgid: int, gone: Callable[[], bool] | None = None) -> None:
+        """The run is over: its set answers nobody from now on, and is recycled once `gone()`
+        says the run's processes are all gone (without `gone`: closed, never reused)."""
         run = self._runs.pop(cgid, None)
         if run is None:
             return
-        run.cgid = 0  # answers nobody from now on; the loop closes its sockets and refills
-        # the pool a little later: not while this run's supervisor finishes (one GIL)
+        run.cgid = 0
+        run.pids = None
+        with self._reclaim_lock:
+            self._retired.append((run, gone, time.monotonic() + self.QUARANTINE_S))
 
-        def later() -> None:
-            if not self._closing:
-                self.loop.create_task(self._close(run))
-                self._refill()
-
-        self.loop.call_soon_threadsafe(self.loop.call_later, self.CLOSE_DELAY, later)
-
-    def _refill(self) -> None:  # the loop's thread
-        if self._refilling or len(self._pool) >= self.POOL:
+    def _tick(self) -> None:  # the loop's thread, every RECLAIM_S
+        if self._closing:
             return
-        self._refilling = True
+        try:
+            self._reclaim()
+        finally:
+            self.loop.call_later(self.RECLAIM_S, self._tick)
 
-        async def fill() -> None:
-            try:
-                while len(self._pool) < self.POOL and not self._closing:
-                    self._pool.append(await self._make())
-            except Exception:  # noqa: BLE001, S110 - add_run makes its own then
-                pass
-            finally:
-                self._refilling = False
-
-        self.loop.create_task(fill())
+    def _reclaim(self) -> None:
+        """Retired sets whose run is over back to the pool (see the class doc)."""
+        with self._reclaim_lock:
+            keep: list[tuple[RunDNS, Callable[[], bool] | None, float]] = []
+            for run, gone, deadline in self._retired:
+                try:
+                    over = gone is not None and gone()
+                except Exception:  # noqa: BLE001 - unknown yet: asked again next time
+                    over = False
+                if over:
+                    self._recycle(run)
+                elif gone is None or time.monotonic() > deadline:
+                    self._close(run)  # not proven over: never reused
+                else:
+                    keep.append((run, gone, deadline))
+            self._retired = keep
 
     def set_rules(self, cgid: int, rules: list[NameRule]) -> None:
         """Grants: widen (or narrow) a run's names. Narrowing does not touch addresses already
@@ -340,12 +354,16 @@ class Resolver:
 
     def close(self) -> None:
         for cgid in list(self._runs):
-            self.remove_run(cgid)
+            run = self._runs.pop(cgid)
+            run.cgid = 0
+            self._pool.append(run)
         self._closing = True
 
         async def drain() -> None:
-            while self._pool:
-                await self._close(self._pool.popleft())
+            for run in list(self._all):
+                self._close(run)
+            self._pool.clear()
+            self._retired.clear()
 
         try:
             self._call(drain())
@@ -357,10 +375,11 @@ class Resolver:
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
 
-    async def _make(self) -> RunDNS:
-        """A socket set on a fresh port (UDP and TCP on 127.0.0.1 and ::1), serving nobody
-        until add_run gives it a run."""
+    def _bind_set(self) -> RunDNS:
+        """A socket set on a fresh port (UDP and TCP on 127.0.0.1 and ::1), bound and
+        listening, its port reserved in the hooks; the loop reads it once _register ran."""
         run = RunDNS(0, [])
+        self._all.add(run)
         port = 0
         for _attempt in range(50):
             socks: list[socket.socket] = []
@@ -402,20 +421,52 @@ class Resolver:
         for s in socks:
             s.setblocking(False)
             if s.type == socket.SOCK_DGRAM:  # a plain reader: no transport machinery
-                srv_u = _UDPServer(self, run, s)
-                self.loop.add_reader(s.fileno(), srv_u.readable)
-                run.transports.append(srv_u)
-            else:
-                srv = await asyncio.start_server(
-                    lambda r, w: self._tcp_client(run, r, w), sock=s, limit=65536)
-                run.servers.append(srv)
+                run.transports.append(_UDPServer(self, run, s))
+            else:  # a plain listening socket, accepted in a reader callback
+                s.listen(64)
+                run.transports.append(_TCPListener(self, run, s))
         return run
 
-    async def _close(self, run: RunDNS) -> None:
+    def _fill(self) -> None:  # the loop's thread: the pool at start-up
+        while len(self._pool) < self.POOL and not self._closing:
+            try:
+                run = self._bind_set()
+            except OSError:
+                return
+            self._register(run)
+            self._pool.append(run)
+
+    def _recycle(self, run: RunDNS) -> None:  # the loop's thread
+        """A set whose run is over: its leftovers dropped, back to the pool (or closed)."""
+        if run.cgid or self._closing:
+            return
+        for tr in run.transports:
+            tr.reset()  # what the finished run left queued or connected is dropped
+        run.rules, run.recent, run.identified = [], {}, {}
+        if len(self._pool) >= self.POOL_MAX:
+            self._close(run)
+            return
+        reserve = getattr(self.hooks, "reserve_resolver_port", None)
+        try:
+            if reserve is not None:
+                reserve(run.port)  # SockHooks.clear() freed it with the run
+        except Exception:  # noqa: BLE001 - the maps are gone: do not reuse it
+            self._close(run)
+            return
+        self._pool.append(run)
+
+    def _register(self, run: RunDNS) -> None:  # the loop's thread
+        if run not in self._all:
+            return  # closed before the loop got to it
+        for tr in run.transports:
+            if not tr.registered:
+                self.loop.add_reader(tr.sock.fileno(), tr.readable)
+                tr.registered = True
+
+    def _close(self, run: RunDNS) -> None:  # the loop's thread
+        self._all.discard(run)
         for tr in run.transports:
             tr.close()
-        for srv in run.servers:
-            srv.close()
         for s in run.socks:
             s.close()
         release = getattr(self.hooks, "release_resolver_port", None)
@@ -792,22 +843,83 @@ class Resolver:
             w.close()
 
     # -- client side ------------------------------------------------------------------------
-    async def _tcp_client(self, run: RunDNS, r: asyncio.StreamReader,
-                          w: asyncio.StreamWriter) -> None:
-        peer = (w.get_extra_info("sockname"), w.get_extra_info("peername"))
+    async def _tcp_conn(self, run: RunDNS, conn: socket.socket) -> None:
+        """DNS over TCP: length-prefixed queries on one connection (at most 100)."""
+        loop = self.loop
+
+        async def exactly(n: int) -> bytes:
+            buf = b""
+            while len(buf) < n:
+                chunk = await loop.sock_recv(conn, n - len(buf))
+                if not chunk:
+                    raise ConnectionError("closed")
+                buf += chunk
+            return buf
+
         try:
-            for _ in range(100):  # queries per connection
-                hdr = await asyncio.wait_for(r.readexactly(2), 10)
-                data = await asyncio.wait_for(r.readexactly(struct.unpack(">H", hdr)[0]), 10)
+            conn.setblocking(False)
+            peer = (conn.getsockname(), conn.getpeername())
+            for _ in range(100):
+                hdr = await asyncio.wait_for(exactly(2), 10)
+                data = await asyncio.wait_for(exactly(struct.unpack(">H", hdr)[0]), 10)
                 out = await self.handle(run, data, "tcp", peer)
                 if out is None:
                     break
-                w.write(struct.pack(">H", len(out)) + out)
-                await w.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                await loop.sock_sendall(conn, struct.pack(">H", len(out)) + out)
+        except (TimeoutError, OSError):
             pass
         finally:
-            w.close()
+            conn.close()
+
+
+class _TCPListener:
+    """A run's TCP listening socket: connections accepted in the loop's reader callback."""
+
+    def __init__(self, res: Resolver, run: RunDNS, sock: socket.socket):
+        self.res, self.run, self.sock = res, run, sock
+        self.registered = False
+        self.conns: dict[socket.socket, asyncio.Task[None]] = {}
+
+    def readable(self) -> None:
+        for _ in range(16):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not self.run.cgid:
+                conn.close()
+                continue
+            task = self.res.loop.create_task(self.res._tcp_conn(self.run, conn))
+            self.conns[conn] = task
+            task.add_done_callback(functools.partial(self._done, conn))
+
+    def _done(self, conn: socket.socket, _task: Any) -> None:
+        self.conns.pop(conn, None)
+
+    def reset(self) -> None:
+        """End the finished run's connections and refuse any it left in the backlog."""
+        for conn, task in list(self.conns.items()):
+            task.cancel()
+            conn.close()
+        self.conns.clear()
+        for _ in range(1000):
+            try:
+                c, _ = self.sock.accept()
+                c.close()
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.reset()
+        if not self.registered:
+            return
+        self.registered = False
+        try:
+            self.res.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
 
 
 class _Miss(Exception):
@@ -825,6 +937,7 @@ class _UDPServer:
     def __init__(self, res: Resolver, run: RunDNS, sock: socket.socket):
         self.res, self.run, self.sock = res, run, sock
         self.local = sock.getsockname()
+        self.registered = False
 
     def readable(self) -> None:
         for _ in range(64):  # a burst, then back to the loop
@@ -837,10 +950,21 @@ class _UDPServer:
             self.datagram_received(data, addr)
 
     def close(self) -> None:
+        if not self.registered:
+            return
+        self.registered = False
         try:
             self.res.loop.remove_reader(self.sock.fileno())
         except (ValueError, OSError):
             pass
+
+    def reset(self) -> None:
+        """Drop every datagram still queued (a finished run's)."""
+        for _ in range(10000):
+            try:
+                self.sock.recv(65535)
+            except OSError:
+                return
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         peer = (self.local, addr)
