@@ -128,7 +128,10 @@ def test_maps_are_freed_when_runs_end_no_growth_over_1000_runs(netns: None,
     # the resolver takes a finished run's socket set back in its own thread
     from tests.network.conftest import wait_for
 
-    wait_for(lambda: now() == before, 10)
+    def same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:  # fds: none left behind (an
+        return a[:6] == b[:6] and a[7] == b[7] and a[6] <= b[6]  # earlier test's may go)
+
+    wait_for(lambda: same(now(), before), 10)
     after = now()
-    assert after == before, (before, after)
+    assert same(after, before), (before, after)
     assert len(res._pool) <= res.POOL_MAX
