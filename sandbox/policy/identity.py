@@ -140,7 +140,8 @@ def _root_run(caller: Caller, agents: Mapping[str, AgentBindingLike] | None,
     else:
         how = "root (operator), no agent named"
     if profile is None:
-        profile = agents[agent].profiles[0] if agents and agent in agents else DEFAULT_PROFILE
+        profile = agents[agent].profiles[0] if agents and agent is not None and \
+            agent in agents else DEFAULT_PROFILE
     return RunIdentity(caller.uid, caller.user, agent, profile, how)
 
 
