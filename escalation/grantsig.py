@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +50,31 @@ class Verifier:
     public: Any
     key_id: str
     source: str
+    # signature -> the exact payload it verified: a daemon re-checks a grant it has seen by
+    # comparing bytes (~10 µs) instead of verifying again (~130-300 µs here)
+    _seen: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def why_invalid(self, grant: Any) -> str | None:
         """None when the grant's signature verifies; else why not (for the audit log)."""
         sig = getattr(grant, "signature", None)
         if not sig:
             return "it is unsigned: no glassbreak decider issued it"
+        data = payload(grant)
+        if self._seen.get(sig) == data:
+            return None
         from cryptography.exceptions import InvalidSignature
 
         try:
-            self.public.verify(bytes.fromhex(sig), payload(grant))
+            self.public.verify(bytes.fromhex(sig), data)
         except (InvalidSignature, ValueError):
             other = getattr(grant, "key_id", None)
             if other and other != self.key_id:
                 return (f"its signature is by key {other}, not this runner's grant key "
                         f"{self.key_id} ({self.source})")
             return "its signature does not verify: forged, or edited after it was signed"
+        if len(self._seen) >= 4096:
+            self._seen.clear()
+        self._seen[sig] = data
         return None
 
 

@@ -9,6 +9,7 @@ SQLite file, root in process (the operator may name any agent, as in the issue's
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -220,3 +221,28 @@ def test_every_signed_field_is_covered(tmp_path: Path) -> None:
         assert v.why_invalid(g.model_copy(update={f: val})) is not None, f
     # store state that only narrows a grant is not signed
     assert v.why_invalid(g.model_copy(update={"revoked_at": 1.0, "consumed_at": 2.0})) is None
+
+
+HOT_PATH = """
+import os, sys
+from sandbox.run.supervisor import RunRequest, Supervisor
+from sandbox.run.runclient import make_emit
+fd = os.open(os.devnull, os.O_WRONLY)
+res = Supervisor().run(RunRequest(argv=["/bin/sh", "-c", "true"], profile="k8s-readonly",
+                                  agent="bot-1", stdout=fd, stderr=fd), make_emit("text", fd))
+print(res.exit_code, "cryptography" in sys.modules)
+"""
+
+
+def test_an_allowed_run_without_grants_never_loads_cryptography(tmp_path: Path) -> None:
+    """Grant checks cost nothing on the hot path: the signature code is imported only when the
+    store holds a candidate grant for this run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(env_for(tmp_path / "state"), PATH=os.environ["PATH"])
+    r = subprocess.run([sys.executable, "-c", HOT_PATH], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=60)
+    assert r.stdout.split() == ["0", "False"], r.stderr
