@@ -52,8 +52,8 @@ class EscalationService:
         self._audit = audit
         self._config = config
         self._emit = emit
-        self._signer: Any | None = None
-        self._verifier: Any | None = None
+        self._signer: tuple[Any, Any] | None = None  # (the config it came from, key)
+        self._verifier: tuple[Any, Any] | None = None
 
     @classmethod
     def from_env(cls) -> EscalationService:
@@ -64,11 +64,13 @@ class EscalationService:
     # -- plumbing ------------------------------------------------------------------------------
     @property
     def config(self) -> Any:
-        if self._config is None:
-            from escalation.config import load_config
+        """The config given to the constructor, else the operator's file as it is now (cached
+        by its stamp in sandbox.config: a long-lived daemon sees edits to approvers and keys)."""
+        if self._config is not None:
+            return self._config
+        from sandbox.config import load_config
 
-            self._config = load_config()
-        return self._config
+        return load_config()
 
     def emit(self, event: object) -> None:
         """Write an audit record (fsync'd). An audit log that cannot be written raises
@@ -98,18 +100,20 @@ class EscalationService:
     # -- grant keys ----------------------------------------------------------------------------
     def signer(self) -> Any | None:
         """The grant signing key (deciders), or None on a runner-only host."""
-        if self._signer is None:
+        cfg = self.config
+        if self._signer is None or self._signer[0] is not cfg:
             from escalation.grantsig import load_signer
 
-            self._signer = load_signer(self.config) or False
-        return self._signer or None
+            self._signer = (cfg, load_signer(cfg))
+        return self._signer[1]
 
     def verifier(self) -> Any:
-        if self._verifier is None:
+        cfg = self.config
+        if self._verifier is None or self._verifier[0] is not cfg:
             from escalation.grantsig import load_verifier
 
-            self._verifier = load_verifier(self.config)
-        return self._verifier
+            self._verifier = (cfg, load_verifier(cfg))
+        return self._verifier[1]
 
     def _public_url(self) -> str | None:
         try:

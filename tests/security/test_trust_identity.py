@@ -206,3 +206,20 @@ def test_cwd_sandbox_package_is_never_imported(tmp_path: Path) -> None:
     r = gb("check", "--", "ls", env=env, cwd=str(tmp_path))
     assert "PWNED" not in r.stdout + r.stderr
     assert r.returncode == 0 and r.stdout.startswith("ALLOW"), r.stderr
+
+
+def test_daemon_sees_binding_edits_at_the_next_run() -> None:
+    """Removing a binding takes effect at once, without restarting the daemon."""
+    d = workdir("gb-trust-edit-")
+    dm = start_daemon(d, {"agents": {"ops-bot": {"users": ["nobody"],
+                                                  "profiles": ["readonly"]}}})
+    try:
+        ok = gb("run", "--", "/bin/echo", "hi", env=dm.client_env(), prefix=NOBODY)
+        assert ok.returncode == 0, ok.stderr
+        cfg = Path(dm.env["GLASSBREAK_CONFIG"])
+        cfg.write_text(json.dumps({"agents": {"ops-bot": {"users": [12345],
+                                                          "profiles": ["readonly"]}}}))
+        r = gb("run", "--", "/bin/echo", "hi", env=dm.client_env(), prefix=NOBODY)
+        assert r.returncode == 125 and "bound to no agent" in r.stderr
+    finally:
+        dm.stop()
