@@ -3,8 +3,10 @@ non-root callers through `setpriv`, the audit log."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -48,8 +50,11 @@ class Daemon:
 
 
 def workdir(prefix: str) -> Path:
+    """A root-owned 0755 directory (nobody must reach the socket; the config check wants no
+    other writer), removed when the test process ends."""
     d = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(d, 0o755)  # nobody must reach the socket; root-owned, not writable by others
+    os.chmod(d, 0o755)
+    atexit.register(shutil.rmtree, d, True)
     return d
 
 
