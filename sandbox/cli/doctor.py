@@ -38,12 +38,14 @@ class Check:
     required: bool
     detail: str
     fix: str = ""
+    warn: bool = False  # a risky setting rather than a missing feature
 
     def line(self) -> str:
-        text = f"{'ok' if self.ok else 'MISSING':8} {self.name:22} {self.detail}"
+        word = "ok" if self.ok else "WARNING" if self.warn else "MISSING"
+        text = f"{word:8} {self.name:22} {self.detail}"
         if not self.ok and self.fix:
             text += f"  (fix: {self.fix})"
-        if not self.ok and not self.required:
+        if not self.ok and not self.required and not self.warn:
             text += "  [optional]"
         return text
 
@@ -263,11 +265,59 @@ def check_redis() -> Check:
                  "apt-get install redis-server")
 
 
+def check_config() -> Check:
+    from sandbox.config import load_config
+    from sandbox.errors import GlassbreakError
+
+    try:
+        cfg = load_config()
+    except GlassbreakError as e:
+        return Check("config", False, True, e.message, e.hint or "")
+    agents = "no agents: bindings (each user is its own agent)" if cfg.agents is None else \
+        f"{len(cfg.agents)} agent binding(s)"
+    return Check("config", True, True, f"{cfg.path}: {agents}, "
+                 f"{len(cfg.all_approvers())} approver(s)")
+
+
+def check_store_auth() -> Check:
+    """GLASSBREAK_STORE=redis://... without a password, or in clear text to another host."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("GLASSBREAK_STORE", "")
+    if not url.startswith(("redis://", "rediss://")):
+        return Check("store auth", True, False,
+                     "local store (SQLite in the state dir, or a unix socket)" if not url
+                     else f"{url.split(':', 1)[0]} store")
+    u = urlsplit(url)
+    safe = f"{u.scheme}://{u.hostname}:{u.port or 6379}"
+    has_password = bool(u.password)
+    if not has_password:
+        try:
+            from sandbox.config import load_config
+
+            has_password = load_config().redis.has_password()
+        except Exception:  # noqa: BLE001, S110 - check_config reports a broken config
+            pass
+    fix = ("give Redis a password or an ACL user (requirepass / ACL SETUSER) and use "
+           "redis://USER:PASSWORD@host or `redis: {username, passwordFile}` in the glassbreak "
+           "config; rediss:// for TLS (docs/identity.md)")
+    if not has_password:
+        return Check("store auth", False, False,
+                     f"{safe} has no password: anyone who reaches it can delete or rewrite "
+                     "escalations and grants (forged grants are ignored: they are signed)",
+                     fix, warn=True)
+    if u.scheme == "redis" and u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return Check("store auth", False, False, f"{safe}: password sent in clear text to "
+                     "another host", "use rediss:// (TLS)", warn=True)
+    return Check("store auth", True, False, f"{safe} with a password"
+                 + (" over TLS" if u.scheme == "rediss" else ""))
+
+
 def run_checks() -> list[Check]:
     probes: list[Callable[[], Check | list[Check]]] = [
         check_arch, check_root, check_libseccomp, check_seccomp, check_bpf, check_ringbuf,
         check_send_signal, check_tracefs, check_headers, check_bcc, check_cgroup,
-        check_kill_logging, check_redis,
+        check_kill_logging, check_redis, check_config, check_store_auth,
     ]
     out: list[Check] = []
     for probe in probes:

@@ -34,6 +34,9 @@ def render_text(ev: Any) -> str | None:
     if t == "grant_used":
         return (f"glassbreak: grant {ev.grant_id} (approved by {ev.approver}) -> profile "
                 f"{ev.relaxed_profile}")
+    if t == "grant_rejected":
+        return (f"glassbreak: warning: grant {ev.grant_id} in the store is ignored: {ev.why} "
+                "(recorded in the audit log)")
     if t == "grant_ended":
         killed = f"; ended pids {ev.killed_pids}" if ev.killed_pids else ""
         return f"glassbreak: grant {ev.grant_id} {ev.why}: strict profile again{killed}"

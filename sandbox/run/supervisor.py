@@ -66,6 +66,8 @@ class RunRequest:
     uid: int | None = None
     gid: int | None = None
     groups: list[int] | None = None
+    user: str | None = None  # the caller's unix user (recorded)
+    agent_source: str | None = None  # how the agent was derived (sandbox.run.caller)
     # called with (child pid, RunCgroup) once the child exists: lets a caller (the daemon)
     # deliver signals to the run
     on_spawn: Callable[[int, Any], None] | None = None
@@ -249,11 +251,16 @@ class Supervisor:
         try:
             grant = self.escalations().active_grant(
                 agent=req.agent, profile=strict.name, argv=list(req.argv), cwd=cwd,
-                binary=binary,
+                binary=binary, relaxed_profile=relaxed_name,
+                on_reject=lambda ev: record(ev, sync=True),
             )
         except StoreError as e:
             record(Degraded(what="grants", why=f"grant store unreachable, strict profile used: "
                                                 f"{e.message}"))
+            return strict, None
+        except GlassbreakError as e:  # e.g. no grant key here: no grant is honoured
+            record(Degraded(what="grants", why=f"grants cannot be checked, strict profile "
+                                                f"used: {e.message}"), sync=True)
             return strict, None
         if grant is None:
             return strict, None
@@ -388,7 +395,7 @@ class Supervisor:
             mode=req.mode, grant_id=getattr(grant, "id", None),
             approver=getattr(grant, "approver", None), layers=names,
             degraded=list(req.degraded), uid=req.uid if req.uid is not None else os.getuid(),
-            pid=os.getpid(),
+            pid=os.getpid(), user=req.user, agent_source=req.agent_source,
         ), show=False)
 
         def on_block(info: Any) -> str | None:

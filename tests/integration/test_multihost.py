@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GLASSBREAK, is_root, load_bench, require
+from tests.conftest import GLASSBREAK, grant_keypair, is_root, load_bench, require
 
 pytestmark = [pytest.mark.kernel, pytest.mark.redis, pytest.mark.slow]
 
@@ -168,8 +168,14 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
     pdir.mkdir()
     for name, text in PROFILES.items():
         (pdir / name).write_text(text)
-    (work / "config.yaml").write_text(json.dumps({"approverTokens": {
-        "bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}}))
+    # B decides (it holds the grant signing key); A only runs: it gets the public half
+    key, pub = grant_keypair(work)
+    tokens = {"bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}
+    (work / "config-a.yaml").write_text(json.dumps({
+        "approverTokens": tokens, "grantSigning": {"publicKeyFile": str(pub)}}))
+    (work / "config-b.yaml").write_text(json.dumps({
+        "approverTokens": tokens,
+        "grantSigning": {"privateKeyFile": str(key), "publicKeyFile": str(pub)}}))
     net = Net()
     redis: subprocess.Popen[bytes] | None = None
     daemons: list[Any] = []
@@ -184,7 +190,7 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             d.mkdir()
             env = dict(os.environ, GLASSBREAK_STORE=url, GLASSBREAK_STATE_DIR=str(d / "state"),
                        GLASSBREAK_PROFILE_PATH=str(pdir),
-                       GLASSBREAK_CONFIG=str(work / "config.yaml"),
+                       GLASSBREAK_CONFIG=str(work / f"config-{host}.yaml"),
                        GLASSBREAK_DECISION_SECRET=DECISION_SECRET)
             daemons.append(conc.start_daemon(
                 d, prefix=("nsenter", f"--net=/run/netns/{net.ns(host)}"), env=env,
