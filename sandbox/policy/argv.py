@@ -62,7 +62,9 @@ from typing import Literal, NamedTuple
 
 from sandbox.policy.profile import Dialect, SafeBin
 
-Takes = Literal["flag", "value", "maybe"]
+# flag: no value; value: a required value; optional: only `--x=v` (getopt's optional_argument,
+# pflag's NoOptDefVal), never the next argv; maybe: not known, both readings are explored
+Takes = Literal["flag", "value", "optional", "maybe"]
 MAX_STATES = 4096
 MAX_ROUTES = 256
 DIALECTS: tuple[Dialect, ...] = ("getopt", "cobra")
@@ -76,9 +78,16 @@ class FlagSpec:
     display: str  # as the rule spells it, without "=value": "--force", "-n", "-auto-approve"
     takes: Takes | None = None  # None: unknown (only named as forbidden)
     allowed: bool = False
-    values: set[str] | None = None  # allowed fixed values; None = any value
+    any_value: bool = False  # allowedValueFlags names it without a value
+    fixed: set[str] = field(default_factory=set)  # values named as `--flag=value`
+    bare: bool = False  # allowedFlags names it without a value
     forbidden: bool = False
     forbidden_values: set[str] = field(default_factory=set)
+
+    @property
+    def values(self) -> set[str] | None:
+        """The values an allowed flag may take; None: any."""
+        return None if self.any_value or not self.fixed else self.fixed
 
     def set_takes(self, t: Takes) -> None:
         self.takes = t if self.takes in (None, t) else "maybe"
@@ -162,24 +171,31 @@ def compile_rule(rule: SafeBin) -> Spec:
             table[name] = FlagSpec(display=entry.partition("=")[0])
         return table[name], value
 
+    inline: set[int] = set()  # flags allowedFlags names with a value
     for e in rule.allowedValueFlags or []:
         fs, v = get(e)
         fs.set_takes("value")
+        fs.allowed = True
         if v is None:
-            fs.values, fs.allowed = None, True
-        elif not fs.allowed or fs.values is not None:
-            fs.values = (fs.values or set()) | {v}
-            fs.allowed = True
+            fs.any_value = True
+        else:
+            fs.fixed.add(v)
     for e in rule.allowedFlags or []:
         fs, v = get(e)
-        if v is not None:
-            fs.set_takes("value")
-            if not fs.allowed or fs.values is not None:
-                fs.values = (fs.values or set()) | {v}
-        else:
-            fs.set_takes("flag")
-            fs.values = None
         fs.allowed = True
+        if v is None:
+            fs.bare = True
+        else:
+            fs.fixed.add(v)
+            inline.add(id(fs))
+    for fs in (*longs.values(), *shorts.values()):
+        if fs.bare and id(fs) in inline and fs.takes is None:
+            fs.takes = "optional"  # `--color` and `--color=auto`: an optional value
+        else:
+            if fs.bare:
+                fs.set_takes("flag")
+            if id(fs) in inline:
+                fs.set_takes("value")
     for e in rule.all_forbidden:
         fs, v = get(e)
         if v is None:
@@ -419,8 +435,12 @@ class _Parser:
             self.fail("allowlist", fs.display, f"`{shown}` is not on the flag allowlist of "
                       f"{self.prog}", note)
             return False
-        if fs.allowed and fs.values is not None and value not in fs.values:
-            ok = " or ".join(f"{fs.display}={v}" for v in sorted(fs.values))
+        values = fs.values
+        if fs.allowed and values is not None and (value not in values if value is not None
+                                                  else not fs.bare):
+            ok = " or ".join(f"{fs.display}={v}" for v in sorted(values))
+            if fs.bare:
+                ok = f"{fs.display} or {ok}"
             got = "no value" if value is None else f"`{value}`"
             self.fail("flagValue", fs.display, f"`{fs.display}` is allowed only as {ok}, got "
                       f"{got}", note)
@@ -454,7 +474,7 @@ class _Parser:
                    count: int, note: str, log: tuple[str, ...] | None) -> None:
         """A known long flag without `=value`."""
         takes = fs.takes or "maybe"
-        if takes in ("flag", "maybe") and self.check_value(fs, shown, None, note):
+        if takes != "value" and self.check_value(fs, shown, None, note):
             self.push(i + 1, 0, ops, count, note, log, "flag:" + tok)
         if takes in ("value", "maybe"):
             if i + 1 >= len(self.args):
@@ -551,7 +571,12 @@ class _Parser:
             if ok:
                 self.push(i + 1, 0, ops, count, note, log, f"flag:-{c}={value}")
             return
-        if takes in ("flag", "maybe") and self.check_value(fs, "-" + c, None, note):
+        if takes == "optional" and not self.pflag:  # getopt: only an attached value
+            if self.check_value(fs, "-" + c, rest or None, note):
+                self.push(i + 1, 0, ops, count, note, log, f"flag:-{c}={rest}" if rest
+                          else "flag:-" + c)
+            return
+        if takes != "value" and self.check_value(fs, "-" + c, None, note):
             self.push(nxt_i, nxt_j, ops, count, note, log, "flag:-" + c)
         if takes in ("value", "maybe"):
             if rest:
