@@ -456,7 +456,11 @@ class _Parser:
         return False
 
     def missing(self, fs: FlagSpec, shown: str, note: str) -> None:
-        if not self.quiet:
+        """A value flag at the end: getopt and pflag refuse it, so nothing runs. Unless the
+        flag in fact has an optional value (pflag's NoOptDefVal: kubectl's --dry-run) and runs
+        with its default: a violation where that default could be one the rule does not allow
+        (getopt: always; pflag: when the rule lists the flag's values)."""
+        if not self.quiet and (not self.pflag or fs.values is not None):
             self.fail("missingValue", fs.display, f"`{shown}` needs a value", note)
 
     def unknown_long(self, i: int, tok: str, shown: str, eq: str, ops: tuple[str, ...],

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sandbox.policy.argv import MAX_STATES, compile_rule, parse
 from sandbox.policy.profile import SafeBin
 
-# the getopt model, on a kubectl-like rule (kubectl itself parses as cobra: test_argv_cobra.py)
+# the getopt model, on a kubectl-like rule (kubectl itself parses as cobra: test_argv_dialects)
 KUBECTL = SafeBin(
     dialect="getopt",
     allowedValueFlags=["-n", "--namespace", "-o", "--output", "--dry-run=client"],
