@@ -774,8 +774,7 @@ class _Cobra:
         return best
 
     def run(self) -> Reading:
-        spec, args = self.spec, self.args
-        n = len(args)
+        n = len(self.args)
         try:
             self.find(n)
             if self.best is None or self.best.verdict != "deny":
@@ -791,7 +790,7 @@ class _Cobra:
     def find(self, n: int) -> None:
         spec, args = self.spec, self.args
         if spec.depth == 0:  # no command lists: the flags of the whole argv
-            self.take(self.flags(args, 0, False, True, "", self.trace))
+            self.take(self.flags(tuple(args), 0, False, True, "", self.trace))
             return
         for r, (path, rnote) in enumerate(_routes(spec, _find_kind, args, spec.depth, False)):
             note = self.why(rnote, False) if rnote else ""

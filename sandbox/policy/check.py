@@ -363,8 +363,10 @@ def check_argv(profile: ResolvedProfile, argv: Sequence[str], *, cwd: str | None
 
     `binary`: the absolute path the kernel is about to exec (exec gate); otherwise argv[0] is
     resolved like execvp with `env_path` (default: this process's PATH) from `cwd`.
-    `lenient`: a program missing on this machine is judged by name (profile examples) instead of
-    raising CommandNotFound. Pure apart from cached, read-only file-system look-ups."""
+    `lenient`: a program named by a bare name that is missing on this machine, or found only
+    outside the trusted directories, is judged by name as if it were in one (profile examples)
+    instead of raising CommandNotFound / being judged as found. Pure apart from cached,
+    read-only file-system look-ups."""
     path = os.environ.get("PATH") if env_path is None else env_path
     return _Checker(profile, None).check(argv, cwd or os.getcwd(), path, binary, lenient)
 

@@ -437,7 +437,7 @@ N = Flag("namespace", "n", False)
 V = Flag("verbosity", "v", False)  # a persistent flag no rule below names
 DEBUG = Flag("debug", None, True)
 A = Flag("all-namespaces", "A", True)
-O = Flag("output", "o", False)
+OUT = Flag("output", "o", False)
 W = Flag("watch", "w", True)
 FORCE = Flag("force", None, True)
 GRACE = Flag("grace-period", None, False)
@@ -448,10 +448,10 @@ RAW = Flag("raw", None, True)
 def tree(global_flags: bool) -> Cmd:
     """kubectl-like: persistent -n/-v/--debug on the root; -A, -o, -w, --force, ... local to
     the subcommands (or, with global_flags, everything persistent on the root)."""
-    local = {"get": [A, O, W], "delete": [A, O, FORCE, GRACE, INTERACTIVE],
+    local = {"get": [A, OUT, W], "delete": [A, OUT, FORCE, GRACE, INTERACTIVE],
              "view": [RAW], "set": []}
     if global_flags:
-        every = [N, V, DEBUG, A, O, W, FORCE, GRACE, INTERACTIVE, RAW]
+        every = [N, V, DEBUG, A, OUT, W, FORCE, GRACE, INTERACTIVE, RAW]
         local = {k: [] for k in local}
     else:
         every = [N, V, DEBUG]
@@ -493,7 +493,8 @@ def cobra_unit(draw: st.DrawFn) -> list[str]:
         [draw(WORDS)], [draw(WORDS)], [draw(WORDS)], [""], ["-"], ["--"],
         ["-n", v], [f"-n{attached}"], [f"-n={v}"], ["--namespace", v], [f"--namespace={v}"],
         ["-o", v], [f"--output={v}"], ["-v", v], [f"--verbosity={v}"],
-        ["-A"], ["-A=false"], ["--all-namespaces"], ["--all-namespaces=false"], ["--all_namespaces"],
+        ["-A"], ["-A=false"], ["--all-namespaces"], ["--all-namespaces=false"],
+        ["--all_namespaces"],
         ["-w"], ["--watch=true"], ["-Aw"], ["-wA"], ["-An", v], [f"-An{attached}"], ["-Ao", v],
         ["--debug"], ["--debug=false"], ["--force"], ["--force=false"], ["--grace-period", v],
         ["--grace_period=0"], ["-i"], ["-Ai"], ["--raw"], ["--bogus"], ["--bogus", v], ["-z"],
@@ -526,7 +527,7 @@ def test_cobra_soundness_against_the_reference(units: list[list[str]], router: s
 # there the production model's natural reading (flags of unknown arity taken as boolean) is the
 # program's reading
 STRICT1 = STRICT.model_copy(update={"restrictedCommands": ["delete"]})
-TREE1 = Cmd("kubectl", persistent=[N, DEBUG, A, O, W, FORCE, GRACE]).add(Cmd("get"),
+TREE1 = Cmd("kubectl", persistent=[N, DEBUG, A, OUT, W, FORCE, GRACE]).add(Cmd("get"),
                                                                           Cmd("delete"))
 
 
