@@ -3,12 +3,14 @@
 A rule names its program's parser with `dialect:`; each dialect is one model below. A rule that
 names none is read by EVERY model and must pass all of them (the strictest decision wins): an
 argv that routes to `delete` under cobra's rules is blocked even if getopt would read it as
-`get`. Both models share the rule's flag tables (compile_rule) and the command checks.
+`get`. (A rule that names single-dash long options, which pflag does not have, describes a
+program that is not cobra-based: getopt alone reads it.) Both models share the rule's flag
+tables (compile_rule) and the command checks.
 
 getopt (GNU getopt_long: coreutils, grep, sed, sort, find-style tools, git-like subcommands)
 - `--opt=value` and `--opt value` (a flag known to take a value consumes the next argv, even if
   it starts with '-'). `--opt=value` on a flag that takes no value is refused, as getopt does
-  (`wc --lines=5`); a flag named both with and without a value takes an optional one.
+  (`wc --lines=5`).
 - A long option may be abbreviated to any unique prefix of a KNOWN long option (every long flag
   the rule names: allowed, allowed-value, forbidden/denied, valueFlags). An exact name wins; a
   prefix of several known options is ambiguous and blocks (`safeBins.X.ambiguous:--f`).
@@ -34,7 +36,8 @@ cobra (spf13/cobra on spf13/pflag: kubectl, helm, gh, docker). Two steps, as cob
    (kubectl normalises them: `--grace_period` is `--grace-period`); boolean flags take
    `--flag=true|false` (and `=false` turns them off), never the next argv; `-n=prod`, `-nprod`,
    `-n prod`; bundles `-An` (a value flag inside takes the rest, or the next argv); `--` ends
-   the flags; empty argvs and `-` are operands.
+   the flags; empty argvs and `-` are operands. A value flag at the very end blocks only when
+   the rule lists its values (pflag refuses it, or a NoOptDefVal default could be unlisted).
    The rule does not say which flags a program knows at which level (persistent flags of the
    root vs a subcommand's own flags: kubectl's `-A` is unknown at the root, so there it takes
    the next argv). So while routing, a flag the rule names as boolean (or does not name) is
@@ -43,7 +46,9 @@ cobra (spf13/cobra on spf13/pflag: kubectl, helm, gh, docker). Two steps, as cob
 
 Both models:
 - Allowlist: when the rule has allowedFlags or allowedValueFlags, any other flag blocks (fail
-  closed). An entry `--dry-run=client` allows the flag only with that value.
+  closed). An entry `--dry-run=client` allows the flag only with that value. A flag that
+  allowedFlags lists bare and with values (`--color`, `--color=auto`) takes an optional value
+  (getopt's optional_argument, pflag's NoOptDefVal): only inline, only the listed values.
 - Subcommand: restrictedCommands / deniedCommands / allowedCommands entries may have several
   words ("config set"). A lone `-` is stdin: it is neither a subcommand nor counted by
   minPositional / maxPositional.
@@ -112,6 +117,7 @@ class Spec:
     # the command lists by first word: denied and restricted entries, allowed entries
     by_first: dict[str, tuple[tuple[str, ...], ...]]
     allowed_by_first: dict[str, tuple[tuple[str, ...], ...]]
+    top: int  # the strictest rank a violation can have: once found, no reading can beat it
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,7 @@ def compile_rule(rule: SafeBin) -> Spec:
         # program that is not cobra-based, and getopt's reading of `-word` covers both forms
         models=("getopt",) if single_dash else DIALECTS,
         by_first=_index((*denied, *restricted)), allowed_by_first=_index(allowed or ()),
+        top=2 if denied or rule.onViolation == "deny" else 1,
     )
 
 
@@ -362,8 +369,8 @@ class _Parser:
                           "(unknown flags that may take values); spell flags as --flag=value",
                           "", "block")
                 break
-            if self.best is not None and self.best.verdict == "deny":
-                break
+            if self.best is not None and self.best.rank >= self.spec.top:
+                break  # the strictest there can be (the natural reading only matters without)
             self.step(i, j, ops, count, note, log)
         return self.best, self.natural or (), len(self.seen)
 
@@ -777,7 +784,7 @@ class _Cobra:
         n = len(self.args)
         try:
             self.find(n)
-            if self.best is None or self.best.verdict != "deny":
+            if self.best is None or self.best.rank < self.spec.top:
                 self.traverse(n)
         except _TooAmbiguous:
             self.take(Violation("tooAmbiguous", self.prog, f"the argv of {self.prog} has too "
@@ -807,7 +814,7 @@ class _Cobra:
                 self.take(self.flags(toks, m, False, True, note, self.trace and first))
                 if first and self.natural is not None and not self.natural[0]:
                     self.natural = (ops, (*ops, *self.natural[1]), self.natural[2])
-            if self.best is not None and self.best.verdict == "deny":
+            if self.best is not None and self.best.rank >= spec.top:
                 return
 
     def traverse(self, n: int) -> None:
@@ -832,7 +839,7 @@ class _Cobra:
                     toks = tuple(args[bounds[s] + 1: bounds[s + 1]])
                     if toks:
                         self.take(self.flags(toks, 0, s < len(bounds) - 2, False, note))
-            if self.best is not None and self.best.verdict == "deny":
+            if self.best is not None and self.best.rank >= spec.top:
                 return
 
 
@@ -841,6 +848,25 @@ def _read_cobra(spec: Spec, args: Sequence[str], prog: str, trace: bool) -> Read
 
 
 _READERS = {"getopt": _read_getopt, "cobra": _read_cobra}
+
+
+def _getopt_covers_cobra(spec: Spec, args: Sequence[str]) -> bool:
+    """Would cobra's reading add nothing to getopt's? So when the rule has no command lists (no
+    routing) and every flag token is read alike, or more strictly by getopt: a two-character
+    short, or a long name the rule names exactly (no abbreviation, no `_`, `=value` on a value
+    flag; getopt refuses it on a boolean). Bundles, `-n=prod`, unknown long flags and `--` (the
+    TraverseChildren router) go to both models."""
+    if spec.depth:
+        return False
+    for t in args:
+        if t[:1] != "-" or t == "-":
+            continue
+        if t[1] != "-":
+            if len(t) != 2:
+                return False
+        elif t == "--" or t[2:].partition("=")[0] not in spec.longs or "_" in t:
+            return False
+    return True
 
 
 def parse(rule: SafeBin, args: Sequence[str], prog: str, *, trace: bool = False) -> ParseResult:
@@ -860,12 +886,13 @@ def parse(rule: SafeBin, args: Sequence[str], prog: str, *, trace: bool = False)
         readings: tuple[Reading, ...] = (_READERS[rule.dialect](spec, key[2], prog, trace),)
     else:
         # a model's block is final when nothing in the rule can deny: the next need not run
-        top = 2 if spec.denied or spec.on_violation == "deny" else 1
         out: list[Reading] = []
-        for m in spec.models:
+        models = spec.models if trace or not _getopt_covers_cobra(spec, key[2]) \
+            else ("getopt",)
+        for m in models:
             out.append(_READERS[m](spec, key[2], prog, trace))
             v = out[-1].violation
-            if v is not None and v.rank >= top and not trace:
+            if v is not None and v.rank >= spec.top and not trace:
                 break
         readings = tuple(out)
     best: Violation | None = None

@@ -708,3 +708,27 @@ def test_getopt_against_the_reference(units: list[list[str]]) -> None:
     assert getopt.flags == tuple(t for _, t, _ in opts), (argv, opts, getopt)
     assert getopt.operands == tuple(ops), (argv, ops, getopt)
     assert getopt.command == tuple(o for o in ops if o != "-")[:2]
+
+
+# -- the shortcut of the every-model default ------------------------------------------------------
+FLAT = SafeBin(allowedValueFlags=["-k", "--key", "-t"], allowedFlags=["-r", "--reverse", "-u",
+               "--color", "--color=auto"], forbiddenFlags=["-o", "--output",
+               "--compress-program"], maxPositional=1)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([
+    "-k", "--key", "-t", "-r", "--reverse", "-u", "--color", "--color=auto", "--color=x", "-o",
+    "--output", "--output=x", "--compress-program", "--reverse=true", "--key=2", "x", "", "-",
+    "2", "-z", "--zz", "-ru", "-k2", "--", "--rev", "--compress_program=sh"]), max_size=7))
+def test_getopt_alone_when_it_covers_cobra(argv: list[str]) -> None:
+    """Without command lists, an argv whose flag tokens both models read alike is read by
+    getopt alone (a cheaper check): that must never miss what cobra's reading would find."""
+    from sandbox.policy.argv import _getopt_covers_cobra, spec_for
+
+    if not _getopt_covers_cobra(spec_for(FLAT), argv):
+        return
+    cobra = parse(FLAT.model_copy(update={"dialect": "cobra"}), argv, "sort").violation
+    getopt = parse(FLAT.model_copy(update={"dialect": "getopt"}), argv, "sort").violation
+    if cobra is not None:
+        assert getopt is not None and getopt.rank >= cobra.rank, (argv, cobra, getopt)
