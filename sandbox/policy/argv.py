@@ -770,6 +770,8 @@ class _Cobra:
         key = (toks, extra, quiet, counts, note)
         if key in self.memo and not want_log:
             return self.memo[key]
+        if self.states > 2 * MAX_STATES:  # one parse per command path: a budget for them all
+            raise _TooAmbiguous
         p = _Parser(self.spec, toks, self.prog, "pflag", extra=extra, quiet=quiet,
                     counts=counts, note=note)
         best, log, states = p.run(want_log)

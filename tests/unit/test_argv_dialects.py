@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sandbox.policy.argv import parse
+from sandbox.policy.argv import MAX_STATES, parse
 from sandbox.policy.check import check_argv
 from sandbox.policy.decision import Verdict
 from sandbox.policy.loader import load_profile
@@ -172,9 +172,18 @@ def test_cobra_single_dash_words_are_bundles() -> None:
 
 
 def test_cobra_too_many_routes_fails_closed() -> None:
+    """Bounded work per argv (the exec gate judges every exec): too many command paths, or too
+    many parser states over all of them, is refused (fail closed)."""
     argv = [t for i in range(300) for t in (f"--u{i}", f"w{i}")]
     v = parse(LOOSE, argv, "kubectl").violation
     assert v is not None and v.kind == "tooAmbiguous"
+    rule = SafeBin(dialect="cobra", forbiddenFlags=["--force"], restrictedCommands=["delete"])
+    argv = [t for i in range(150) for t in ("-z", f"w{i}")]  # 150 paths, one parse each
+    r = parse(rule, argv, "kubectl")
+    assert r.violation is not None and r.violation.kind == "tooAmbiguous"
+    assert r.readings < 3 * MAX_STATES
+    ok = [t for i in range(20) for t in ("-z", f"w{i}")]
+    assert parse(rule, ok, "kubectl").violation is None
 
 
 def test_kubectl_profiles_examples_cover_cobra() -> None:
