@@ -269,15 +269,15 @@ def chart(data: dict[str, Any], path: Path) -> str | None:
 
 
 def _workload_panel(ax: Any, suite: dict[str, Any]) -> None:
-    """The real-workload suite: warm and cold ratio to bare per workload (bars: median ratio;
-    whiskers: min..max of the per-round paired ratios), the target as a tick, FALSE BLOCK red."""
+    """The real-workload suite: warm and cold ratio to bare per workload (bars: the median of the
+    per-round paired ratios; whiskers: their min..max), the target as a tick, the verdict."""
     names = list(suite)
     ys = range(len(names))
     for off, v, color in ((-0.2, "warm", "#c0392b"), (0.2, "cold", "#e6b0aa")):
         vals, lo, hi = [], [], []
         for n in names:
-            e = suite[n].get("variants", {}).get(v, {})
-            r, pr = e.get("ratio"), e.get("paired_ratio")
+            pr = suite[n].get("variants", {}).get(v, {}).get("paired_ratio")
+            r = pr["median"] if pr else None
             vals.append(r or 0.0)
             lo.append(max((r or 0.0) - pr["min"], 0.0) if r and pr else 0.0)
             hi.append(max(pr["max"] - (r or 0.0), 0.0) if r and pr else 0.0)
@@ -286,7 +286,7 @@ def _workload_panel(ax: Any, suite: dict[str, Any]) -> None:
     for y, n in zip(ys, names, strict=True):
         t = suite[n].get("target", {})
         ax.plot([t.get("limit", 1.0)] * 2, [y - 0.45, y + 0.45], color="black", lw=1)
-        r = suite[n].get("variants", {}).get("warm", {}).get("ratio")
+        r = t.get("value")
         ax.text(0.995, y - 0.2, f"{t.get('status', 'n/a')}" + (f" {r:.2f}x" if r else ""),
                 va="center", ha="right", fontsize=7, transform=ax.get_yaxis_transform(),
                 color="#1e8449" if t.get("status") == "PASS" else "#c0392b")

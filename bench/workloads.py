@@ -629,11 +629,12 @@ def _one(w: Workload, root: Path, sizes: Sizes, variants: list[str],
     res["false_blocks"] = list(blocks.values())
     warm_problems = problems.get("warm", []) or problems.get("cold", [])
     res["problems"] = sorted({p for v in variants for p in problems[v]})
-    ratio = res["variants"].get("warm", {}).get("ratio")
+    # the target's figure: the median of the per-round paired ratios (robust to the machine's
+    # speed drifting during the run); the ratio of the medians is kept beside it
+    ratio = (res["variants"].get("warm", {}).get("paired_ratio") or {}).get("median")
     res["target"] = verdict(w.name, ratio, w.limit, warm_problems + problems["bare"],
                             "" if "warm" in variants else "warm path not measured")
-    cold = res["variants"].get("cold", {})
-    res["cold_ratio"] = cold.get("ratio")
+    res["cold_ratio"] = (res["variants"].get("cold", {}).get("paired_ratio") or {}).get("median")
     # where the time goes: the last warm (else cold) run's execs, as the audit log saw them
     for v in ("warm", "cold"):
         last = res["variants"].get(v, {}).get("last_run")
@@ -645,11 +646,13 @@ def _one(w: Workload, root: Path, sizes: Sizes, variants: list[str],
         if w.reset is not None:
             w.reset(root, sizes)
         res["exec_attempts"] = exec_attempts(_argv("bare", w, glassbreak), cwd, envs["bare"])
-    bm = statistics.median(bare) if bare else None
-    wm = res["variants"].get("warm", {}).get("summary")
+    dcpu = res["variants"].get("warm", {}).get("daemon_cpu_s")
     n = (res.get("exec_profile") or {}).get("execs")
-    if bm and wm and n:
-        res["extra_ms_per_exec"] = (wm["median"] - bm) * 1e3 / n
+    tries = (res.get("exec_attempts") or {}).get("execve")
+    if dcpu is not None and n:
+        res["daemon_cpu_ms_per_exec"] = dcpu * 1e3 / n
+    if dcpu is not None and tries:
+        res["daemon_cpu_ms_per_attempt"] = dcpu * 1e3 / tries
     _log_result(w, res)
     return res
 
@@ -663,8 +666,9 @@ def _log_result(w: Workload, res: dict[str, Any]) -> None:
     for v, e in res["variants"].items():
         s = e.get("summary")
         if s:
+            pr = e.get("paired_ratio")
             parts.append(f"{v} {s['median'] * 1e3:.0f} ms" + (
-                f" ({e['ratio']:.2f}x)" if "ratio" in e else ""))
+                f" ({pr['median']:.2f}x)" if pr else ""))
     log(f"{w.name}: {', '.join(parts)} -> {res['target']['status']}")
     for b in res.get("false_blocks", []):
         log(f"  FALSE BLOCK x{b['count']} ({b['variant']}): {b['line']}")
@@ -680,8 +684,8 @@ def _ms(s: float | None) -> str:
 
 def render(data: Mapping[str, Any]) -> str:
     """The suite as a table: per workload bare/warm/cold medians with min..max, the warm and
-    cold ratios (median of medians; the paired per-round ratios' min..max), the verdict, then
-    every false block and where the time went."""
+    cold ratios (the median of the per-round paired ratios, and their min..max), the verdict,
+    then every false block and where the time went."""
     lines = [f"{'workload':<12} {'profile':<13} {'bare':>15} {'warm':>15} {'cold':>15} "
              f"{'warm x':>16} {'cold x':>7}  verdict"]
     for name, r in data.get("workloads", {}).items():
@@ -694,10 +698,8 @@ def render(data: Mapping[str, Any]) -> str:
             cells.append("n/a" if not s else
                          f"{_ms(s['median'])} ({_ms(s['min'])}..{_ms(s['max'])})"
                          if s["median"] < 10 else _ms(s["median"]))
-        warm = r["variants"].get("warm", {})
-        pr = warm.get("paired_ratio")
-        wx = "n/a" if warm.get("ratio") is None else (
-            f"{warm['ratio']:.2f}x" + (f" ({pr['min']:.2f}-{pr['max']:.2f})" if pr else ""))
+        pr = r["variants"].get("warm", {}).get("paired_ratio")
+        wx = "n/a" if not pr else f"{pr['median']:.2f}x ({pr['min']:.2f}-{pr['max']:.2f})"
         cx = "n/a" if r.get("cold_ratio") is None else f"{r['cold_ratio']:.2f}x"
         t = r["target"]
         lines.append(f"{name:<12} {r['profile']:<13} {cells[0]:>15} {cells[1]:>15} "
@@ -713,17 +715,16 @@ def render(data: Mapping[str, Any]) -> str:
         if not ep:
             continue
         att = r.get("exec_attempts") or {}
-        per = r.get("extra_ms_per_exec")
         held = ", ".join(f"{b} x{n}" for b, n in ep["by_binary"].get("held", {}).items())
         line = (f"execs {name}: {ep['execs']} ({ep['fast']} fast, {ep['held']} held in Python, "
                 f"{ep['refused']} refused)")
         if att:
             line += f"; {att['execve']} execve attempts bare, {att['ENOENT']} of them PATH misses"
-        if per is not None:
-            line += f"; warm overhead {per:.2f} ms per exec"
         dcpu = r["variants"].get("warm", {}).get("daemon_cpu_s")
         if dcpu is not None:
             line += f"; daemon CPU {dcpu * 1e3:.0f} ms per run"
+            if r.get("daemon_cpu_ms_per_attempt") is not None:
+                line += f" ({r['daemon_cpu_ms_per_attempt']:.2f} ms per exec attempt)"
         if held:
             line += f"; held: {held}"
         lines.append(line)
