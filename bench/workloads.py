@@ -310,20 +310,26 @@ class Outcome:
 
 def split_stderr(text: str) -> tuple[str, list[dict[str, Any]]]:
     """glassbreak's `-o json` events (one JSON object a line, with a "type") apart from the
-    command's own stderr."""
+    command's own stderr. Both write to the same pipe, so an event can land in the middle of a
+    line the command was writing (`xargs: {"ts": ...}` then `echo: Operation not permitted`):
+    an event is taken from wherever `{"ts":` starts, the text before it stays the command's."""
     own: list[str] = []
     events: list[dict[str, Any]] = []
     for line in text.splitlines(keepends=True):
-        s = line.strip()
-        if s.startswith("{") and s.endswith("}"):
-            try:
-                ev = json.loads(s)
-            except ValueError:
-                ev = None
-            if isinstance(ev, dict) and "type" in ev:
-                events.append(ev)
-                continue
-        own.append(line)
+        at = line.find('{"ts":')
+        if at < 0:
+            own.append(line)
+            continue
+        try:
+            ev = json.loads(line[at:])
+        except ValueError:
+            ev = None
+        if not isinstance(ev, dict) or "type" not in ev:
+            own.append(line)
+            continue
+        events.append(ev)
+        if at:
+            own.append(line[:at])
     return "".join(own), events
 
 

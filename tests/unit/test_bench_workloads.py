@@ -22,12 +22,20 @@ BLOCK = {"type": "blocked", "layer": "exec-gate", "verdict": "deny",
          "argv": ["echo", *map(str, range(10))]}
 
 
+def _line(ev: dict[str, object]) -> str:
+    return json.dumps({"ts": 1.0, **ev})
+
+
 def test_split_stderr_keeps_the_commands_own_lines(wl: ModuleType) -> None:
-    text = ("xargs: echo: Operation not permitted\n" + json.dumps(BLOCK) + "\n"
-            '{"not": "an event"}\n' + json.dumps({"type": "run_result", "execs": 5}) + "\n")
+    text = ("xargs: echo: Operation not permitted\n" + _line(BLOCK) + "\n"
+            '{"not": "an event"}\n' + _line({"type": "run_result", "execs": 5}) + "\n")
     own, events = wl.split_stderr(text)
     assert own == 'xargs: echo: Operation not permitted\n{"not": "an event"}\n'
     assert [e["type"] for e in events] == ["blocked", "run_result"]
+    # the event written while the command was half-way through a line of its own
+    own, events = wl.split_stderr("xargs: " + _line(BLOCK) + "\necho: Operation not permitted\n")
+    assert [e["type"] for e in events] == ["blocked"]
+    assert own == "xargs: echo: Operation not permitted\n"
 
 
 def test_judge_and_verdict(wl: ModuleType) -> None:
