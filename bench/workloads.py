@@ -602,8 +602,11 @@ def _one(w: Workload, root: Path, sizes: Sizes, variants: list[str],
                 problems[v].append(p)
         for b in o.blocked:
             key = f"{b.get('layer')} {b.get('rule_id')} {' '.join((b.get('argv') or [])[:3])}"
-            blocks.setdefault(key, {"variant": v, "line": block_line(b), "count": 0,
-                                    "rule_id": b.get("rule_id")})["count"] += 1
+            entry = blocks.setdefault(key, {"variants": [], "line": block_line(b), "count": 0,
+                                            "rule_id": b.get("rule_id")})
+            entry["count"] += 1
+            if v not in entry["variants"]:
+                entry["variants"].append(v)
         if o.result is not None:
             results[v].append({k: o.result.get(k) for k in ("run_id", "execs", "blocked",
                                                             "duration_ms", "exit_code")})
@@ -677,13 +680,17 @@ def _log_result(w: Workload, res: dict[str, Any]) -> None:
                 f" ({pr['median']:.2f}x)" if pr else ""))
     log(f"{w.name}: {', '.join(parts)} -> {res['target']['status']}")
     for b in res.get("false_blocks", []):
-        log(f"  FALSE BLOCK x{b['count']} ({b['variant']}): {b['line']}")
+        log(f"  FALSE BLOCK x{b['count']} ({_variants(b)}): {b['line']}")
     for p in res["problems"]:
         if not p.startswith("FALSE BLOCK"):
             log(f"  {p}")
 
 
 # -- rendering ----------------------------------------------------------------------------------
+def _variants(block: Mapping[str, Any]) -> str:
+    return ", ".join(block.get("variants") or [block.get("variant", "?")])
+
+
 def _ms(s: float | None) -> str:
     return "n/a" if s is None else (f"{s * 1e3:.0f} ms" if s < 10 else f"{s:.1f} s")
 
@@ -712,7 +719,7 @@ def render(data: Mapping[str, Any]) -> str:
                      f"{cells[2]:>15} {wx:>16} {cx:>7}  {t['status']} (<= {t['limit']:.2f}x)")
     for name, r in data.get("workloads", {}).items():
         for b in r.get("false_blocks", []):
-            lines.append(f"FALSE BLOCK {name} x{b['count']} ({b['variant']}): {b['line']}")
+            lines.append(f"FALSE BLOCK {name} x{b['count']} ({_variants(b)}): {b['line']}")
         for p in r.get("problems", []):
             if not p.startswith("FALSE BLOCK"):
                 lines.append(f"MISMATCH {name}: {p}")
