@@ -17,7 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static unsigned long arg_start(pid_t pid) {
+/* arg_start (field 48) of /proc/PID/stat; *state = field 3 (R, S, Z, ...) */
+static unsigned long arg_start(pid_t pid, char *state) {
     char p[64], buf[4096];
     snprintf(p, sizeof p, "/proc/%d/stat", pid);
     int fd = open(p, O_RDONLY);
@@ -32,6 +33,8 @@ static unsigned long arg_start(pid_t pid) {
     if (!s)
         return 0;
     s += 2; /* field 3 */
+    if (state)
+        *state = *s;
     for (int f = 3; f < 48 && s; f++) {
         s = strchr(s, ' ');
         if (s)
@@ -48,7 +51,7 @@ int main(int argc, char **argv) {
     int control = argc > 3 && strcmp(argv[3], "control") == 0;
     int opened = 0, written = 0, open_errno = 0;
     setvbuf(stdout, NULL, _IONBF, 0);
-    unsigned long mine = arg_start(getpid());
+    unsigned long mine = arg_start(getpid(), NULL);
     for (int i = 0; i < n; i++) {
         pid_t c = fork();
         if (c == 0) {
@@ -65,14 +68,21 @@ int main(int argc, char **argv) {
             continue;
         }
         unsigned long a = 0;
+        char state = 0;
         for (int k = 0; k < 200000; k++) {
-            a = arg_start(c);
-            if (a && a != mine)
+            a = arg_start(c, &state);
+            if ((a && a != mine) || state == 'Z' || state == 'X')
                 break;
         }
         char p[64];
         snprintf(p, sizeof p, "/proc/%d/mem", c);
-        int fd = open(p, O_RDWR);
+        int fd = -1;
+        /* right after the new mm is installed it is briefly not dumpable (EACCES): retry */
+        for (int k = 0; k < 2000 && fd < 0 && state != 'Z'; k++) {
+            fd = open(p, O_RDWR);
+            if (fd < 0 && errno != EACCES)
+                break;
+        }
         if (fd < 0) {
             open_errno = errno;
         } else {
