@@ -14,8 +14,8 @@
 //          expectation is consumed. No expectation, another image or other bytes: SIGKILL
 //          (bpf_send_signal; delivered on the way back to user mode, so the image never runs)
 //          and an event with what was expected and what the kernel saw.
-//     Every exec is reported (the gate's audit record), each kill with the first bytes of the
-//     argv the kernel copied. A report that cannot be written kills the exec (fail closed) and
+//     Every exec is reported (the gate's audit record), each kill (and every exec in trace mode)
+//     with the first bytes of the argv the kernel copied. A report that cannot be written kills the exec (fail closed) and
 //     counts as lost; userspace then ends the run.
 //
 // Raw, not classic, tracepoint for the verifier: a classic tracepoint's program is skipped while
@@ -116,7 +116,8 @@ struct exec_ev_t {
     u64 arg_len, env_len;
     u64 ns;             // time in this program for this exec (verdict only)
     char filename[FILENAME];   // bprm->filename: the name the kernel opened
-    u8 args[ARGS_PREFIX];      // kills only: the first bytes of the argv the kernel copied
+    u8 args[ARGS_PREFIX];      // kills and trace mode: the first bytes of the argv the kernel
+                               // copied
 };
 
 BPF_HASH(watched, u64, struct watch_t, 4096);
@@ -369,7 +370,7 @@ static __always_inline int verify(u32 old_pid, u64 bprm) {
         __sync_fetch_and_add(&w->kills, 1);
     }
     u32 size = sizeof(*ev) - ARGS_PREFIX;
-    if (reason != R_OK && ae > as) {
+    if ((reason != R_OK || (wflags & W_TRACE)) && ae > as) {
         u32 n = ae - as > ARGS_PREFIX ? ARGS_PREFIX : (u32)(ae - as);
         if (n > ARGS_PREFIX)  // for the verifier
             n = ARGS_PREFIX;

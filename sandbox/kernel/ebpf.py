@@ -119,7 +119,7 @@ class ExecEvent:
     arg_len: int = 0
     env_len: int = 0
     ns: int = 0  # time the verdict took in the kernel
-    args: bytes = b""  # mismatches only: the first bytes of the argv the kernel copied
+    args: bytes = b""  # mismatches and trace mode: the first bytes of the argv the kernel copied
     comm: str = ""
     tgid: int = 0
 
@@ -127,8 +127,13 @@ class ExecEvent:
     def ok(self) -> bool:
         return self.verdict == "ok"
 
+    @property
+    def args_truncated(self) -> bool:
+        return self.arg_len > len(self.args)
+
     def kernel_argv(self) -> list[str]:
-        """The first arguments the kernel copied (mismatches only; the last may be cut)."""
+        """The first arguments the kernel copied (mismatches and trace mode; the last may be
+        cut: see `args_truncated`)."""
         data = self.args[: self.arg_len]
         if data.endswith(b"\0"):
             data = data[:-1]

@@ -27,6 +27,7 @@ class TraceView:
     script: bool = False
     fileless: str | None = None
     error: str | None = None
+    gone: bool = False  # the process had exited: judged from the kernel's copy of its argv
 
 
 def _read(path: str, limit: int = 1 << 20) -> bytes:
@@ -49,19 +50,27 @@ def _split0(data: bytes) -> list[str]:
     return [_dec(x) for x in data.split(b"\0")] if data else []
 
 
-def read_trace_view(pid: int, filename: str) -> TraceView:
+def read_trace_view(pid: int, filename: str, kernel_argv: list[str] | None = None) -> TraceView:
     """Read /proc/PID/exe, cmdline, environ, cwd of a process that has just exec'd. For a script
     (`#!` file whose interpreter is the running image) the script path and its argv are judged:
-    the interpreter's cmdline is [interp, (arg), script, args...]."""
+    the interpreter's cmdline is [interp, (arg), script, args...]. When the process is already
+    gone, `kernel_argv` (the first bytes of the argv the kernel copied, from the exec's report)
+    and the exec'd name stand in (v.gone)."""
     v = TraceView(pid=pid, filename=filename)
     try:
         v.exe = os.readlink(f"/proc/{pid}/exe")
         v.cwd = os.readlink(f"/proc/{pid}/cwd")
         cmdline = _split0(_read(f"/proc/{pid}/cmdline"))
         v.envp = _split0(_read(f"/proc/{pid}/environ"))
+        if not cmdline and kernel_argv:
+            raise OSError(3, "the process has exited")
     except OSError as e:
-        v.error = f"cannot read /proc/{pid} of the exec: {e.strerror}"
-        return v
+        if not kernel_argv or not filename.startswith("/"):
+            v.error = f"cannot read /proc/{pid} of the exec: {e.strerror}"
+            return v
+        v.gone, v.cwd, v.envp, cmdline = True, None, [], list(kernel_argv)
+        real = os.path.realpath(filename)
+        v.exe = _interpreter_of(real) or real
     v.env_path = next((e[5:] for e in v.envp if e.startswith("PATH=")), None)
     v.binary, v.argv = v.exe, cmdline
     if v.exe.startswith("/memfd:") or v.exe.endswith(" (deleted)"):
@@ -70,7 +79,7 @@ def read_trace_view(pid: int, filename: str) -> TraceView:
     if filename.startswith(("/dev/fd/", "/proc/")):
         v.fileless = f"exec through a file descriptor ({filename})"
         return v
-    path = filename if filename.startswith("/") else os.path.join(v.cwd, filename)
+    path = filename if filename.startswith("/") else os.path.join(v.cwd or "/", filename)
     real = os.path.realpath(path)
     if real == v.exe:
         v.binary = os.path.normpath(path)  # the same image, under the name it was run by

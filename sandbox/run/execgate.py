@@ -416,26 +416,33 @@ class ExecGate:
         from sandbox.kernel.procview import read_trace_view
 
         try:
-            pidfd = os.pidfd_open(ev.pid)
+            pidfd: int | None = os.pidfd_open(ev.pid)
         except OSError:
-            return  # gone already
+            pidfd = None  # gone already: judged from the kernel's copy of its argv
         try:
-            v = read_trace_view(ev.pid, ev.filename)
+            v = read_trace_view(ev.pid, ev.filename, ev.kernel_argv())
             if v.error:
                 d = Decision(Verdict.DENY, "exec.unreadable", v.error, tuple(v.argv), v.binary)
             else:
                 d = _injection(v.envp, v.argv, v.binary) or self._check(
                     self.profile, v.argv, cwd=v.cwd, env_path=v.env_path, binary=v.binary)
+            if v.gone and not d.allowed:
+                cut = " (its first arguments only)" if ev.args_truncated else ""
+                d = Decision(d.verdict, d.rule_id, f"{d.reason}; judged after the fact from the "
+                             f"kernel's copy of its argv{cut}: it had already exited "
+                             "(--degraded exec-gate)", d.argv, d.binary)
             if d.allowed or self.mode == "monitor":
                 if not d.allowed:
                     self.stats.would_block += 1
                 self._observed(ev.pid, d, Layer.EXEC_TRACE, v.binary, v.argv)
             else:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 self._blocked(d, Layer.EXEC_TRACE, ev.pid, v.binary, v.cwd, enforced=True)
         except Exception as e:  # noqa: BLE001 - fail closed: kill what we cannot judge
             try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except OSError:
                 pass
             d = Decision(Verdict.DENY, "exec-trace.internal-error",
@@ -443,7 +450,8 @@ class ExecGate:
                          (), ev.filename)
             self._blocked(d, Layer.EXEC_TRACE, ev.pid, ev.filename, None, enforced=True)
         finally:
-            os.close(pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
 
     # -- events -----------------------------------------------------------------------------------
     def _observed(self, pid: int, d: Decision, layer: Layer, binary: str | None,
