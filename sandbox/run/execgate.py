@@ -26,6 +26,13 @@ Modes: enforce; monitor (nothing refused at the argv layers, the kernel kills no
 would-be block recorded); --degraded ebpf (the gate alone: its CONTINUE is racy by design);
 --degraded exec-gate (the kernel reports every exec with its identity and the supervisor judges
 the process after the fact from /proc, killing it on a block: it has already started).
+
+Why this module is ~490 lines: ExecGate is the one object the supervisor drives per run, and
+the order in which it reads its inputs is part of its correctness (the native responder's
+records before the kernel's reports, those before the forwarded notifications; an exec's
+judgement queued before the kernel reports it). The judge (execjudge.py), the meaning of a
+kernel report (exectrace.py) and fast-allow learning (fastallow.py) live elsewhere; what stays
+is that ordering, the process table and the events.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sandbox.events import ExecBlocked, ExecObserved
 from sandbox.policy.decision import Decision, Layer, Verdict
-from sandbox.run.execjudge import Check, ExecJudge, Judged, _injection
+from sandbox.run.execjudge import Check, ExecJudge, Judged
+from sandbox.run.exectrace import judge_after_the_fact, kill_decision
+from sandbox.run.fastallow import FAST, Fast, fast_candidate, same_file
 
 if TYPE_CHECKING:
     from sandbox.kernel.ebpf import ExecEvent, ExecTracer
@@ -50,12 +59,6 @@ if TYPE_CHECKING:
     from sandbox.policy.profile import ResolvedProfile
 
 TABLE_MAX = 8192
-SHOWN_ARGS = 16  # argv shown in a kill's reason
-# the kernel's verdict -> the block's rule
-KILL_RULES = {"no-expectation": "exec.unexpected", "cgroup": "exec.unexpected",
-              "identity": "exec.identity-mismatch", "hash": "exec.argv-changed"}
-
-
 @dataclass
 class BlockInfo:
     decision: Decision
@@ -99,14 +102,6 @@ class _Proc:
     binary: str | None = None
     argv: list[str] = field(default_factory=list)
     exited: bool = False
-
-
-@dataclass
-class _Fast:  # a fast-allow entry: the file a path named when it was learned, and its decision
-    dev: int
-    ino: int
-    ctime_ns: int
-    decision: Decision
 
 
 class ExecGate:
@@ -156,7 +151,7 @@ class ExecGate:
         self._pending: dict[int, list[Judged]] = {}
         self._deferred: list[Notif] = []  # forwarded by the native responder, to answer
         self._closed = False
-        self._fast: dict[str, _Fast] = {}
+        self._fast: dict[str, Fast] = {}
         if tracer is not None:
             self._efd = tracer.event_fd(cgroup_id)
             self._refresh_fast()
@@ -249,7 +244,7 @@ class ExecGate:
         if self.tracer is None:
             return
         key = (self.profile.name, self.profile.content_hash)
-        self._fast = _FAST.setdefault(key, {}) if self.mode == "enforce" else {}
+        self._fast = FAST.setdefault(key, {}) if self.mode == "enforce" else {}
         self._push_fast()
 
     def _push_fast(self) -> None:
@@ -265,8 +260,8 @@ class ExecGate:
         if have is not None and (have.dev, have.ino, have.ctime_ns) == j.ident:
             return
         exe = os.path.realpath(j.path)
-        if fast_candidate(self.profile, self._check, j.path, exe) and _same(exe, j.ident):
-            self._fast[j.path] = _Fast(dev, ino, ctime, j.decision)
+        if fast_candidate(self.profile, self._check, j.path, exe) and same_file(exe, j.ident):
+            self._fast[j.path] = Fast(dev, ino, ctime, j.decision)
             self._push_fast()
 
     # -- layer 1: seccomp user-notification ---------------------------------------------------
@@ -382,63 +377,28 @@ class ExecGate:
 
     def _killed(self, ev: ExecEvent, j: Judged | None) -> None:
         """The kernel's verdict differed from the gate's (killed unless monitor mode)."""
-        rule = KILL_RULES.get(ev.verdict, "exec.unverifiable")
-        seen = ev.kernel_argv()
-        judged = j.argv if j is not None else None
-        done = "killed before its first instruction" if ev.killed else (
-            "not killed (monitor mode)" if self.mode == "monitor" else "the kill FAILED")
-        if ev.verdict == "identity":
-            what = (f"the kernel ran another file than the exec gate judged: it opened "
-                    f"{ev.filename!r} (device {_devs(ev.seen[0])} inode {ev.seen[1]}), the gate "
-                    f"judged {j.binary if j else '?'!r}"
-                    + (f" (device {_devs(ev.expected[0])} inode {ev.expected[1]})"
-                       if ev.expected else "")
-                    + " (a rename, chroot or race on the path)")
-        elif ev.verdict == "hash":
-            what = (f"the argv or environment the kernel copied differ from what the exec gate "
-                    f"judged (a race on the caller's memory): judged {_short(judged)}, the kernel "
-                    f"copied {_short(seen)}")
-        elif ev.verdict in ("no-expectation", "cgroup"):
-            what = f"an exec the exec gate never judged ({ev.filename!r})"
-        else:
-            what = f"the kernel could not verify the exec ({ev.verdict}) of {ev.filename!r}"
-        binary = ev.filename if (ev.verdict == "identity" or j is None) else j.binary
-        if binary and not binary.startswith("/"):
-            binary = None
-        d = Decision(Verdict.BLOCK, rule, f"{what}; {done}", tuple(seen or judged or ()),
-                     binary)
+        d = kill_decision(ev, j, self.mode)
         if self.mode == "monitor":
             self.stats.would_block += 1
-        self._blocked(d, Layer.EXEC_TRACE, ev.pid, binary, None, enforced=ev.killed)
+        self._blocked(d, Layer.EXEC_TRACE, ev.pid, d.binary, None, enforced=ev.killed)
 
     def _after_the_fact(self, ev: ExecEvent) -> None:
-        """--degraded exec-gate: judge the running process from /proc; kill it on a block."""
-        from sandbox.kernel.procview import read_trace_view
-
+        """--degraded exec-gate: judge the process from /proc (or, when it has already exited,
+        from the kernel's copy of its argv); kill it on a block."""
         try:
             pidfd: int | None = os.pidfd_open(ev.pid)
         except OSError:
-            pidfd = None  # gone already: judged from the kernel's copy of its argv
+            pidfd = None  # gone already
         try:
-            v = read_trace_view(ev.pid, ev.filename, ev.kernel_argv())
-            if v.error:
-                d = Decision(Verdict.DENY, "exec.unreadable", v.error, tuple(v.argv), v.binary)
-            else:
-                d = _injection(v.envp, v.argv, v.binary) or self._check(
-                    self.profile, v.argv, cwd=v.cwd, env_path=v.env_path, binary=v.binary)
-            if v.gone and not d.allowed:
-                cut = " (its first arguments only)" if ev.args_truncated else ""
-                d = Decision(d.verdict, d.rule_id, f"{d.reason}; judged after the fact from the "
-                             f"kernel's copy of its argv{cut}: it had already exited "
-                             "(--degraded exec-gate)", d.argv, d.binary)
+            d, binary, argv, cwd = judge_after_the_fact(ev, self.profile, self._check)
             if d.allowed or self.mode == "monitor":
                 if not d.allowed:
                     self.stats.would_block += 1
-                self._observed(ev.pid, d, Layer.EXEC_TRACE, v.binary, v.argv)
+                self._observed(ev.pid, d, Layer.EXEC_TRACE, binary, argv)
             else:
                 if pidfd is not None:
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                self._blocked(d, Layer.EXEC_TRACE, ev.pid, v.binary, v.cwd, enforced=True)
+                self._blocked(d, Layer.EXEC_TRACE, ev.pid, binary, cwd, enforced=True)
         except Exception as e:  # noqa: BLE001 - fail closed: kill what we cannot judge
             try:
                 if pidfd is not None:
@@ -513,28 +473,9 @@ def _native_responder(listener_fd: int) -> Responder | None:
         return None
 
 
-def _short(argv: list[str] | None) -> str:
-    if argv is None:
-        return "(nothing)"
-    shown = " ".join(argv[:SHOWN_ARGS])
-    return f"[{shown}{' ...' if len(argv) > SHOWN_ARGS else ''}]"
-
-
 def _head(argv: list[str], n: int = 64) -> list[str]:
     """The first arguments (the recent-execs context of an escalation stays small)."""
     return list(argv[:n]) + ([f"... ({len(argv)} arguments)"] if len(argv) > n else [])
-
-
-def _devs(st_dev: int) -> str:
-    return f"{os.major(st_dev)}:{os.minor(st_dev)}"
-
-
-def _same(path: str, ident: tuple[int, int, int]) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino, st.st_ctime_ns) == ident
 
 
 def ppid_of(pid: int) -> int | None:
@@ -554,44 +495,3 @@ def sha256_of(path: str | None) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
-
-
-_FAST_PROBES = ((), ("--glassbreak-probe",), ("-Z", "glassbreak-probe", "--", "x"))
-# learned fast-allow sets per (profile name, content hash): a daemon's later runs start warm
-_FAST: dict[tuple[str, str], dict[str, _Fast]] = {}
-
-
-def fast_candidate(profile: ResolvedProfile, check: Check, filename: str, exe: str) -> bool:
-    """May an exec of `filename` (this file: the native responder also checks its identity)
-    be continued without Python from now on? Only a plain absolute spelling in a trusted dir of
-    a root-owned regular file (in a root-owned, not group/world-writable dir), that is not a
-    script, not the loader, has no safeBins rule, and is allowed whatever its argv (so neither
-    multi-call binaries nor ruled binaries qualify)."""
-    from sandbox.policy.resolve import is_loader_name, trusted_set
-
-    if (not filename.startswith("/") or os.path.normpath(filename) != filename
-            or os.path.realpath(filename) != exe or is_loader_name(exe)):
-        return False
-    d, name = os.path.split(filename)
-    keys = profile.safeBins
-    if name in keys or filename in keys or exe in keys or os.path.basename(exe) in keys:
-        return False
-    if os.path.realpath(d) not in trusted_set(profile.exec.trustedDirs) or not _root_owned(exe):
-        return False
-    try:
-        return all(check(profile, [filename, *probe], cwd="/", env_path="",
-                         binary=filename).allowed for probe in _FAST_PROBES)
-    except Exception:  # noqa: BLE001 - when in doubt, judge every time
-        return False
-
-
-def _root_owned(path: str) -> bool:
-    import stat as st_mod
-
-    try:
-        st = os.stat(path)
-        dst = os.stat(os.path.dirname(path))
-    except OSError:
-        return False
-    return (st_mod.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
-            and dst.st_uid == 0 and not dst.st_mode & 0o022)
