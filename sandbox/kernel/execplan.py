@@ -311,18 +311,25 @@ def parse_shebang(head: bytes) -> tuple[bytes, bytes | None] | None:
     return name, arg
 
 
-def plan_exec(view: TaskView, dirfd: int, path: bytes, argv: list[bytes], envp: list[bytes],
-              flags: int = 0) -> ExecPlan:
-    """Plan an execve (dirfd=AT_FDCWD) or execveat as the kernel will run it, in `view`."""
-    filename = bprm_filename(dirfd, path)
-    argv = list(argv) or [b""]
+def open_exec(view: TaskView, dirfd: int, path: bytes, flags: int = 0) -> Opened:
+    """The file an execve/execveat names, as the kernel opens it first (before it reads argv:
+    a missing path is ENOENT whatever the argv)."""
     if path == b"":
         if dirfd == AT_FDCWD or not flags & AT_EMPTY_PATH:
             raise PlanError(errno.ENOENT, "empty path without AT_EMPTY_PATH")
         fd = view.start(dirfd)
-        first = Opened(fd, os.fstat(fd), b"/dev/fd/%d" % dirfd, b"/dev/fd/%d" % dirfd)
-    else:
-        first = view.open(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+        return Opened(fd, os.fstat(fd), b"/dev/fd/%d" % dirfd, b"/dev/fd/%d" % dirfd)
+    return view.open(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW)
+
+
+def plan_exec(view: TaskView, dirfd: int, path: bytes, argv: list[bytes], envp: list[bytes],
+              flags: int = 0, first: Opened | None = None) -> ExecPlan:
+    """Plan an execve (dirfd=AT_FDCWD) or execveat as the kernel will run it, in `view`.
+    `first`: the file open_exec() opened already (the plan owns it from here on)."""
+    filename = bprm_filename(dirfd, path)
+    argv = list(argv) or [b""]
+    if first is None:
+        first = open_exec(view, dirfd, path, flags)
     cur = first
     chain: list[tuple[bytes, int, int]] = []
     interp = filename
@@ -350,6 +357,7 @@ def plan_exec(view: TaskView, dirfd: int, path: bytes, argv: list[bytes], envp: 
         raise PlanError(errno.ELOOP, "too many levels of #! interpreters")
     except BaseException:
         os.close(first.fd)
+        first.fd = -1
         raise
     finally:
         if cur is not first and cur.fd >= 0:

@@ -18,6 +18,9 @@ import errno as errno_mod
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate, repeat
+from operator import add
 
 # ioctls (include/uapi/linux/seccomp.h, x86_64 / aarch64 share the generic encoding)
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
@@ -290,7 +293,11 @@ class MemReader:
             return []
         ptrs = self.pointers(addr, budget[0] // 8)
         budget[0] -= 8 * len(ptrs)
-        out: list[bytes] = []
+        out = self._contiguous(ptrs, budget[0])
+        if out is not None:
+            budget[0] -= ptrs[-1] - ptrs[0] + len(out[-1]) + 1  # the region, NULs included
+            return out
+        out = []
         for ptr in ptrs:
             s = self.cstring(ptr)
             budget[0] -= len(s) + 1
@@ -298,6 +305,34 @@ class MemReader:
                 raise TooLarge(f"argv and envp larger than the kernel's {ARG_MAX_KERNEL} bytes")
             out.append(s)
         return out
+
+    def _contiguous(self, ptrs: list[int], budget: int) -> list[bytes] | None:
+        """The strings, when they lie back to back in ascending order (xargs, execv from a
+        built argv): one read of the region and one split instead of a read per string. None
+        when they do not (then each is read on its own)."""
+        if len(ptrs) < 64:
+            return None
+        first, last = ptrs[0], ptrs[-1]
+        if last < first or last - first > budget:
+            return None  # (a region larger than the budget: read one by one, to say why)
+        try:
+            head = self.read(first, last - first)
+            tail = self.cstring(last)
+        except (OSError, TooLarge):
+            return None
+        parts = head.split(b"\0")
+        if len(parts) != len(ptrs) or parts[-1] != b"":
+            return None
+        parts[-1] = tail
+        # where each string starts if they are back to back (C-level iteration only)
+        starts = list(accumulate(map(add, map(len, parts[:-1]), repeat(1)), initial=first))
+        if starts != ptrs:
+            return None
+        if len(head) + len(tail) >= MAX_ARG_STRLEN and max(map(len, parts)) >= MAX_ARG_STRLEN:
+            return None  # one string too long: read one by one, to say which
+        if len(head) + len(tail) + 1 > budget:
+            raise TooLarge(f"argv and envp larger than the kernel's {ARG_MAX_KERNEL} bytes")
+        return parts
 
 
 # -- what an exec asks for --------------------------------------------------------------------
@@ -318,11 +353,11 @@ class ExecRequest:
     error: str | None = None  # could not be read: the reason (the exec is then refused)
     too_large: bool = False  # more than the kernel accepts: E2BIG
 
-    @property
+    @cached_property
     def argv_str(self) -> list[str]:
         return [_dec(a) for a in self.argv]
 
-    @property
+    @cached_property
     def envp_str(self) -> list[str]:
         return [_dec(e) for e in self.envp]
 
@@ -342,8 +377,11 @@ def _readlink(p: str) -> str | None:
         return None
 
 
-def read_exec(listener: Listener, n: Notif) -> ExecRequest:
-    """Read path, argv and envp of an execve/execveat notification from /proc/PID/mem."""
+def read_exec(listener: Listener, n: Notif, *, args: bool = True) -> ExecRequest:
+    """Read path, argv and envp of an execve/execveat notification from /proc/PID/mem.
+    args=False reads the path only (read_args() reads the rest): the kernel opens the file
+    before it looks at argv (alloc_bprm, Linux >= 6.7), so an exec of a missing path (every
+    PATH entry execvp tries) is answered without reading megabytes of argv."""
     names = SYSCALLS.get(n.arch)
     is_at = names is not None and n.nr == names[1]
     req = ExecRequest(pid=n.pid, syscall="execveat" if is_at else "execve", dirfd=AT_FDCWD,
@@ -352,10 +390,11 @@ def read_exec(listener: Listener, n: Notif) -> ExecRequest:
         req.error = f"unexpected syscall nr {n.nr} arch {n.arch:#x} at the exec gate"
         return req
     a = n.args
-    path_p, argv_p, envp_p = (a[1], a[2], a[3]) if is_at else (a[0], a[1], a[2])
+    path_p = a[1] if is_at else a[0]
     if is_at:
         req.dirfd = ctypes.c_int32(a[0] & 0xFFFFFFFF).value
         req.flags = a[4] & 0xFFFFFFFF
+    req.cwd = _readlink(f"/proc/{n.pid}/cwd")
     try:
         mem = MemReader(n.pid)
     except OSError as e:
@@ -363,9 +402,8 @@ def read_exec(listener: Listener, n: Notif) -> ExecRequest:
         return req
     try:
         req.path = mem.cstring(path_p, PATH_MAX) if path_p else b""
-        budget = [ARG_MAX_KERNEL]
-        req.argv = mem.string_array(argv_p, budget)
-        req.envp = mem.string_array(envp_p, budget)
+        if args:
+            _read_args(req, n, mem)
     except TooLarge as e:
         req.too_large = True
         req.error = str(e)
@@ -373,5 +411,30 @@ def read_exec(listener: Listener, n: Notif) -> ExecRequest:
         req.error = f"cannot read the exec arguments: {e.strerror or e}"
     finally:
         mem.close()
-    req.cwd = _readlink(f"/proc/{n.pid}/cwd")
     return req
+
+
+def read_args(req: ExecRequest, n: Notif) -> None:
+    """The argv and envp of a request read with args=False (req.error / too_large on failure)."""
+    try:
+        mem = MemReader(n.pid)
+    except OSError as e:
+        req.error = f"cannot open /proc/{n.pid}/mem: {e.strerror}"
+        return
+    try:
+        _read_args(req, n, mem)
+    except TooLarge as e:
+        req.too_large = True
+        req.error = str(e)
+    except OSError as e:
+        req.error = f"cannot read the exec arguments: {e.strerror or e}"
+    finally:
+        mem.close()
+
+
+def _read_args(req: ExecRequest, n: Notif, mem: MemReader) -> None:
+    a = n.args
+    argv_p, envp_p = (a[2], a[3]) if req.syscall == "execveat" else (a[1], a[2])
+    budget = [ARG_MAX_KERNEL]
+    req.argv = mem.string_array(argv_p, budget)
+    req.envp = mem.string_array(envp_p, budget)

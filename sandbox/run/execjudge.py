@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from sandbox.policy.profile import ResolvedProfile
 
 INJECTION_VARS = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "BASH_ENV", "ENV")
+MEMO_ARGS = 256
 Check = Callable[..., Decision]
 
 
@@ -102,34 +103,48 @@ class ExecJudge:
 
     def _judge(self, n: Notif) -> bool:
         """Returns True once the notification is answered."""
-        from sandbox.kernel.execplan import PlanError, TaskView, plan_exec
-        from sandbox.kernel.unotify import SYSCALLS, read_exec
+        from sandbox.kernel.execplan import PlanError, TaskView, open_exec, plan_exec
+        from sandbox.kernel.unotify import SYSCALLS, read_args, read_exec
 
         names = SYSCALLS.get(n.arch)
         if names is not None and n.nr not in names[:2]:
             return self._syscall(n)
-        req = read_exec(self.listener, n)
-        if not self.listener.id_valid(n.id):
-            return True  # the caller is gone (or the syscall was interrupted): nothing to answer
-        if req.too_large:  # the kernel's own answer; not a policy decision
-            self.listener.respond_errno(n.id, errno.E2BIG)
-            return True
+        req = read_exec(self.listener, n, args=False)
         if req.error:
-            d = Decision(Verdict.DENY, "exec.unreadable", req.error, tuple(req.argv_str),
-                         req.path_str or None)
-            return self._refuse(n, d, None, req.cwd)
+            return self._unreadable(n, req)
         try:
             view = TaskView(n.pid)
         except OSError as e:
+            if not self.listener.id_valid(n.id):
+                return True
             d = Decision(Verdict.DENY, "exec.unreadable", f"cannot see the caller's root: {e}",
-                         tuple(req.argv_str), req.path_str)
+                         (), req.path_str)
             return self._refuse(n, d, None, req.cwd)
         with view:
+            try:  # the kernel opens the file before it reads argv: ENOENT & co. come first
+                first = open_exec(view, req.dirfd, req.path, req.flags)
+            except PlanError as e:
+                if self.listener.id_valid(n.id):
+                    self.listener.respond_errno(n.id, e.errno)
+                return True
+            plan = None
             try:
-                plan = plan_exec(view, req.dirfd, req.path, req.argv, req.envp, req.flags)
+                read_args(req, n)
+                if not self.listener.id_valid(n.id):
+                    return True  # the caller is gone (or interrupted): nothing to answer
+                if req.too_large:  # the kernel's own answer; not a policy decision
+                    self.listener.respond_errno(n.id, errno.E2BIG)
+                    return True
+                if req.error:
+                    return self._unreadable(n, req)
+                plan = plan_exec(view, req.dirfd, req.path, req.argv, req.envp, req.flags,
+                                 first=first)  # owns `first` from here
             except PlanError as e:  # the kernel would refuse it the same way
                 self.listener.respond_errno(n.id, e.errno)
                 return True
+            finally:
+                if plan is None and first.fd >= 0:
+                    os.close(first.fd)
             try:
                 d, binary, ident = self._decide(req, view, plan)
                 if not (d.allowed or self.mode == "monitor"):
@@ -149,6 +164,13 @@ class ExecJudge:
                 return True
             finally:
                 plan.close()
+
+    def _unreadable(self, n: Notif, req: ExecRequest) -> bool:
+        if not self.listener.id_valid(n.id):
+            return True
+        d = Decision(Verdict.DENY, "exec.unreadable", req.error or "unreadable",
+                     tuple(req.argv_str), req.path_str or None)
+        return self._refuse(n, d, None, req.cwd)
 
     def _refuse(self, n: Notif, d: Decision, binary: str | None, cwd: str | None) -> bool:
         self.listener.respond_errno(n.id, errno.EPERM)
@@ -202,6 +224,8 @@ class ExecJudge:
                       binary: str, st: os.stat_result) -> Decision:
         """check_argv, memoised per run on the exact inputs and the file's identity (device,
         inode, mtime, size): a replaced file is judged again. Cleared by set_profile."""
+        if len(argv) > MEMO_ARGS:  # hashing the key would cost more than judging again
+            return self.check(self.profile, argv, cwd=cwd, env_path=env_path, binary=binary)
         ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         key = (binary, ident, tuple(argv), cwd, env_path)
         hit = self._memo.get(key)
