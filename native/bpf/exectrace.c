@@ -33,7 +33,11 @@
 // only the loop index and keeps its state in a per-CPU map, and calls no non-inlined function.
 
 #ifndef CHUNK
-#define CHUNK 4096                     // bytes per bpf_loop iteration (multiple of 8)
+// bytes per bpf_loop iteration (a multiple of 8). The verifier walks the word loop once per
+// word: ~47 instructions per byte of CHUNK (52 k at 1 KiB, 196 k at 4 KiB: ~0.1-0.2 s more at
+// load). Measured here: the same in-kernel time for 2-8 KB environments, +7% for 2 MB of argv
+// (1.31 vs 1.22 ms).
+#define CHUNK 1024
 #endif
 #define MAX_REGION (8u << 20)          // > the kernel's own limit (6 MiB: 3/4 of _STK_LIM)
 #define FILENAME 256
