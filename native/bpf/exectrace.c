@@ -24,9 +24,10 @@
 // alarms on recursion_misses > 0).
 //
 // Struct member offsets are NOT taken from headers (the installed ones do not match the running
-// kernel): the loader reads them from /sys/kernel/btf/vmlinux (sandbox/kernel/btf.py) and passes
-// them as -DOFF_*. Kernel memory is read with bpf_probe_read_kernel, user memory with
-// bpf_probe_read_user.
+// kernel): the loader reads them from /sys/kernel/btf/vmlinux (sandbox/kernel/btf.py) while
+// clang compiles this, and writes them into the `offsets` map before the verifier is attached;
+// without them every exec of a watched cgroup fails verification (kernel-read: killed). Kernel
+// memory is read with bpf_probe_read_kernel, user memory with bpf_probe_read_user.
 //
 // bcc 0.26 cannot relocate a bpf_loop callback: sandbox/kernel/bpfload.py appends gb_chunk as a
 // subprogram, patches the callback address and loads it with BTF func_info. Hence gb_chunk takes
@@ -84,6 +85,12 @@ struct sipkey_t {
     u64 k1;
 };
 
+struct offs_t {         // byte offsets of the kernel struct members read (from BTF)
+    u64 ready;
+    u64 task_mm, mm_exe_file, mm_arg_start, mm_arg_end, mm_env_start, mm_env_end;
+    u64 file_f_inode, inode_i_ino, inode_i_sb, sb_s_dev, bprm_filename;
+};
+
 struct scratch_t {
     u64 v0, v1, v2, v3;
     u64 base;           // user address of the region (mm->arg_start)
@@ -129,6 +136,7 @@ BPF_HASH(watched, u64, struct watch_t, 4096);
 // first; a live one is never near the tail (it is consumed within one exec)
 BPF_TABLE("lru_hash", u32, struct expect_t, expect, 65536);
 BPF_ARRAY(sipkey, struct sipkey_t, 1);
+BPF_ARRAY(offsets, struct offs_t, 1);
 BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
 BPF_PERCPU_ARRAY(evbuf, struct exec_ev_t, 1);
 BPF_ARRAY(pending, u64, 1);  // events sent without wakeup since the last wakeup
@@ -292,7 +300,8 @@ static __always_inline int verify(u32 old_pid, u64 bprm) {
     struct exec_ev_t *ev = evbuf.lookup(&zero);
     struct scratch_t *s = scratch.lookup(&zero);
     struct sipkey_t *key = sipkey.lookup(&zero);
-    if (!ev || !s || !key) {  // cannot happen (array maps); fail closed anyway
+    struct offs_t *o = offsets.lookup(&zero);
+    if (!ev || !s || !key || !o) {  // cannot happen (array maps); fail closed anyway
         bpf_send_signal(GB_SIGKILL);
         __sync_fetch_and_add(&w->lost, 1);
         return 0;
@@ -320,28 +329,28 @@ static __always_inline int verify(u32 old_pid, u64 bprm) {
         expect.delete(&old_pid);  // one expectation, one exec
     }
 
-    int kerr = 0;
+    int kerr = o->ready ? 0 : 1;
     u64 task = (u64)bpf_get_current_task();
-    u64 mm = kread64(task + OFF_TASK_MM, &kerr);
-    u64 exe = mm ? kread64(mm + OFF_MM_EXE_FILE, &kerr) : 0;
-    u64 inode = exe ? kread64(exe + OFF_FILE_F_INODE, &kerr) : 0;
-    u64 sb = inode ? kread64(inode + OFF_INODE_I_SB, &kerr) : 0;
+    u64 mm = kerr ? 0 : kread64(task + o->task_mm, &kerr);
+    u64 exe = mm ? kread64(mm + o->mm_exe_file, &kerr) : 0;
+    u64 inode = exe ? kread64(exe + o->file_f_inode, &kerr) : 0;
+    u64 sb = inode ? kread64(inode + o->inode_i_sb, &kerr) : 0;
     if (inode)
-        ev->ino = kread64(inode + OFF_INODE_I_INO, &kerr);
+        ev->ino = kread64(inode + o->inode_i_ino, &kerr);
     if (sb)
-        ev->kdev = kread32(sb + OFF_SB_S_DEV, &kerr);
+        ev->kdev = kread32(sb + o->sb_s_dev, &kerr);
     u64 as = 0, ae = 0, es = 0, ee = 0;
     if (mm) {
-        as = kread64(mm + OFF_MM_ARG_START, &kerr);
-        ae = kread64(mm + OFF_MM_ARG_END, &kerr);
-        es = kread64(mm + OFF_MM_ENV_START, &kerr);
-        ee = kread64(mm + OFF_MM_ENV_END, &kerr);
+        as = kread64(mm + o->mm_arg_start, &kerr);
+        ae = kread64(mm + o->mm_arg_end, &kerr);
+        es = kread64(mm + o->mm_env_start, &kerr);
+        ee = kread64(mm + o->mm_env_end, &kerr);
     }
     ev->arg_len = ae - as;
     ev->env_len = ee - es;
-    if (bprm) {
+    if (bprm && o->ready) {
         int ferr = 0;
-        u64 fname = kread64(bprm + OFF_BPRM_FILENAME, &ferr);
+        u64 fname = kread64(bprm + o->bprm_filename, &ferr);
         if (fname && !ferr)
             bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)fname);
     }

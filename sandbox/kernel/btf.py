@@ -276,7 +276,3 @@ def exec_offsets(btf: Btf | None = None) -> dict[str, int]:
             raise BtfError(f"{s}.{m}: size {mem.size}, expected {size}")
         out[macro] = mem.offset
     return out
-
-
-def cflags(offsets: dict[str, int]) -> list[str]:
-    return [f"-D{k}={v}" for k, v in sorted(offsets.items())]

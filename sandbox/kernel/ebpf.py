@@ -187,8 +187,32 @@ class ExecTracer:
             raise RuntimeError("the supervisor is not in the initial pid namespace: seccomp "
                                "notifications and sched_process_exec would number threads "
                                "differently (run the daemon with the host's pid namespace)")
-        cflags = btf.cflags(btf.exec_offsets()) + [f"-DRINGBUF_PAGES={ringbuf_pages}", "-w"]
-        self._bpf = BPF(text=BPF_SOURCE.read_bytes(), cflags=cflags)
+        # the struct offsets come from BTF (~0.2 s in Python) while clang compiles (~1 s, the
+        # GIL released): they go into a map before the verifier is loaded and attached
+        offs: dict[str, Any] = {}
+
+        def read_btf() -> None:
+            try:
+                offs["v"] = btf.exec_offsets()
+            except Exception as e:  # noqa: BLE001 - raised below, in the caller's thread
+                offs["e"] = e
+
+        reader = threading.Thread(target=read_btf, name="gb-btf", daemon=True)
+        reader.start()
+        try:
+            self._bpf = BPF(text=BPF_SOURCE.read_bytes(),
+                            cflags=[f"-DRINGBUF_PAGES={ringbuf_pages}", "-w"])
+        finally:
+            reader.join()
+        if "e" in offs:
+            self._bpf.cleanup()
+            raise offs["e"]
+        omap = self._bpf[b"offsets"]
+        leaf = omap.Leaf()
+        for macro, value in offs["v"].items():
+            setattr(leaf, macro.removeprefix("OFF_").lower(), value)
+        leaf.ready = 1
+        omap[omap.Key(0)] = leaf
         self._fn, self.insn_count = bpfload.load_with_callback(
             self._bpf, "gb_exec", "gb_chunk", PROG_TYPE_RAW_TRACEPOINT)
         self._watched = self._bpf[b"watched"]

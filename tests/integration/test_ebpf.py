@@ -153,6 +153,24 @@ def test_mismatch_is_killed_before_the_first_instruction(tracer, cg, marker, tmp
     assert ev.kernel_argv() == argv  # what the kernel copied, for the audit
 
 
+def test_without_struct_offsets_every_exec_is_killed(tracer, cg, marker, tmp_path) -> None:  # type: ignore
+    """The offsets from BTF are written before the verifier is attached; should they be
+    missing, nothing is verified: every exec fails closed (kernel-read)."""
+    cgdir, cgid = cg
+    omap = tracer._bpf[b"offsets"]
+    saved = omap[omap.Key(0)]
+    blank = omap.Leaf()
+    omap[omap.Key(0)] = blank
+    tracer.watch(cgid, "enforce")
+    try:
+        status, evs = _run(tracer, cgdir, cgid, [str(marker)], tmp_path / "out")
+    finally:
+        omap[omap.Key(0)] = saved
+        tracer.unwatch(cgid)
+    assert os.WIFSIGNALED(status) and (tmp_path / "out").read_text() == ""
+    assert [e.verdict for e in _execs(evs)] == ["kernel-read"]
+
+
 def test_monitor_reports_and_kills_nothing(tracer, cg, marker, tmp_path) -> None:  # type: ignore
     cgdir, cgid = cg
     tracer.watch(cgid, "monitor")
