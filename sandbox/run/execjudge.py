@@ -256,7 +256,7 @@ class ExecJudge:
         name = syscall_name(n.nr, n.arch)
         rid, why = "profile", "the profile's seccomp rules send it to the supervisor"
         for rule in self.profile.seccomp.rules if self.profile else ():
-            if rule.action == "notify" and name in rule.syscalls and not rule.args:
+            if rule.action == "notify" and name in rule.syscalls:
                 rid, why = rule.id or "profile", rule.reason or why
                 break
         argv = _cmdline(n.pid)
