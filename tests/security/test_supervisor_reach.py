@@ -1,6 +1,7 @@
 """Issue 10: the supervisor and the daemon are out of reach of every run, root runs included: no
-fd theft (pidfd_getfd), no kcmp / process_madvise / get_robust_list on them, no ptrace / process_vm_* (seccomp
-baseline: refused, and the refusal is recorded); no /proc/PID/mem, no /proc/PID/fd, no signals
+fd theft (pidfd_getfd), no kcmp / process_madvise / get_robust_list on them, no ptrace /
+process_vm_* (seccomp baseline: refused, and the refusal is recorded); no /proc/PID/mem, no
+/proc/PID/fd, no signals
 (Landlock's ptrace and signal scopes: the Landlock layer, another branch; those tests are marked
 xfail until it is merged).
 
