@@ -4,11 +4,9 @@ glassbreak daemon in enforce mode under the shipped developer profiles. Asserts 
 blocks and the same exit code and output as bare. No timing assertions: the ratios and their
 targets live in `make bench` (bench/results/latest.json).
 
-Issue 13: while the exec gate still caps argv/envp at 4096 entries (sandbox.kernel.unotify
-MAX_ARGS, the cap the issue names), the workloads that pass more arguments to one exec are
-refused with exec.argv-too-large. For exactly that, and only when it is the workload's ONLY
-problem, the test xfails with the block line; any other false block or mismatch fails. Once the
-cap is gone the same workloads must pass like the others.
+Issue 13: the two xargs workloads pass 30,000 arguments (several execs of ~128 KiB each) and a
+find of 8,000 paths; the exec gate once refused them (exec.argv-too-large, more than 4096
+entries). They must pass like the others.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from tests.conftest import is_root, load_bench, require
 
 pytestmark = [pytest.mark.kernel]
 NAMES = ["git", "git-inspect", "make", "pytest", "find-xargs", "seq-xargs"]
-KNOWN_RULE = "exec.argv-too-large"
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +42,6 @@ def suite(wl: ModuleType) -> dict[str, Any]:
         sys.path.remove(str(wl.REPO / "bench"))
 
 
-def _gate_caps_argv() -> bool:
-    from sandbox.kernel import unotify
-
-    return getattr(unotify, "MAX_ARGS", None) == 4096
-
-
 def test_the_suite_covers_the_issue(wl: ModuleType) -> None:
     names = [w.name for w in wl.workloads(wl.SHORT)]
     assert names == NAMES
@@ -68,11 +59,5 @@ def test_workload_same_as_bare_with_no_false_block(suite: dict[str, Any], name: 
     assert "warm" in r["variants"], r
     problems = r["problems"]
     blocks = r["false_blocks"]
-    if problems and _gate_caps_argv() and blocks and \
-            all(b["rule_id"] == KNOWN_RULE for b in blocks):
-        assert all(p.startswith(("FALSE BLOCK", "output differs", "exit code"))
-                   for p in problems), problems
-        pytest.xfail(f"issue 13, until the exec gate's 4096-entry cap is gone: "
-                     f"{blocks[0]['line']}")
     assert not blocks, "\n".join(b["line"] for b in blocks)
     assert not problems, "\n".join(problems)
