@@ -40,18 +40,22 @@ def join(parts: Iterable[Markup], sep: str = "") -> Markup:
 _BLANK_RUN = re.compile(r"( {2,})")
 
 
-def arg_html(arg: str) -> Markup:
-    """One argument, shell-quoted, hidden characters escaped; runs of blanks are marked so that
-    300 spaces inside one argument cannot pass for the end of it."""
-    q = quote_arg(arg)
+def mark_blanks(text: str) -> Markup:
+    """Escaped text whose runs of blanks are marked (and, with `white-space: break-spaces`,
+    never collapse): 300 spaces inside one argument cannot pass for one space."""
     parts = []
-    for i, piece in enumerate(_BLANK_RUN.split(q)):
+    for i, piece in enumerate(_BLANK_RUN.split(text)):
         if i % 2:
             parts.append(h('<span class="blank" title="{} blank characters">{}</span>',
                            len(piece), piece))
         else:
             parts.append(esc(piece))
     return join(parts)
+
+
+def arg_html(arg: str) -> Markup:
+    """One argument, shell-quoted, hidden characters escaped, blank runs marked."""
+    return mark_blanks(quote_arg(arg))
 
 
 def argv_html(argv: Sequence[str]) -> Markup:
@@ -65,15 +69,20 @@ def argv_html(argv: Sequence[str]) -> Markup:
     return h('<ol class="argv" start="0">{}</ol>{}', rows, warn)
 
 
-def command_line(argv: Sequence[str], limit: int = 160) -> Markup:
-    """The quoted command on one line (lists), cut at `limit` with the count of what is cut."""
+def command_line(argv: Sequence[str], limit: int | None = 160) -> Markup:
+    """The quoted command (every argument quoted on its own, hidden characters escaped, blank
+    runs marked), cut at `limit` characters with the count of what is cut, and a badge when
+    something in it could be misread."""
     from sandbox.cli.render import quote_argv
 
     q = quote_argv(argv)
-    cut = h('<span class="more">… +{} chars</span>', len(q) - limit) if len(q) > limit else ""
-    badge = h(' <span class="badge warn" title="{}">⚠ {}</span>', "; ".join(argv_warnings(argv)),
-              "read carefully") if argv_warnings(argv) else ""
-    return h('<code class="cmd">{}</code>{}{}', q[:limit], cut, badge)
+    cut = h('<span class="more">… +{} chars</span>', len(q) - limit) \
+        if limit is not None and len(q) > limit else ""
+    warns = argv_warnings(argv)
+    badge = h(' <span class="badge warn" title="{}">⚠ read carefully</span>',
+              "; ".join(warns)) if warns else ""
+    return h('<code class="cmd">{}</code>{}{}', mark_blanks(q[:limit] if limit else q), cut,
+             badge)
 
 
 def ago(ts: float | None, now: float | None = None) -> str:

@@ -37,7 +37,7 @@ from escalation.console.html import (
     when,
 )
 from escalation.console.opens import profile_diff
-from sandbox.cli.render import quote_arg, quote_argv
+from sandbox.cli.render import quote_arg
 from sandbox.errors import EscalationError, GlassbreakError, StoreError
 
 STATIC = Path(__file__).parent / "static"
@@ -287,7 +287,7 @@ class Console:
 
     def _inbox_item(self, r: Any, s: auth.Session, now: float) -> Markup:
         left = h('<span class="left">expires in {}</span>', duration(r.expires_at - now)) \
-            if r.state == "pending" else h('<span class="left">{} by {}</span>',
+            if r.state == "pending" else h('<span>{} by {}</span>',
                                            r.display_state, r.decided_by or "?")
         badges = []
         if r.delivery_status in ("failed", "retrying"):
@@ -470,9 +470,13 @@ class Console:
         if esc_id and not auth.ESC_ID_RE.match(esc_id):
             esc_id = None
         rec = await self.call(self.svc.store.get_escalation, esc_id) if esc_id else None
+        try:
+            limit = max(1, min(1000, int(q.get("limit") or 50)))
+        except ValueError:
+            limit = 50
         view = await self.call(read_audit, audit_path(), run=run, agent=agent,
                                escalation=esc_id, escalation_runs=rec.run_ids if rec else None,
-                               grant=rec.grant_id if rec else None, type_=type_)
+                               grant=rec.grant_id if rec else None, type_=type_, limit=limit)
         types = join([Markup('<option value="">all</option>')] + [
             h('<option value="{}"{}>{}</option>', t,
               Markup(" selected") if t == type_ else Markup(""), t) for t in EVENT_TYPES])
@@ -489,8 +493,12 @@ class Console:
         elif view.truncated:
             note = h('<p class="muted">Searched the newest {} MB of the log.</p>',
                      view.scanned // (1024 * 1024))
-        more = h('<p class="muted">{} more matching event(s) not shown: narrow the filter.</p>',
-                 view.more) if view.more else Markup("")
+        more = h('<p class="muted">{} more matching event(s): narrow the filter, or <a '
+                 'href="{}">show up to {}</a>.</p>', view.more,
+                 "/audit?" + urlencode({k: v for k, v in {
+                     "run": run, "agent": agent, "escalation": esc_id, "type": type_,
+                     "limit": str(min(1000, limit * 4))}.items() if v}),
+                 min(1000, limit * 4)) if view.more else Markup("")
         rows = join(audit_row(e) for e in view.events)
         body = h('<div class="head"><h1>Audit log</h1><p class="muted">newest first</p></div>'
                  '{}{}<ol class="audit">{}</ol>{}', filters, note, rows, more)
@@ -564,13 +572,13 @@ def request_body(rec: Any, s: auth.Session, grant: Any, diff: Any, action: str |
 
     trigger = h('<section class="card" id="trigger"><h2>1 · What triggered it</h2>{}'
                 '<h3>The command, argument by argument</h3>{}'
-                '<p class="muted">As one shell line: <code class="cmd">{}</code></p></section>',
+                '<p class="muted">As one shell line: {}</p></section>',
                 _dl([("layer", rec.layer), ("rule", h("<code>{}</code>", rec.rule_id)),
                      ("why blocked", rec.rule_reason), ("verdict", rec.verdict),
                      ("binary", h("<code>{}</code>", quote_arg(rec.binary or "?"))),
                      ("sha256", h('<code class="hash">{}</code>', rec.binary_sha256 or "?")),
                      ("cwd", h("<code>{}</code>", quote_arg(rec.cwd)))]),
-                argv_html(rec.argv), quote_argv(rec.argv))
+                argv_html(rec.argv), command_line(rec.argv, None))
 
     can, why_not = _can_decide(rec, s)
     owners = join(h('<li>{}{}</li>', o, Markup(' <span class="badge you">you</span>')
@@ -632,9 +640,10 @@ def _env_table(env: dict[str, str]) -> Markup:
 def _proc_list(title: str, procs: list[dict[str, Any]]) -> Markup:
     if not procs:
         return h('<p class="muted">{}: none recorded.</p>', title)
-    items = join(h('<li><span class="pid">{}</span> <code>{}</code>{}</li>',
-                   p.get("pid", "?"), quote_argv([str(a) for a in (p.get("argv") or [])])
-                   or p.get("binary") or "?",
+    items = join(h('<li><span class="pid">{}</span> {}{}</li>',
+                   p.get("pid", "?"), command_line([str(a) for a in (p.get("argv") or [])],
+                                                   300) if p.get("argv") else
+                   h("<code>{}</code>", p.get("binary") or "?"),
                    h(' <span class="muted">{}</span>', p.get("decision"))
                    if p.get("decision") else Markup("")) for p in procs)
     return h('<details><summary>{} ({})</summary><ol class="procs">{}</ol></details>',
@@ -668,7 +677,7 @@ def _outcome(rec: Any, grant: Any, s: auth.Session, now: float) -> Markup:
         st = grant.status(now)
         what = (h('profile <strong>{}</strong> for agent {}', grant.relaxed_profile,
                   grant.agent or "-") if grant.scope == "profile" else
-                h('exactly <code>{}</code> in <code>{}</code>{}', quote_argv(grant.argv or []),
+                h('exactly {} in <code>{}</code>{}', command_line(grant.argv or [], None),
                   quote_arg(grant.cwd or "?"), ", one run" if grant.one_shot else ""))
         left = duration(grant.expires_at - now) + " left" if st == "active" else st
         used = " · used" if grant.consumed_at else ""
@@ -686,9 +695,9 @@ def _outcome(rec: Any, grant: Any, s: auth.Session, now: float) -> Markup:
 def _opens(rec: Any, diff: Any) -> Markup:
     cmd = h('<div class="opens-cmd"><h4>Scope “this command”</h4><p>Exactly this argv, in '
             'this working directory, with this binary content — nothing else:</p>'
-            '<p><code class="cmd">{}</code></p><p class="muted">cwd <code>{}</code> · binary '
+            '<p>{}</p><p class="muted">cwd <code>{}</code> · binary '
             '<code>{}</code> sha256 <code class="hash">{}</code></p></div>',
-            quote_argv(rec.argv), quote_arg(rec.cwd), quote_arg(rec.binary or "?"),
+            command_line(rec.argv, None), quote_arg(rec.cwd), quote_arg(rec.binary or "?"),
             rec.binary_sha256 or "?")
     if diff is None or diff.error:
         prof = h('<div class="opens-profile"><h4>Scope “profile”</h4><p class="muted">{}</p>'
@@ -774,7 +783,7 @@ def revoke_form(grant_id: str, s: auth.Session, back: str) -> Markup:
 def grant_card(g: Any, s: auth.Session, owners: list[str], now: float) -> Markup:
     st = g.status(now)
     what = (h('profile <strong>{}</strong>', g.relaxed_profile) if g.scope == "profile" else
-            h('command <code class="cmd">{}</code>', quote_argv(g.argv or [])))
+            h('command {}', command_line(g.argv or [], None)))
     left = (duration(g.expires_at - now) + " left") if st == "active" else st
     may = st == "active" and (s.approver == g.approver or s.approver in owners)
     return h('<li class="item grant {}"><div class="row1"><span class="badge {}">{}</span>'
@@ -801,8 +810,8 @@ def _summary(e: dict[str, Any]) -> Markup:
                                 f"{e.get('agent') or '-'}",
                  "run_refused": f"{e.get('why')}",
                  "escalation_raised": f"{e.get('rule_id')} ×{e.get('count')}"}[str(t)]
-        return h('<code class="cmd">{}</code> <span class="muted">{}</span>',
-                 quote_argv([str(a) for a in argv]), extra)
+        return h('{} <span class="muted">{}</span>',
+                 command_line([str(a) for a in argv], 400), extra)
     keys = {"escalation_decided": ("state", "by", "why", "authn", "grant_id"),
             "decision_refused": ("by", "why", "caller"),
             "grant_used": ("grant_id", "approver", "relaxed_profile"),
@@ -843,18 +852,19 @@ def trace_body(run_id: str, tree: dict[str, Any]) -> Markup:
 
     def node(n: dict[str, Any]) -> Markup:
         execs = join(h('<div class="exec {}"><span class="mark">{}</span> <span class="pid">'
-                       '{}</span> <code>{}</code> <span class="muted">{} by {}: {}</span></div>',
+                       '{}</span> {} <span class="muted">{} by {}: {}</span></div>',
                        x.get("decision"), "~" if x.get("would_block") else
                        mark.get(str(x.get("decision")), "?"), n["pid"],
-                       quote_argv([str(a) for a in x.get("argv") or []]), x.get("decision"),
+                       command_line([str(a) for a in x.get("argv") or []], None),
+                       x.get("decision"),
                        x.get("layer"), x.get("rule_id")) for x in n["execs"])
         kids = h('<ul>{}</ul>', join(node(c) for c in n["children"])) if n["children"] \
             else Markup("")
         return h('<li>{}{}</li>', execs, kids)
 
-    blocked = join(h('<li><span class="badge bad">blocked</span> [{}] <code>{}</code>: {} '
-                     '({}){}</li>', b.get("layer"), quote_argv([str(a) for a in
-                                                                b.get("argv") or []]),
+    blocked = join(h('<li><span class="badge bad">blocked</span> [{}] {}: {} '
+                     '({}){}</li>', b.get("layer"), command_line([str(a) for a in
+                                                                  b.get("argv") or []], None),
                      b.get("rule_id"), b.get("reason"),
                      h(' → <a href="/escalations/{}">{}</a>', b["escalation_id"],
                        b["escalation_id"]) if b.get("escalation_id") else Markup(""))
@@ -872,7 +882,3 @@ def trace_body(run_id: str, tree: dict[str, Any]) -> Markup:
              join(node(n) for n in tree.get("tree") or []) or
              Markup('<li class="muted">no execs recorded</li>'),
              h('<h3>Blocked</h3><ul>{}</ul>', blocked) if blocked else Markup(""), run_id)
-
-
-def query(**kw: str) -> str:
-    return urlencode({k: v for k, v in kw.items() if v})
