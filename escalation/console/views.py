@@ -16,6 +16,7 @@ HTTP API and Slack), with the signed-in approver as the decider and how they wer
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from pathlib import Path
@@ -136,8 +137,8 @@ class Console:
         if s is None:
             return None, None, await self.refused_post(
                 request, esc_id, "no console session (sign in with an approver token)", 401)
-        if not auth.same_origin(request) or not form.get("csrf") or \
-                form.get("csrf") != s.csrf:
+        if not auth.same_origin(request) or \
+                not hmac.compare_digest(form.get("csrf", "").encode(), s.csrf.encode()):
             return None, None, await self.refused_post(
                 request, esc_id, "the form's CSRF token is missing or wrong (a cross-site "
                 "request, or a stale page: reload it)", 403, s)
@@ -224,7 +225,8 @@ class Console:
         except auth.TooLarge:
             return self.html("too large", 413)
         s = self.session(request)
-        if s is not None and form.get("csrf") == s.csrf and auth.same_origin(request):
+        if s is not None and auth.same_origin(request) and \
+                hmac.compare_digest(form.get("csrf", "").encode(), s.csrf.encode()):
             self.sessions.close(s.id)
             await self.call(self._say, self._session_event("signed_out", s.approver,
                                                            self.client(request), None))
