@@ -71,6 +71,8 @@ def redacted(event: object) -> object:
     argv = event.get("argv") if isinstance(event, dict) else getattr(event, "argv", None)
     if not isinstance(argv, list) or not argv:
         return event
+    if not any(isinstance(a, str) and ("@" in a or (a[:1] == "-" and "=" in a)) for a in argv):
+        return event  # the common case: nothing redact_argv could mask (hot path: every exec)
     from escalation.redact import redact_argv
 
     masked = redact_argv([a if isinstance(a, str) else str(a) for a in argv])
