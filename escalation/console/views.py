@@ -695,12 +695,16 @@ def _outcome(rec: Any, grant: Any, s: auth.Session, now: float) -> Markup:
 
 
 def _opens(rec: Any, diff: Any) -> Markup:
+    nested = h('<p class="note">Blocked inside the run\'s process tree ({}): a command grant '
+               'is honoured when the agent runs exactly this command as its top-level command; '
+               'the program that started it stays blocked.</p>', rec.layer) \
+        if rec.layer != "pre-check" else Markup("")
     cmd = h('<div class="opens-cmd"><h4>Scope “this command”</h4><p>Exactly this argv, in '
             'this working directory, with this binary content — nothing else:</p>'
             '<p>{}</p><p class="muted">cwd <code>{}</code> · binary '
-            '<code>{}</code> sha256 <code class="hash">{}</code></p></div>',
+            '<code>{}</code> sha256 <code class="hash">{}</code></p>{}</div>',
             command_line(rec.argv, None), quote_arg(rec.cwd), quote_arg(rec.binary or "?"),
-            rec.binary_sha256 or "?")
+            rec.binary_sha256 or "?", nested)
     if diff is None or diff.error:
         prof = h('<div class="opens-profile"><h4>Scope “profile”</h4><p class="muted">{}</p>'
                  '</div>', diff.error if diff is not None else "not available")
