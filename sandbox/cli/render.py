@@ -118,6 +118,27 @@ def argv_warnings(argv: Sequence[str]) -> list[str]:
     return out
 
 
+SHOWN_ARGS = 16  # a long argv (xargs: tens of thousands) shows its first arguments and the count
+SHOWN_CHARS = 1000
+
+
+def show_argv(argv: list[str]) -> str:
+    """quote_argv for one line on stderr: a long argv shows its first arguments and the count
+    (every argument shown is quoted and its hidden characters visible, as everywhere)."""
+    text = quote_argv(argv)
+    if len(argv) <= 2 * SHOWN_ARGS and len(text) <= SHOWN_CHARS:
+        return text
+    head: list[str] = []
+    used = 0
+    for a in argv[:SHOWN_ARGS]:
+        q = quote_arg(a)
+        if head and used + len(q) > SHOWN_CHARS:
+            break
+        head.append(q[:SHOWN_CHARS] + ("..." if len(q) > SHOWN_CHARS else ""))
+        used += len(q) + 1
+    return " ".join(head) + f" ... (+{len(argv) - len(head)} more; {len(argv)} arguments)"
+
+
 def ask_hint(escalation_id: str | None, verdict: str, owners: str = "") -> str:
     if verdict == "deny":
         return "this rule is not escalatable (deny); change the command or the profile"
@@ -130,7 +151,7 @@ def ask_hint(escalation_id: str | None, verdict: str, owners: str = "") -> str:
 def render_text(ev: Any) -> str | None:
     t = getattr(ev, "type", "")
     if t == "blocked":
-        argv = quote_argv(ev.argv) if ev.argv else ""
+        argv = show_argv(list(ev.argv)) if ev.argv else ""
         head = "BLOCKED" if ev.enforced else "WOULD BLOCK (monitor)"
         verdict = "deny" if ev.verdict == "deny" else "block"
         tail = ask_hint(ev.escalation_id, verdict) if ev.enforced else "not enforced"
