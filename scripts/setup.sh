@@ -20,8 +20,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. Debian packages. python3-bpfcc gives bcc's Python bindings (the PyPI 'bcc' is NOT BPF).
+# chromium: the console's browser tests drive Debian's build through Playwright (PyPI
+# `playwright`, a dev dependency); no browser is ever downloaded (`playwright install` is never
+# run). fonts-dejavu-core: readable text in the screenshots.
 PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc libseccomp2 redis-server \
-      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps git strace"
+      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps git strace \
+      chromium fonts-dejavu-core"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -76,7 +76,9 @@ def judge_after_the_fact(ev: ExecEvent, profile: ResolvedProfile,
 def _short(argv: list[str] | None) -> str:
     if argv is None:
         return "(nothing)"
-    shown = " ".join(argv[:SHOWN_ARGS])
+    from sandbox.cli.render import quote_argv
+
+    shown = quote_argv(argv[:SHOWN_ARGS])  # ['a b'] and ['a', 'b'] must not read the same
     return f"[{shown}{' ...' if len(argv) > SHOWN_ARGS else ''}]"
 
 

@@ -267,8 +267,11 @@ class Supervisor:
         if getattr(grant, "scope", "profile") == "command":
             from sandbox.policy.profile import GrantedCommand
 
+            # the grant's own argv is the escalation record's, REDACTED (a secret in argv is
+            # masked there); what it covers is its signed cmd_key, which active_grant matched
+            # against exactly this run's argv, cwd and binary: so the run's argv is the one
             effective = strict.model_copy(update={"grantedCommands": [GrantedCommand(
-                grant_id=grant.id, argv=list(grant.argv or req.argv),
+                grant_id=grant.id, argv=list(req.argv),
                 binary_sha256=grant.binary_sha256)]})
         else:
             from sandbox.policy.loader import load_profile
