@@ -471,3 +471,45 @@ def test_http_refuses_to_serve_as_root(dm: Daemon) -> None:
     r = subprocess.run([GLASSBREAK, "mcp", "--http", "--port", str(free_port())],
                        capture_output=True, text=True, env=mcp_env(dm), timeout=60)
     assert r.returncode == 125 and "refuses to run as root" in r.stderr, r.stderr
+
+
+# -- the protocol underneath ------------------------------------------------------------------
+PROBE = """
+import json, os, sys
+from sandbox.mcp import client
+kind, claimed = sys.argv[1], sys.argv[2] or None
+fd = os.open("/etc/hostname", os.O_RDONLY) if kind == "file" else client.open_dir(sys.argv[3])
+r, w = os.pipe()
+s = client.start_run({"argv": ["pwd"], "cwd": claimed, "env": {"PATH": "/usr/bin:/bin"}},
+                     stdin=0, stdout=w, stderr=w, cwd_fd=fd)
+os.close(w)
+buf = b""
+while chunk := s.recv(65536):
+    buf += chunk
+print(json.dumps({"lines": [json.loads(x) for x in buf.splitlines()],
+                  "out": os.read(r, 65536).decode()}))
+"""
+
+
+@pytest.mark.parametrize("kind,claimed,dirname,ok", [
+    ("dir", "", "/tmp", True),
+    ("dir", "/tmp", "/tmp", True),
+    ("dir", "/var", "/tmp", False),  # a claimed cwd must be the directory carried
+    ("file", "", "", False),  # not a directory
+])
+def test_protocol_the_cwd_is_the_directory_the_caller_opened(dm: Daemon, kind: str,
+                                                             claimed: str, dirname: str,
+                                                             ok: bool) -> None:
+    r = subprocess.run([*NOBODY, os.path.join(os.path.dirname(GLASSBREAK), "python"), "-c",
+                        PROBE, kind, claimed, dirname], capture_output=True, text=True,
+                       env=mcp_env(dm), cwd=str(workdir_of(dm)), timeout=60)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    final = res["lines"][-1]
+    if ok:
+        assert final == {"exit_code": 0} and res["out"] == "/tmp\n", res
+        assert any(x.get("event", {}).get("type") == "run_result" for x in res["lines"])
+    else:  # refused before anything ran; said on the connection, nothing on the stdio
+        assert final["exit_code"] == 125 and res["out"] == "", res
+        err = [x["error"] for x in res["lines"] if "error" in x][0]
+        assert "cwd" in err["message"]
