@@ -358,7 +358,7 @@ class Daemon:
                   uid: int) -> None:
         """An agent's question (sandbox.run.ops), answered for the caller's own agents; an
         identity refusal is audited like a refused run."""
-        from sandbox.errors import IdentityError
+        from sandbox.errors import EscalationError, IdentityError
         from sandbox.run.ops import serve_op
 
         try:
@@ -366,7 +366,9 @@ class Daemon:
                 _caller_cwd(pid, body.get("cwd"))
             result = serve_op(self.sup, body, uid=uid, cwd=cwd)
         except GlassbreakError as e:
-            if isinstance(e, IdentityError):
+            # not yours: audited; a bad agent token is not (an unauthenticated HTTP client
+            # must not make the daemon fsync; the HTTP server logs it)
+            if isinstance(e, IdentityError | EscalationError) and body.get("op") != "agent_token":
                 self._audit_refusal(e, {**body, "argv": body.get("argv") or
                                         [f"(op {body.get('op')})"]}, pid, uid)
             _reply(conn, e.exit_code, error=e.message, hint=e.hint)

@@ -335,6 +335,7 @@ def test_stdio_another_agents_profile_or_escalation_is_refused(dm: Daemon) -> No
     run(main())
     refused = of(dm.audit(), "run_refused", uid=65534, profile="mcp-other")
     assert refused and any(e["argv"] == ["true"] for e in refused)
+    assert of(dm.audit(), "run_refused", uid=65534, argv=["(op escalation)"])
     assert not of(dm.audit(), "run_started", profile="mcp-other", uid=65534)
 
 
