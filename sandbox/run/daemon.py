@@ -461,22 +461,25 @@ def _ignored_state_vars(env: dict[str, str]) -> list[str]:
 
 
 def _caller_cwd(pid: int, claimed: Any) -> str:
-    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory."""
+    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory.
+    When the kernel's view cannot be read (the process that connected has exited, e.g. a
+    child that connected and left the socket to its parent) nothing is believed: a claimed
+    cwd would be entered by root, before the run drops privileges."""
     try:
         real = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         real = None
-    if isinstance(claimed, str) and claimed:
-        if real is None:
-            return claimed
+    if isinstance(claimed, str) and claimed and real is not None:
         try:
             if os.path.samefile(claimed, real):
                 return claimed
         except OSError:
             pass
     if real is None:
-        raise GlassbreakError("could not read the caller's working directory",
-                              hint="run from a directory that exists")
+        raise GlassbreakError(f"could not read the caller's working directory (/proc/{pid}/cwd: "
+                              "the process that connected is gone?)",
+                              hint="send the request from the process that connected, or pass "
+                              "the cwd as an fd (\"cwd_fd\", docs/daemon.md)")
     return real
 
 
