@@ -54,7 +54,8 @@ def read_secret(env_name: str | None, file: str | None, what: str) -> str | None
 
 
 class ApproverToken(_M):
-    """A bearer token that proves an approver (HTTP API, `--token-file`). Store its sha256."""
+    """A bearer token that proves an approver (HTTP API, `--token-file`) or an agent (MCP over
+    HTTP). Store its sha256."""
 
     tokenEnv: str | None = None
     tokenFile: str | None = None
@@ -81,13 +82,21 @@ class ApproverToken(_M):
 User = str | int
 
 
-class AgentBinding(_M):
-    """The unix users whose runs ARE this agent, and the profiles it may ask for."""
+class AgentBinding(ApproverToken):
+    """The unix users whose runs ARE this agent, and the profiles it may ask for. A token
+    (tokenSha256 / tokenFile / tokenEnv, or several under `tokens:`) lets a remote MCP client
+    act as this agent through `glassbreak mcp --http`, which runs as one of `users` and asks
+    the daemon to verify the token (docs/mcp.md)."""
 
     users: list[User] = Field(min_length=1, description="unix user names or uids")
     profiles: list[ProfileName] = Field(min_length=1,
                                         description="what it may ask for; the first is its "
                                         "default")
+    tokens: list[ApproverToken] = Field(default_factory=list,
+                                        description="more tokens for this agent (rotation)")
+
+    def token_matches(self, token: str) -> bool:
+        return any(t.has_token() and t.matches(token) for t in [self, *self.tokens])
 
 
 class ApproverBinding(ApproverToken):
@@ -187,6 +196,13 @@ class Config(_M):
     def approver_for_token(self, token: str) -> str | None:
         for name, t in self.all_approvers().items():
             if t.has_token() and t.matches(token):
+                return name
+        return None
+
+    def agent_for_token(self, token: str) -> str | None:
+        """The agent an MCP agent token belongs to (`agents: NAME: tokenSha256: ...`)."""
+        for name, b in (self.agents or {}).items():
+            if b.token_matches(token):
                 return name
         return None
 

@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "escalations": ("escalation.cli", "escalations", "List, show, approve, deny escalations."),
     "grants": ("escalation.cli", "grants", "List and revoke grants."),
     "serve": ("escalation.cli", "serve", "Run the daemon / approval API."),
+    "mcp": ("sandbox.cli.mcp", "mcp", "Serve glassbreak's tools over MCP (stdio or HTTP)."),
 }
 
 

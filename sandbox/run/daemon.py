@@ -19,6 +19,13 @@ switch layers off (--degraded). Every refusal is written to the audit log.
 Decisions (`glassbreak escalations approve|deny`, `grants revoke` by a non-root user) come as
 {"op": "decide"|"revoke", ...} without fds: the daemon holds the grant signing key, proves the
 approver from SO_PEERCRED (or the approver token sent), and answers {"exit_code", "result"}.
+An agent's questions (`glassbreak mcp`: whoami, check, profile, escalation status and wait,
+agent_token) are ops too, answered for the caller's own agents only (sandbox.run.ops).
+
+For programs that capture a run's output (`glassbreak mcp`), a run request may say
+"report": "socket" (glassbreak's own events come back on the connection as {"event": ...} and
+{"error": ...} lines instead of on the caller's stderr) and "cwd_fd": true (a 4th fd, a
+directory the caller opened, is the run's cwd instead of the caller's own cwd).
 
 If the daemon dies its runs die with it: each child has PDEATHSIG (it is forked from the run's
 thread, which lives until the child is reaped) and the cgroup watchdog kills the rest.
@@ -217,13 +224,19 @@ class Daemon:
             if body.get("op") in ("decide", "revoke"):
                 self._serve_decision(conn, body, uid)
                 return
-            if len(fds) != 3:
+            if body.get("op") is not None:
+                self._serve_op(conn, body, fds, pid, uid)
+                return
+            want = 4 if body.get("cwd_fd") is True else 3
+            if len(fds) != want:
                 _reply(conn, EXIT_USAGE, error=f"the request carried {len(fds)} file "
                        "descriptors; it must carry the caller's stdin, stdout and stderr "
-                       "(SCM_RIGHTS)", hint=HINT_PROTOCOL)
+                       "(SCM_RIGHTS)" + (", then the cwd's" if want == 4 else ""),
+                       hint=HINT_PROTOCOL)
                 return
-            code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups)
-            _reply(conn, code)
+            ended: list[int] = []
+            code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups, ended)
+            _reply(conn, code, ended_by=ended[0] if ended else None)
         except Exception as e:  # noqa: BLE001 - one bad connection never ends the daemon
             print(f"glassbreak daemon: connection failed: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
@@ -237,15 +250,24 @@ class Daemon:
             self._slots.release()
 
     def _serve_run(self, conn: socket.socket, body: dict[str, Any], fds: list[int],
-                   rest: bytes, pid: int, uid: int, gid: int, groups: list[int]) -> int:
+                   rest: bytes, pid: int, uid: int, gid: int, groups: list[int],
+                   ended: list[int] | None = None) -> int:
         from sandbox.run.runclient import make_emit
 
         output = "json" if body.get("output") == "json" else "text"
-        emit = make_emit(output, fds[2])
+        report = _SocketReport(conn) if body.get("report") == "socket" else None
+        emit = report.event if report is not None else make_emit(output, fds[2])
+
+        def say(e: GlassbreakError) -> None:
+            if report is not None:
+                report.error(e)
+            else:
+                _write_error(fds[2], e, output)
+
         try:
             req = self._request(body, fds, pid, uid, gid, groups)
         except GlassbreakError as e:
-            _write_error(fds[2], e, output)
+            say(e)
             if e.exit_code != EXIT_USAGE:
                 self._audit_refusal(e, body, pid, uid)
             return e.exit_code
@@ -265,12 +287,12 @@ class Daemon:
             try:
                 result["code"] = self.sup.run(req, emit).exit_code
             except GlassbreakError as e:
-                _write_error(fds[2], e, output)
+                say(e)
                 result["code"] = e.exit_code
             except Exception as e:  # noqa: BLE001
-                _write_error(fds[2], GlassbreakError(
+                say(GlassbreakError(
                     f"internal error in the daemon: {type(e).__name__}: {e}",
-                    hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"), output)
+                    hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"))
                 result["code"] = EXIT_RUNNER_FAILED
             finally:
                 run.done.set()
@@ -289,7 +311,10 @@ class Daemon:
         if run.ended_by is not None and code != 0:
             sig = run.ended_by
             msg = f"glassbreak: glassbreak received signal {sig}; the run's process tree was ended"
-            _write_line(fds[2], msg)
+            if report is not None and ended is not None:
+                ended.append(sig)
+            else:
+                _write_line(fds[2], msg)
             return EXIT_SIGNAL_BASE + signal.SIGTERM
         return code
 
@@ -318,6 +343,34 @@ class Daemon:
 
             result = decide_request(self.sup.escalations(), body, uid=uid, user=username(uid))
         except GlassbreakError as e:
+            _reply(conn, e.exit_code, error=e.message, hint=e.hint)
+            return
+        except Exception as e:  # noqa: BLE001 - one bad request never ends the daemon
+            _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
+                   f"{type(e).__name__}: {e}", hint="see the daemon's log")
+            return
+        try:
+            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
+        except OSError:
+            pass
+
+    def _serve_op(self, conn: socket.socket, body: dict[str, Any], fds: list[int], pid: int,
+                  uid: int) -> None:
+        """An agent's question (sandbox.run.ops), answered for the caller's own agents; an
+        identity refusal is audited like a refused run."""
+        from sandbox.errors import EscalationError, IdentityError
+        from sandbox.run.ops import serve_op
+
+        try:
+            cwd = _fd_cwd(fds[0], body.get("cwd")) if len(fds) == 1 else \
+                _caller_cwd(pid, body.get("cwd"))
+            result = serve_op(self.sup, body, uid=uid, cwd=cwd)
+        except GlassbreakError as e:
+            # not yours: audited; a bad agent token is not (an unauthenticated HTTP client
+            # must not make the daemon fsync; the HTTP server logs it)
+            if isinstance(e, IdentityError | EscalationError) and body.get("op") != "agent_token":
+                self._audit_refusal(e, {**body, "argv": body.get("argv") or
+                                        [f"(op {body.get('op')})"]}, pid, uid)
             _reply(conn, e.exit_code, error=e.message, hint=e.hint)
             return
         except Exception as e:  # noqa: BLE001 - one bad request never ends the daemon
@@ -367,7 +420,8 @@ class Daemon:
                 f"--degraded {','.join(degraded)} is refused: only root may switch a layer off "
                 f"through the daemon (you are uid {uid})",
                 hint="run without --degraded, or ask an administrator to run it as root")
-        cwd = _caller_cwd(pid, body.get("cwd"))
+        cwd = _fd_cwd(fds[3], body.get("cwd")) if len(fds) == 4 else \
+            _caller_cwd(pid, body.get("cwd"))
         from sandbox.run.caller import authorize_run
 
         asked_agent, asked_profile = body.get("agent"), body.get("profile")
@@ -407,23 +461,75 @@ def _ignored_state_vars(env: dict[str, str]) -> list[str]:
 
 
 def _caller_cwd(pid: int, claimed: Any) -> str:
-    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory."""
+    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory.
+    When the kernel's view cannot be read (the process that connected has exited, e.g. a
+    child that connected and left the socket to its parent) nothing is believed: a claimed
+    cwd would be entered by root, before the run drops privileges."""
     try:
         real = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         real = None
-    if isinstance(claimed, str) and claimed:
-        if real is None:
-            return claimed
+    if isinstance(claimed, str) and claimed and real is not None:
         try:
             if os.path.samefile(claimed, real):
                 return claimed
         except OSError:
             pass
     if real is None:
-        raise GlassbreakError("could not read the caller's working directory",
-                              hint="run from a directory that exists")
+        raise GlassbreakError(f"could not read the caller's working directory (/proc/{pid}/cwd: "
+                              "the process that connected is gone?)",
+                              hint="send the request from the process that connected, or pass "
+                              "the cwd as an fd (\"cwd_fd\", docs/daemon.md)")
     return real
+
+
+def _fd_cwd(fd: int, claimed: Any) -> str:
+    """The directory of an fd the caller opened (O_PATH is enough: opening `DIR/.` proved it
+    may search every component, as chdir needs). A claimed cwd must be the same directory."""
+    import stat as stat_
+
+    try:
+        st = os.fstat(fd)
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        raise GlassbreakError(f"the cwd the request carried is unusable ({e.strerror})",
+                              hint="pass an O_PATH fd of an existing directory") from None
+    if not stat_.S_ISDIR(st.st_mode) or not real.startswith("/") or real.endswith(" (deleted)"):
+        raise GlassbreakError("the cwd the request carried is not an existing directory",
+                              hint="pass an O_PATH fd of an existing directory")
+    if isinstance(claimed, str) and claimed.startswith("/"):
+        try:
+            if os.path.samefile(claimed, real):
+                return real
+        except OSError:
+            pass
+        raise GlassbreakError(f"the claimed cwd {claimed} is not the directory the request "
+                              f"carried ({real})", hint=HINT_PROTOCOL)
+    return real
+
+
+class _SocketReport:
+    """glassbreak's own events and errors for one run, as JSON lines on the connection
+    ("report": "socket"): the caller's stderr then carries only the command's own output."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def _send(self, data: bytes) -> None:
+        with self.lock:
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                pass  # the client went away; the signal reader ends the run
+
+    def event(self, ev: Any) -> None:
+        from sandbox.audit import event_json
+
+        self._send(b'{"event": ' + event_json(ev).encode("utf-8", "surrogateescape") + b"}\n")
+
+    def error(self, e: GlassbreakError) -> None:
+        self._send(json.dumps({"error": e.to_dict()}).encode() + b"\n")
 
 
 def _write_line(fd: int, text: str) -> None:
@@ -438,12 +544,15 @@ def _write_error(fd: int, e: GlassbreakError, output: str) -> None:
 
 
 def _reply(conn: socket.socket, code: int, *, error: str | None = None,
-           hint: str | None = None) -> None:
+           hint: str | None = None, ended_by: int | None = None) -> None:
     """The last line of every connection; `error` only when the request itself was refused
-    before a run could report on the caller's own stderr."""
+    before a run could report on the caller's own stderr; `ended_by` (with "report":
+    "socket"): the signal line that ended the run's tree."""
     msg: dict[str, Any] = {"exit_code": code}
     if error:
         msg.update(error=error, hint=hint)
+    if ended_by is not None:
+        msg["ended_by"] = ended_by
     try:
         conn.sendall(json.dumps(msg).encode() + b"\n")
     except OSError:

@@ -133,3 +133,13 @@ def test_render_table_and_targets(bl: ModuleType) -> None:
     assert line.startswith("PASS") and "2.25x" in line and "issue 5" in line
     assert bl.fmt_seconds(0.0005) == "500 us" and bl.fmt_seconds(2.0) == "2.00 s"
     assert bl.fmt_seconds(None) == "n/a"
+
+
+def test_mcp_latency_table() -> None:
+    m = load_bench("mcp_latency")
+    data = {"results": {
+        "cli-warm": {"median_ms": 10.0, "min_ms": 8.0, "max_ms": 20.0, "n": 3},
+        "mcp-stdio": {"median_ms": 12.5, "min_ms": 9.0, "max_ms": 30.0, "n": 3,
+                      "daemon_run_ms": 4.2, "vs_cli_warm": 1.25}}}
+    text = m.render(data)
+    assert "cli-warm" in text and "1.25x" in text and "4.20ms" in text
