@@ -1,0 +1,185 @@
+"""The `credentials:` section of the profile format (issue 14): strict validation with file:line
+errors through the loader, merge rules under `extends` and `relax`, where each credential was
+defined (only trusted files may carry sources), Pure: no kernel."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import ProfileError
+from sandbox.policy import loader
+from sandbox.policy.loader import resolve
+from sandbox.policy.profile import ResolvedProfile
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    monkeypatch.setenv("GLASSBREAK_PROFILE_PATH", str(lib))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    loader._CACHE.clear()
+    return lib
+
+
+def write(d: Path, name: str, text: str) -> Path:
+    p = d / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def load(ref: str | Path) -> ResolvedProfile:
+    return resolve(str(ref), examples=False)
+
+
+def error(ref: Path) -> str:
+    with pytest.raises(ProfileError) as ei:
+        load(ref)
+    return ei.value.message + "\n  hint: " + str(ei.value.hint)
+
+
+STRICT = """\
+    name: strict
+    credentials:
+      kubeconfig: {file: /etc/glassbreak/credentials/readonly.kubeconfig, env: KUBECONFIG}
+      api: {daemonEnv: GB_API_READ, env: API_TOKEN, deliver: env}
+    escalation: {relaxedProfile: ops}
+    """
+OPS = """\
+    name: ops
+    extends: strict
+    relax: true
+    credentials:
+      kubeconfig:
+        mint: kubectl create token ops-writer -n agents --duration {ttl}
+        timeout: 5s
+        env: KUBECONFIG
+        template: "users: [{name: ops, user: {token: {token}}}]"
+      api: null
+    """
+
+
+def test_two_tiers_resolve_with_their_origins(_isolated: Path) -> None:
+    s = write(_isolated, "strict.yaml", STRICT)
+    o = write(_isolated, "ops.yaml", OPS)
+    strict, ops = load("strict"), load("ops")
+    assert strict.credentials["kubeconfig"].source == "file"
+    assert strict.credentials["api"].deliver == "env"
+    assert strict.credentialOrigins == {"kubeconfig": str(s), "api": str(s)}
+    assert set(ops.credentials) == {"kubeconfig"}  # `api: null` removed the inherited one
+    k = ops.credentials["kubeconfig"]
+    assert k.source == "mint" and k.timeout_seconds == 5 and k.deliver == "file"
+    assert ops.credentialOrigins == {"kubeconfig": str(o)}
+    # credentials are part of what the profile means (its hash), their origins are not
+    assert strict.content_hash != load(write(_isolated, "strict2.yaml", STRICT.replace(
+        "GB_API_READ", "GB_API_OTHER"))).content_hash
+
+
+def test_a_child_adds_credentials_but_replaces_one_only_with_relax(_isolated: Path) -> None:
+    write(_isolated, "strict.yaml", STRICT)
+    add = write(_isolated, "add.yaml", """\
+        name: add
+        extends: strict
+        credentials:
+          gh: {daemonEnv: GB_GH_READ, env: GH_TOKEN, deliver: env}
+        """)
+    assert set(load(add).credentials) == {"kubeconfig", "api", "gh"}
+    assert load(add).credentialOrigins["kubeconfig"].endswith("strict.yaml")
+    same = write(_isolated, "same.yaml", """\
+        name: same
+        extends: strict
+        credentials:
+          kubeconfig: {file: /etc/glassbreak/credentials/readonly.kubeconfig, env: KUBECONFIG}
+        """)
+    assert load(same).credentialOrigins["kubeconfig"].endswith("strict.yaml")  # unchanged
+    swap = write(_isolated, "swap.yaml", """\
+        name: swap
+        extends: strict
+        credentials:
+          kubeconfig: {file: /etc/glassbreak/credentials/admin.kubeconfig, env: KUBECONFIG}
+        """)
+    msg = error(swap)
+    assert f"{swap}:4: credentials.kubeconfig: replaces the credential kubeconfig" in msg
+    assert "relax: true" in msg
+
+
+def test_null_must_remove_something(_isolated: Path) -> None:
+    write(_isolated, "strict.yaml", STRICT)
+    p = write(_isolated, "c.yaml", """\
+        name: c
+        extends: strict
+        credentials:
+          kubeconfg: null
+        """)
+    msg = error(p)
+    assert f"{p}:4: credentials.kubeconfg: null removes an inherited credential" in msg
+    assert "it has: kubeconfig, api" in msg
+    root = write(_isolated, "r.yaml", "name: r\ncredentials:\n  x: null\n")
+    assert f"{root}:3: credentials.x: null removes" in error(root)
+
+
+def test_two_credentials_cannot_set_one_variable(_isolated: Path) -> None:
+    p = write(_isolated, "d.yaml", """\
+        name: d
+        credentials:
+          a: {file: /etc/glassbreak/credentials/a, env: KUBECONFIG}
+          b: {file: /etc/glassbreak/credentials/b, env: KUBECONFIG}
+        """)
+    assert f"{p}:2: credentials: " in error(p) and "both set KUBECONFIG" in error(p)
+    write(_isolated, "strict.yaml", STRICT)
+    m = write(_isolated, "m.yaml", """\
+        name: m
+        extends: strict
+        credentials:
+          other: {file: /etc/glassbreak/credentials/o, env: API_TOKEN}
+        """)
+    assert f"{m}:3: credentials: credentials api and other both set API_TOKEN" in error(m)
+    f = write(_isolated, "f.yaml", """\
+        name: f
+        credentials:
+          a: {file: /x/a, env: A, fileName: same}
+          b: {file: /x/b, env: B, fileName: same}
+        """)
+    assert "both write the file same" in error(f)
+
+
+@pytest.mark.parametrize("body,line,problem", [
+    ("k: {env: KUBECONFIG}", 3, "exactly one source: file, daemonEnv or mint"),
+    ("k: {file: /a, mint: x, env: K}", 3, "exactly one source: file, daemonEnv or mint "
+     "(got file, mint)"),
+    ("k: {file: relative/path, env: K}", 3, "a credential source is an absolute path"),
+    ("k: {mint: 'vault token create -ttl {tll}', env: K}", 3, "unknown placeholder {tll}"),
+    ("k: {mint: 'x \"unclosed', env: K}", 3, "cannot split the mint command like a shell"),
+    ("k: {mint: '', env: K}", 3, "an empty mint command"),
+    ("k: {file: /a, env: LD_PRELOAD}", 3, "LD_PRELOAD cannot carry a credential"),
+    ("k: {file: /a, env: PATH}", 3, "PATH cannot carry a credential"),
+    ("k: {file: /a, env: 'A-B'}", 3, "is not an environment variable name"),
+    ("k: {file: /a, env: K, timeout: 5s}", 3, "timeout is for mint commands only"),
+    ("k: {mint: x, env: K, timeout: 10m}", 3, "longer than 5m"),
+    ("k: {file: /a, env: K, template: 'no placeholder'}", 3, "template has no {token}"),
+    ("k: {file: /a, env: K, deliver: env, fileName: f}", 3, "fileName is for deliver: file"),
+    ("k: {file: /a, env: K, fileName: ../x}", 3, "is not a plain file name"),
+    ("k: {file: /a, env: K, deliver: pipe}", 3, "'file' or 'env'"),
+    ("k: {file: /a, env: K, mintt: x}", 3, "unknown field 'mintt'"),
+    ("'bad name': {file: /a, env: K}", 3, "String should match pattern"),
+])
+def test_strict_validation_names_file_and_line(tmp_path: Path, body: str, line: int,
+                                               problem: str) -> None:
+    p = write(tmp_path, "v.yaml", f"name: v\ncredentials:\n  {body}\n")
+    msg = error(p)
+    assert f"{p}:{line}: credentials." in msg, msg
+    assert problem in msg, msg
+
+
+def test_unknown_field_suggests(tmp_path: Path) -> None:
+    p = write(tmp_path, "s.yaml", "name: s\ncredentials:\n  k: {file: /a, env: K, templat: x}\n")
+    assert "did you mean template?" in error(p)
+
+
+def test_profile_schema_documents_credentials() -> None:
+    schema = loader.profile_schema()
+    assert "credentials" in schema["properties"]
+    assert "Credential" in schema["$defs"]
