@@ -1,6 +1,6 @@
 """The `credentials:` section of the profile format (issue 14): strict validation with file:line
 errors through the loader, merge rules under `extends` and `relax`, where each credential was
-defined (only trusted files may carry sources), Pure: no kernel."""
+defined (only trusted files may carry sources), and the secret mask. Pure: no kernel."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from sandbox.errors import ProfileError
 from sandbox.policy import loader
 from sandbox.policy.loader import resolve
-from sandbox.policy.profile import ResolvedProfile
+from sandbox.policy.profile import Credential, ResolvedProfile
+from sandbox.run.secretmask import SecretMask, fragments
 
 
 @pytest.fixture(autouse=True)
@@ -179,7 +180,76 @@ def test_unknown_field_suggests(tmp_path: Path) -> None:
     assert "did you mean template?" in error(p)
 
 
+def test_mint_argv_and_placeholders() -> None:
+    from sandbox.run.credentials import mint_command, mint_ttl
+
+    c = Credential(mint="aws sts assume-role --role-arn 'arn:aws:iam::1:role/x y' "
+                        "--duration-seconds {ttl_s} --role-session-name gb-{agent}-{grant_id}",
+                   env="AWS_CREDS")
+    argv = mint_command(c, ttl_s=899, agent="bot-1", grant_id="gr-1")
+    assert argv == ["aws", "sts", "assume-role", "--role-arn", "arn:aws:iam::1:role/x y",
+                    "--duration-seconds", "899", "--role-session-name", "gb-bot-1-gr-1"]
+    lst = Credential(mint=["vault", "token", "create", "-ttl", "{ttl}", "-field=token"],
+                     env="VAULT_TOKEN", deliver="env")
+    assert mint_command(lst, ttl_s=60, agent=None, grant_id="g")[4] == "60s"
+
+    class G:
+        expires_at = 1000.9
+
+    assert mint_ttl(G(), now=100.0) == 900  # whole seconds, rounded down: never past the end
+
+
 def test_profile_schema_documents_credentials() -> None:
     schema = loader.profile_schema()
     assert "credentials" in schema["properties"]
     assert "Credential" in schema["$defs"]
+
+
+# ------------------------------------------------------------------------------ the mask
+
+
+TOKEN = "opsTok-3fA9c2E71b0d4e5f6a7b8c9d"
+KUBECONFIG = f"""apiVersion: v1
+clusters:
+- cluster: {{server: "https://10.0.0.1:6443", certificate-authority-data: LS0tLS1CRUdJTiBDRVJU}}
+  name: prod-cluster
+users:
+- name: ops
+  user: {{token: {TOKEN}}}
+"""
+
+
+def test_fragments_of_a_kubeconfig() -> None:
+    frags = fragments(KUBECONFIG)
+    assert KUBECONFIG.strip() in frags and TOKEN in frags
+    assert "LS0tLS1CRUdJTiBDRVJU" in frags  # long, mixed: masked too (harmless)
+    for plain in ("certificate-authority-data", "apiVersion", "prod-cluster", "//10.0.0.1"):
+        assert plain not in frags
+
+
+def test_mask_events_env_and_nested_context() -> None:
+    from sandbox.events import ExecBlocked, ExecObserved
+
+    m = SecretMask()
+    assert not m
+    m.add("kubeconfig", TOKEN)
+    m.add("kubeconfig", KUBECONFIG, env="KUBECONFIG")
+    m.hidden.add("GB_OPS_SOURCE")
+    ev = ExecObserved(pid=1, binary="/usr/bin/curl", decision="allow", layer="exec-trace",
+                      rule_id="r", argv=["curl", "-H", f"Authorization: Bearer {TOKEN}"])
+    m.event(ev)
+    assert ev.argv[2] == "Authorization: Bearer [credential kubeconfig]"
+    assert TOKEN not in ev.model_dump_json()
+    blk = ExecBlocked(layer="exec-gate", verdict="block", rule_id="r", profile="p",
+                      reason=f"`{TOKEN}` is not allowed", argv=["x", TOKEN + "suffix"])
+    m.event(blk)
+    assert TOKEN not in blk.model_dump_json() and "[credential kubeconfig]suffix" in blk.argv[1]
+    env = m.env({"PATH": "/bin", "COPY": f"x{TOKEN}", "GB_OPS_SOURCE": "s3cr3t-source-value",
+                 "KUBECONFIG": "/home/agent/.kube/config"})
+    assert env == {"PATH": "/bin", "COPY": "x[credential kubeconfig]",
+                   "KUBECONFIG": "[credential kubeconfig]"}
+    ctx = [{"pid": 3, "argv": ["sh", "-c", f"echo {TOKEN}"]}, {"pid": 4, "argv": ["ls"]}]
+    out = m.scrub(ctx)
+    assert out[0]["argv"][2] == "echo [credential kubeconfig]" and out[1] is ctx[1]
+    untouched = ["ls", "-l"]
+    assert m.scrub(untouched) is untouched
