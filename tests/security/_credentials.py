@@ -196,3 +196,15 @@ def wait_gone(path: str, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def files_gone(path: str, timeout: float = 5.0) -> bool:
+    """A credential file is gone, and its run's directory with it or empty (a daemon keeps an
+    emptied directory for the user's next run)."""
+    if not wait_gone(path, timeout):
+        return False
+    d = os.path.dirname(path)
+    try:
+        return not os.listdir(d)
+    except FileNotFoundError:
+        return True

@@ -32,11 +32,11 @@ from tests.escalation.helpers import SECRET, Receiver
 from tests.security._credentials import (
     SHOW,
     World,
+    files_gone,
     grant_of,
     make_world,
     printed,
     result,
-    wait_gone,
 )
 from tests.security._trust import NOBODY, Daemon, as_uid, gb, start_daemon, workdir
 
@@ -221,7 +221,7 @@ def test_daemon_issues_each_caller_its_tier(daemon_world: tuple[Daemon, World],
     assert f"token: {w.low_token}" in out and p["api"] == w.api_read
     assert p["src"] == "" and p["ops"] == ""
     assert "mode=600 65534" in out and "mode=700 65534" in out  # the caller's, private
-    assert not os.path.exists(os.path.dirname(p["kc"]))
+    assert files_gone(p["kc"])
 
     r = gb("run", "-o", "json", "--", *DELETE, env=client(dm), prefix=NOBODY)
     assert r.returncode == 126, r.stderr
@@ -259,7 +259,7 @@ def test_daemon_issues_each_caller_its_tier(daemon_world: tuple[Daemon, World],
     assert rv.returncode == 0, rv.stderr
     proc.communicate(timeout=30)
     assert proc.returncode == 128 + 9
-    assert wait_gone(os.path.dirname(kc))
+    assert files_gone(kc)
     audit = (dm.state / "audit.jsonl").read_text()
     for value in w.secrets().values():
         assert value not in audit
@@ -310,7 +310,7 @@ def test_credential_paths_name_what_a_run_must_not_read(tmp_path: Path,
     strict one names, and the other runs' credential directories."""
     from sandbox.config import Config
     from sandbox.policy import loader
-    from sandbox.run.credentials import RUN_ROOT, credential_paths
+    from sandbox.run.credentials import credential_paths, run_root_path
 
     w = make_world(tmp_path / "w")
     monkeypatch.setenv("GLASSBREAK_PROFILE_PATH", str(w.profiles))
@@ -320,7 +320,7 @@ def test_credential_paths_name_what_a_run_must_not_read(tmp_path: Path,
     assert paths[0] == str(w.creds)
     assert f"{w.creds}/readonly.kubeconfig" in paths
     assert f"{w.creds}/ops-breakglass.token" in paths  # the relaxed tier's, for a strict run
-    assert RUN_ROOT in paths
+    assert run_root_path() in paths
 
 
 @pytest.mark.xfail(strict=True, reason=LANDLOCK)
@@ -361,7 +361,7 @@ def test_a_run_cannot_read_another_runs_credential_files(tmp_path: Path,
         assert proc.stdout is not None
         kc = proc.stdout.readline().strip().split("=", 1)[1]
         r = run_cli("run", "-p", "c-strict", "--agent", "bot-2", "--", "sh", "-c",
-                    f"cat {kc}; ls /run/glassbreak-credentials", env=env)
+                    f"cat {kc}; ls {os.path.dirname(os.path.dirname(kc))}", env=env)
         assert w.mints()[0].token not in r.stdout
         assert os.path.basename(os.path.dirname(kc)) not in r.stdout
     finally:
