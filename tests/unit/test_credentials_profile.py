@@ -253,3 +253,31 @@ def test_mask_events_env_and_nested_context() -> None:
     assert out[0]["argv"][2] == "echo [credential kubeconfig]" and out[1] is ctx[1]
     untouched = ["ls", "-l"]
     assert m.scrub(untouched) is untouched
+
+
+def test_the_docs_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every profile in docs/credentials.md is valid (with the shipped profiles it extends)."""
+    import re
+
+    from sandbox.paths import shipped_profiles_dir
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "credentials.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)
+              if b.lstrip().startswith(("# /etc/glassbreak/profiles/", "name:"))]
+    lib = tmp_path / "docs"
+    lib.mkdir()
+    names = []
+    for b in blocks:
+        name = re.search(r"^name: (\S+)", b, re.M)
+        if name and "credentials:" in b:
+            (lib / f"{name.group(1)}.yaml").write_text(b)
+            names.append(name.group(1))
+    assert {"k8s-agents", "k8s-agents-ops", "deploy-agents", "deploy-agents-ops"} <= set(names)
+    monkeypatch.setenv("GLASSBREAK_PROFILE_PATH", f"{lib}:{shipped_profiles_dir()}")
+    loader._CACHE.clear()
+    for n in names:
+        p = loader.load_profile(n)  # examples checked too
+        assert p.credentials, n
+    ops = loader.load_profile("k8s-agents-ops")
+    assert ops.credentials["kubeconfig"].source == "mint"
+    assert loader.load_profile("k8s-agents").escalation.relaxedProfile == "k8s-agents-ops"
