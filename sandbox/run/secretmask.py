@@ -54,6 +54,7 @@ class SecretMask:
         self.hidden: set[str] = set()  # variables taken out of the run's environment
         self._re: re.Pattern[str] | None = None
         self._dirty = False
+        self.version = 0  # grows with every value added
 
     def add(self, label: str, value: str, env: str | None = None) -> None:
         for f in fragments(value):
@@ -61,6 +62,7 @@ class SecretMask:
         if env:
             self.names[env] = label
         self._dirty = True
+        self.version += 1
 
     def __bool__(self) -> bool:
         return bool(self._frags or self.names or self.hidden)

@@ -171,6 +171,8 @@ class Supervisor:
         started = time.monotonic()
         events: list[Any] = []
 
+        masked = [0]  # the mask version the recorded events were masked with
+
         def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
             ev.run_id = ev.run_id or run_id
             mask = self._masks.get(run_id)
@@ -180,6 +182,10 @@ class Supervisor:
             if show:
                 emit(ev)
             if sync or len(events) >= 256:
+                if mask is not None and mask.version != masked[0]:
+                    for e in events:  # recorded before the run's credentials were known
+                        mask.event(e)
+                    masked[0] = mask.version
                 self._flush(events, sync=sync)
 
         try:

@@ -146,6 +146,13 @@ def test_no_credential_value_reaches_any_record(tmp_path: Path, stub_kubectl: Pa
     assert r.returncode == 0 and "done" in r.stdout, r.stderr
     esc3 = [json.loads(x) for x in r.stderr.splitlines() if '"type":"blocked"' in x][0][
         "escalation_id"]
+    # an agent that saw a value (stdout is its own) and passes it on: masked in what this run,
+    # which holds that credential, records (its run_started argv, the shell's exec)
+    r = run("bot-2", "sh", "-c", f"echo replay {w.low_token} {w.api_read} >/dev/null")
+    assert r.returncode == 0, r.stderr
+    started = [e for e in w.audit() if e["type"] == "run_started"][-1]
+    assert started["argv"][-1] == "echo replay [credential kubeconfig] [credential api] " \
+        ">/dev/null"
     flush = run_cli("escalations", "deliver", env=env)
     assert flush.returncode == 0, flush.stderr
     deadline = time.monotonic() + 10
