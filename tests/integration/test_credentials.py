@@ -221,3 +221,19 @@ def test_mint_without_a_grant_refused(world: World) -> None:
     assert r.returncode == 125
     assert "minted for a grant's window, and this run has no grant" in r.stderr
     assert world.mints() == []
+
+
+def test_runs_starting_together_under_one_grant_mint_once(world: World) -> None:
+    import subprocess
+
+    from tests.conftest import GLASSBREAK
+
+    approve(world)
+    procs = [subprocess.Popen([GLASSBREAK, "run", "-p", "c-strict", "--agent", "bot-1", "--",
+                               "sh", "-c", 'grep token: "$KUBECONFIG"'], env=world.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    (m,) = world.mints()  # one mint for the three (a lock per grant and credential)
+    assert all(m.token in out for out, _ in outs)
