@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from sandbox.cli.render import argv_warnings, quote_arg, quote_argv, visible
 from sandbox.errors import EscalationError, GlassbreakError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,9 +71,13 @@ def list_cmd(state: str | None, output: str) -> None:
     if not recs:
         click.echo("no escalations" + (f" in state {state}" if state else ""))
     for r in recs:
-        click.echo(f"{r.id}  {r.display_state:<16} {_when(r.created_at)}  agent={r.agent or '-'}"
-                   f"  profile={r.profile}  rule={r.rule_id}  x{r.count}  "
-                   f"{' '.join(r.argv)[:60]}")
+        cmd = quote_argv(r.argv)
+        cmd = cmd if len(cmd) <= 80 else cmd[:80] + f"... (+{len(cmd) - 80} characters)"
+        warn = f"  [{len(argv_warnings(r.argv))} warning(s): see show]" \
+            if argv_warnings(r.argv) else ""
+        click.echo(f"{r.id}  {r.display_state:<16} {_when(r.created_at)}  "
+                   f"agent={visible(r.agent or '-')}  profile={visible(r.profile)}  "
+                   f"rule={visible(r.rule_id)}  x{r.count}  {cmd}{warn}")
 
 
 @escalations.command("show")
@@ -86,34 +91,39 @@ def show_cmd(esc_id: str, output: str) -> None:
     if output == "json":
         click.echo(json.dumps(_dump(rec)))
         return
+    v = visible
     lines = [
-        f"escalation {rec.id}: {rec.display_state}" + (f" by {rec.decided_by}"
-                                                        if rec.decided_by else ""),
-        f"  trigger   {rec.layer} / {rec.rule_id}: {rec.rule_reason}",
-        f"  command   {' '.join(rec.argv)}",
-        f"  cwd       {rec.cwd}",
-        f"  binary    {rec.binary or '?'} sha256={rec.binary_sha256 or '?'}",
-        f"  agent     {rec.agent or '-'} on {rec.host}; reason: {rec.agent_reason or '(none)'}",
-        f"  profile   {rec.profile} ({rec.profile_hash[:16]}) relaxed: "
-        f"{rec.relaxed_profile or '-'}",
-        f"  owners    {', '.join(rec.owners) or '(none named)'}",
+        f"escalation {v(rec.id)}: {rec.display_state}" + (f" by {v(rec.decided_by)}"
+                                                           if rec.decided_by else ""),
+        f"  trigger   {v(rec.layer)} / {v(rec.rule_id)}: {v(rec.rule_reason)}",
+        f"  command   {quote_argv(rec.argv)}",
+    ]
+    lines += [f"  WARNING   {w}" for w in argv_warnings(rec.argv)]
+    lines += [
+        f"  cwd       {quote_arg(rec.cwd)}",
+        f"  binary    {quote_arg(rec.binary or '?')} sha256={v(rec.binary_sha256 or '?')}",
+        f"  agent     {v(rec.agent or '-')} on {v(rec.host)}; reason: "
+        f"{v(rec.agent_reason or '(none)', 2000)}",
+        f"  profile   {v(rec.profile)} ({v(rec.profile_hash[:16])}) relaxed: "
+        f"{v(rec.relaxed_profile or '-')}",
+        f"  owners    {v(', '.join(rec.owners) or '(none named)')}",
         f"  seen      {rec.count}x, created {_when(rec.created_at)}, pending until "
         f"{_when(rec.expires_at)}",
-        f"  grant     {rec.grant_id or '-'}",
-        "  env       " + (" ".join(f"{k}={v}" for k, v in sorted(rec.env.items()))[:300]
+        f"  grant     {v(rec.grant_id or '-')}",
+        "  env       " + (v(" ".join(f"{k}={val}" for k, val in sorted(rec.env.items())), 300)
                           or "-"),
         f"  ancestry  {len(rec.ancestry)} process(es); recent execs: {len(rec.recent_execs)}",
         f"  delivery  {rec.delivery_status}",
     ]
     for d in rec.deliveries:
-        lines.append(f"    {d.id} {d.event} -> {d.url} [{d.format}]: {d.state} after "
-                     f"{d.attempts} attempt(s)" + (f"; last error: {d.last_error}"
+        lines.append(f"    {d.id} {d.event} -> {v(d.url)} [{d.format}]: {d.state} after "
+                     f"{d.attempts} attempt(s)" + (f"; last error: {v(d.last_error, 300)}"
                                                    if d.last_error else "")
                      + (f"; next try {_when(d.next_at)}" if d.next_at else ""))
     lines.append("  history")
     for t in rec.history:
-        lines.append(f"    {_when(t.at)} {t.kind:<9} by {t.by}" + (f": {t.why}" if t.why
-                                                                   else ""))
+        lines.append(f"    {_when(t.at)} {t.kind:<9} by {v(t.by, 80)}" + (
+            f": {v(t.why, 500)}" if t.why else ""))
     click.echo("\n".join(lines))
 
 
@@ -267,9 +277,10 @@ def grants_list(all_: bool, output: str) -> None:
     if not gs:
         click.echo("no active grants")
     for g in gs:
-        what = g.relaxed_profile if g.scope == "profile" else " ".join(g.argv or [])[:50]
-        click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={g.agent or '-'} "
-                   f"profile={g.profile} -> {what}  by {g.approver} until "
+        what = visible(g.relaxed_profile or "") if g.scope == "profile" else \
+            quote_argv(g.argv or [])
+        click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={visible(g.agent or '-')} "
+                   f"profile={visible(g.profile)} -> {what}  by {visible(g.approver)} until "
                    f"{_when(g.expires_at)}  ({g.escalation_id})"
                    + ("  one-shot" + (" (used)" if g.consumed_at else "") if g.one_shot
                       else ""))
@@ -302,18 +313,33 @@ def grants_revoke(grant_id: str, as_: str | None, token_file: str | None, reason
               "/run/glassbreak/glassbreak.sock).")
 @click.option("--no-socket", is_flag=True, help="Do not serve runs (approval API only).")
 @click.option("--no-http", is_flag=True, help="Do not serve the approval HTTP API.")
+@click.option("--decisions-from", "decisions_from", multiple=True, metavar="CIDR",
+              envvar="GLASSBREAK_DECISIONS_FROM",
+              help="Client networks whose requests may decide or revoke over HTTP (repeat, or "
+              "comma-separate; $GLASSBREAK_DECISIONS_FROM). Default: loopback only "
+              "(127.0.0.0/8, ::1). Others get 403, audited.")
 @OUTPUT
 @guarded
 def serve(host: str, port: int, socket_path: str | None, no_socket: bool, no_http: bool,
-          output: str) -> None:
-    """Run the daemon: warm runs on a unix socket AND the approval HTTP API (with the webhook
-    outbox flushed in the background). --no-socket / --no-http turn either off."""
+          decisions_from: tuple[str, ...], output: str) -> None:
+    """Run the daemon: warm runs on a unix socket AND the approval HTTP API with the console
+    (and the webhook outbox flushed in the background). --no-socket / --no-http turn either
+    off."""
     if no_socket and no_http:
         raise UsageError("--no-socket and --no-http leave nothing to serve",
                          hint="drop one of them")
     if no_socket and socket_path:
         raise UsageError("--socket and --no-socket contradict each other",
                          hint="drop one of them")
+    from escalation.console.auth import LOOPBACK, parse_networks
+
+    try:
+        nets = [str(n) for n in parse_networks(decisions_from or LOOPBACK)]
+    except ValueError as e:
+        raise UsageError(f"--decisions-from: {e}",
+                         hint="e.g. --decisions-from 10.0.0.0/8") from None
+    if not nets:
+        raise UsageError("--decisions-from names no network", hint="e.g. 127.0.0.1/32")
     svc = _service()
     svc.store.ping()
     _ = svc.config  # a broken GLASSBREAK_CONFIG fails here, at start-up, not at the first POST
@@ -330,8 +356,12 @@ def serve(host: str, port: int, socket_path: str | None, no_socket: bool, no_htt
                          name="glassbreak-run-socket").start()
     from escalation.api import serve as run
 
-    msg = {"listening": f"http://{host}:{port}", "store": svc.store.url.split("@")[-1]}
+    shown = f"[{host}]" if ":" in host else host
+    msg = {"listening": f"http://{shown}:{port}", "console": f"http://{shown}:{port}/signin",
+           "store": svc.store.url.split("@")[-1], "decisions_from": nets}
     click.echo(json.dumps(msg) if output == "json" else
-               f"glassbreak approvals on http://{host}:{port} (store {msg['store']})")
+               f"glassbreak approvals and console on http://{shown}:{port} (store "
+               f"{msg['store']}; decisions from {', '.join(nets)}); sign in at "
+               f"http://{shown}:{port}/signin with an approver token")
     sys.stdout.flush()
-    run(svc, host=host, port=port)
+    run(svc, host=host, port=port, decisions_from=nets)

@@ -394,8 +394,14 @@ class EscalationService:
                                   "see `glassbreak escalations list`")
 
     def refuse(self, esc_id: str | None, by: str | None, why: str, via: str,
-               caller: str | None = None) -> None:
-        """Record a refused decision (bad signature, stale, replay...) without raising."""
+               caller: str | None = None, history: bool = True) -> None:
+        """Record a refused decision (bad signature, stale, replay...) without raising.
+        history=False: the audit log only, not the request's history (an attempt nobody
+        authenticated must not be able to grow a request's record)."""
+        if not history:
+            self.emit(DecisionRefused(escalation_id=esc_id, by=by, why=f"{why} (via {via})",
+                                      caller=caller))
+            return
         self._refuse(esc_id, by, why, via=via, raise_=False, caller=caller)
 
     def decide(self, esc_id: str, *, approve: bool, by: str, reason: str | None = None,

@@ -160,6 +160,16 @@ class DecisionRefused(_Event):
     caller: str | None = Field(default=None, description="who really asked (kernel uid, token)")
 
 
+class ConsoleSession(_Event):
+    """The console (`glassbreak serve`): an approver signed in or out, or a sign-in refused."""
+
+    type: Literal["console_session"] = "console_session"
+    action: Literal["signed_in", "signed_out", "refused", "throttled"]
+    approver: str | None = None
+    client: str | None = Field(default=None, description="the client's address")
+    why: str | None = None
+
+
 class WebhookDelivery(_Event):
     type: Literal["webhook_delivery"] = "webhook_delivery"
     escalation_id: str
@@ -223,7 +233,8 @@ class RunExited(_Event):
 Event = Annotated[
     RunStarted | RunRefused | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed
     | GrantRejected | GrantEnded | EscalationRaised | EscalationDecided | DecisionRefused
-    | WebhookDelivery | CredentialIssued | CredentialFailed | Degraded | RunExited,
+    | ConsoleSession | WebhookDelivery | CredentialIssued | CredentialFailed | Degraded
+    | RunExited,
     Field(discriminator="type"),
 ]
 

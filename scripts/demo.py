@@ -16,6 +16,10 @@ commands go through the daemon, which knows their uid from SO_PEERCRED.
   6. the expiry                a long-running escalated process is ended when the window closes
   7. the strict run again      blocked again
   8. the audit trail           escalations list, grants list, the audit log
+  9. the console               `glassbreak serve` on this demo's state: checked with the on-call
+                               approver's token (sign in, the inbox lists the request); then
+                               its URL and a ready token. In a terminal it stays up until you
+                               press Enter; otherwise the exact command to start it is printed.
 """
 
 from __future__ import annotations
@@ -25,18 +29,28 @@ import hmac
 import http.server
 import json
 import os
+import re
+import secrets
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
 GB = str(VENV_BIN / "glassbreak")
 SECRET = "demo-secret-" + os.urandom(8).hex()
+# the on-call approver's token: what signs in to the console (and what `--token-file` and the
+# HTTP API take); the config keeps only its sha256
+APPROVER_TOKEN = "gb-demo-" + secrets.token_urlsafe(18)
 STUB = "#!/bin/sh\necho \"stub-kubectl $*\"\n"
 received: list[dict[str, object]] = []
 
@@ -117,7 +131,8 @@ def main() -> int:
         agents:
           demo-agent: {{users: [{AGENT_UID}], profiles: [demo-k8s]}}
         approvers:
-          sre-oncall: {{users: [{APPROVER_UID}]}}
+          sre-oncall: {{users: [{APPROVER_UID}], tokenSha256: "{hashlib.sha256(
+              APPROVER_TOKEN.encode()).hexdigest()}"}}
         """))
     config.chmod(0o644)
     sock = work / "glassbreak.sock"
@@ -236,6 +251,86 @@ def _story(user_env: dict[str, str], root_env: dict[str, str], work: Path) -> in
     print(f"  {audit}: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
     print("\nDone: allowed, blocked, refused, escalated, approved, relaxed, expired, strict "
           "again.")
+    return _console(root_env, esc)
+
+
+def _free_port(preferred: int = 8787) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+
+def _console_check(base: str, esc: str) -> str | None:
+    """Sign in with the approver token the way a browser does; None when the inbox lists the
+    demo's escalation, else what went wrong."""
+    jar = urllib.request.HTTPCookieProcessor()
+    opener = urllib.request.build_opener(jar)
+    try:
+        page = opener.open(base + "/signin", timeout=5).read().decode()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        if not csrf:
+            return "the sign-in page has no form"
+        body = urllib.parse.urlencode({"csrf": csrf.group(1), "token": APPROVER_TOKEN,
+                                       "next": "/escalations"}).encode()
+        inbox = opener.open(urllib.request.Request(base + "/signin", data=body),  # noqa: S310
+                            timeout=5).read().decode()
+    except (OSError, urllib.error.HTTPError) as e:
+        return f"{type(e).__name__}: {e}"
+    if esc not in inbox:
+        return "signed in, but the inbox does not list " + esc
+    first = re.search(r'href="/escalations/(esc-[0-9a-f]+)"', inbox)  # pending first
+    NEWEST[0] = first.group(1) if first else esc
+    return None
+
+
+NEWEST = [""]  # the request at the top of the console's inbox
+
+
+def _console(root_env: dict[str, str], esc: str) -> int:
+    say("9. The console: the same requests, grants and audit log, for the people who decide")
+    env = {k: root_env[k] for k in ("GLASSBREAK_STATE_DIR", "GLASSBREAK_PROFILE_PATH",
+                                    "GLASSBREAK_CONFIG")}
+    port = _free_port()
+    cmd = [GB, "serve", "--no-socket", "--port", str(port)]
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + \
+        shlex.join(cmd).replace(GB, str(Path(GB).resolve()))
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, problem = time.monotonic() + 20, "it did not start"
+        while time.monotonic() < deadline and proc.poll() is None:
+            problem = _console_check(base, esc) or ""
+            if not problem:
+                break
+            time.sleep(0.2)
+        if problem:
+            return _fail(f"the console on {base}: {problem}")
+        print(f"  checked: signed in with sre-oncall's token, the inbox lists {esc}")
+        esc = NEWEST[0] or esc
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        if interactive:
+            print(f"\n  Console:  {base}/signin\n  Token:    {APPROVER_TOKEN}   "
+                  f"(sre-oncall)\n  Request:  {base}/escalations/{esc}\n")
+            try:
+                input("  The console runs until you press Enter. ")
+            except (EOFError, KeyboardInterrupt):
+                print()
+            return 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print(f"\n  Open the console on this demo's state (as root):\n    {shown}\n"
+          f"  then {base}/signin with the token {APPROVER_TOKEN} (sre-oncall)\n"
+          f"  and see {base}/escalations/{esc}")
     return 0
 
 

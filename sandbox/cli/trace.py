@@ -4,11 +4,11 @@ rebuilt from the audit log (compact text, or JSON)."""
 from __future__ import annotations
 
 import json
-import shlex
 from collections import defaultdict
 from typing import Any
 
 from sandbox.audit import read_events
+from sandbox.cli.render import quote_argv, visible
 from sandbox.errors import GlassbreakError
 
 
@@ -66,8 +66,8 @@ def render_trace(run_id: str, output: str = "text") -> str:
             mark = {"allow": "+", "block": "x", "deny": "X"}.get(e["decision"], "?")
             if e.get("would_block"):
                 mark = "~"
-            argv = shlex.join(e["argv"] or [])
-            lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({e['binary']}; "
+            argv = quote_argv(e["argv"] or [])
+            lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({visible(e['binary'])}; "
                          f"{e['decision']} by {e['layer']}: {e['rule_id']})")
         for c in n["children"]:
             walk(c, depth + 1)
@@ -75,6 +75,6 @@ def render_trace(run_id: str, output: str = "text") -> str:
     for r in tree["tree"]:
         walk(r, 0)
     for b in tree["blocked"]:
-        lines.append(f"blocked [{b['layer']}] {shlex.join(b['argv'] or [])}: {b['rule_id']} "
-                     f"({b['reason']}) escalation={b['escalation_id'] or '-'}")
+        lines.append(f"blocked [{b['layer']}] {quote_argv(b['argv'] or [])}: {b['rule_id']} "
+                     f"({visible(b['reason'])}) escalation={b['escalation_id'] or '-'}")
     return "\n".join(lines)

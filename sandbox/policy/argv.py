@@ -76,6 +76,9 @@ DIALECTS: tuple[Dialect, ...] = ("getopt", "cobra")
 DIALECT_NAMES = {"getopt": "GNU getopt_long", "cobra": "cobra/pflag"}
 PFLAG_BOOLS = frozenset({"1", "t", "T", "TRUE", "true", "True",
                          "0", "f", "F", "FALSE", "false", "False"})
+# an unambiguous argv visits about one state per token, and the kernel accepts hundreds of
+# thousands of arguments (xargs): the budget grows with the argv
+STATES_PER_ARG = 4
 
 
 @dataclass
@@ -363,7 +366,7 @@ class _Parser:
             if key in self.seen:
                 continue
             self.seen.add(key)
-            if len(self.seen) > MAX_STATES:
+            if len(self.seen) > MAX_STATES + STATES_PER_ARG * len(self.args):
                 self.fail("tooAmbiguous", self.prog,
                           f"the argv of {self.prog} has too many possible readings to check "
                           "(unknown flags that may take values); spell flags as --flag=value",
@@ -770,7 +773,8 @@ class _Cobra:
         key = (toks, extra, quiet, counts, note)
         if key in self.memo and not want_log:
             return self.memo[key]
-        if self.states > 2 * MAX_STATES:  # one parse per command path: a budget for them all
+        # one parse per command path: a budget for them all (that grows with the argv)
+        if self.states > 2 * MAX_STATES + 2 * STATES_PER_ARG * len(self.args):
             raise _TooAmbiguous
         p = _Parser(self.spec, toks, self.prog, "pflag", extra=extra, quiet=quiet,
                     counts=counts, note=note)

@@ -112,7 +112,7 @@ class Supervisor:
         self._audit = audit
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
-        self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
+        self._filters: dict[tuple[str, bool], Any] = {}  # see _filter
         # run id -> the SecretMask of a run that holds credentials: what it records is masked
         self._masks: dict[str, Any] = {}
 
@@ -279,8 +279,11 @@ class Supervisor:
         if getattr(grant, "scope", "profile") == "command":
             from sandbox.policy.profile import GrantedCommand
 
+            # the grant's own argv is the escalation record's, REDACTED (a secret in argv is
+            # masked there); what it covers is its signed cmd_key, which active_grant matched
+            # against exactly this run's argv, cwd and binary: so the run's argv is the one
             effective = strict.model_copy(update={"grantedCommands": [GrantedCommand(
-                grant_id=grant.id, argv=list(grant.argv or req.argv),
+                grant_id=grant.id, argv=list(req.argv),
                 binary_sha256=grant.binary_sha256)]})
         else:
             from sandbox.policy.loader import load_profile
@@ -394,7 +397,7 @@ class Supervisor:
         use_gate = "exec-gate" not in req.degraded
         use_ebpf = "ebpf" not in req.degraded
         tracer = self.tracer() if use_ebpf else None
-        layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate, use_ebpf))]
+        layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate))]
         if use_gate or tracer is not None:
             layers.append(ExecGateLayer(tracer, use_notify=use_gate))
         return layers
@@ -496,15 +499,15 @@ class Supervisor:
                                 mask=mask, root_chain=[*strict.sources, *effective.sources]
                                 if root_file else (), tiers=concerned)
 
-    def _filter(self, profile: ResolvedProfile, use_gate: bool, use_ebpf: bool) -> Any:
+    def _filter(self, profile: ResolvedProfile, use_gate: bool) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
         µs to make): a daemon's warm runs skip libseccomp (~3 ms)."""
         from sandbox.kernel.seccomp import compile_filter
 
-        key = (profile.seccomp.model_dump_json(), use_gate, use_ebpf)
+        key = (profile.seccomp.model_dump_json(), use_gate)
         filt = self._filters.get(key)
         if filt is None:
-            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_sigcont=use_ebpf)
+            filt = compile_filter(profile.seccomp, exec_notify=use_gate)
             if len(self._filters) >= 64:
                 self._filters.clear()
             self._filters[key] = filt

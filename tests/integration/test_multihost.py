@@ -191,7 +191,10 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             env = dict(os.environ, GLASSBREAK_STORE=url, GLASSBREAK_STATE_DIR=str(d / "state"),
                        GLASSBREAK_PROFILE_PATH=str(pdir),
                        GLASSBREAK_CONFIG=str(work / f"config-{host}.yaml"),
-                       GLASSBREAK_DECISION_SECRET=DECISION_SECRET)
+                       GLASSBREAK_DECISION_SECRET=DECISION_SECRET,
+                       # the test decides from the root netns (the bridge's address), not
+                       # from loopback: the hosts' APIs take decisions from there
+                       GLASSBREAK_DECISIONS_FROM=f"{net.ip(1)}/32")
             daemons.append(conc.start_daemon(
                 d, prefix=("nsenter", f"--net=/run/netns/{net.ns(host)}"), env=env,
                 http=(ip, 8787)))
@@ -255,7 +258,9 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert blocked[-1]["argv"] == ["/usr/bin/touch", str(target)]
 
     # B sees it (over its own HTTP API, store shared through Redis)
-    with urllib.request.urlopen(f"{fleet.api_b}/api/escalations/{esc}", timeout=10) as resp:  # noqa: S310
+    req = urllib.request.Request(f"{fleet.api_b}/api/escalations/{esc}",
+                                 headers={"Authorization": f"Bearer {BOB_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
         shown = json.loads(resp.read())
     assert shown["state"] == "pending"
 

@@ -17,8 +17,8 @@ from sandbox.policy import loader
 from sandbox.policy.decision import Verdict
 from sandbox.policy.loader import load_profile, load_raw, seccomp_syscall_check
 
-SHIPPED = ["base", "readonly", "k8s-readonly", "k8s-ops-escalated", "mcporter",
-           "mcporter.safebins"]
+SHIPPED = ["base", "readonly", "git-readonly", "python-dev", "k8s-readonly", "k8s-ops-escalated",
+           "mcporter", "mcporter.safebins"]
 
 # The profile exactly as issue 2 shows it (comments dropped).
 ISSUE_K8S = """
