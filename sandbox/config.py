@@ -160,6 +160,10 @@ class Config(_M):
     webhooks: list[Webhook] = Field(default_factory=list, description="sent for every profile")
     grantSigning: GrantSigning = Field(default_factory=GrantSigning)
     redis: RedisOptions = Field(default_factory=RedisOptions)
+    credentialsDir: str = Field(
+        default="/etc/glassbreak/credentials",
+        description="where the credential sources of profiles live (root's, 0700): never "
+        "readable in a run (docs/credentials.md)")
     _path: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")

@@ -180,6 +180,35 @@ class WebhookDelivery(_Event):
     error: str | None = None
 
 
+class CredentialIssued(_Event):
+    """A credential of the run's profile was handed to the run (never its value)."""
+
+    type: Literal["credential_issued"] = "credential_issued"
+    name: str
+    source: Literal["file", "daemonEnv", "mint"]
+    deliver: Literal["file", "env"]
+    env: str
+    profile: str
+    grant_id: str | None = None
+    cached: bool = Field(default=False, description="a mint of this grant reused")
+    expires_at: float | None = Field(default=None, description="a minted one: its grant's end")
+    mint_ms: float | None = None
+
+
+class CredentialFailed(_Event):
+    """A credential could not be issued: the run failed closed (125), nothing ran."""
+
+    type: Literal["credential_failed"] = "credential_failed"
+    name: str
+    source: Literal["file", "daemonEnv", "mint"]
+    profile: str
+    grant_id: str | None = None
+    exit_code: int | None = Field(default=None, description="the mint command's (None: it "
+                                  "did not exit by itself)")
+    why: str
+    stderr_tail: str | None = Field(default=None, description="the mint's stderr, redacted")
+
+
 class Degraded(_Event):
     type: Literal["degraded"] = "degraded"
     what: str
@@ -204,7 +233,8 @@ class RunExited(_Event):
 Event = Annotated[
     RunStarted | RunRefused | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed
     | GrantRejected | GrantEnded | EscalationRaised | EscalationDecided | DecisionRefused
-    | ConsoleSession | WebhookDelivery | Degraded | RunExited,
+    | ConsoleSession | WebhookDelivery | CredentialIssued | CredentialFailed | Degraded
+    | RunExited,
     Field(discriminator="type"),
 ]
 

@@ -21,6 +21,10 @@ to right the same way, as if each later one extended the earlier):
     dropped. defaultAction: the stricter.
   - owners: union. escalation: inherited field-wise (the child's given fields win), except
     maxTtl, which can only shrink (ttl is clamped to it).
+  - credentials: a child adds credentials; replacing one its parent defines (same name, other
+    definition) needs `relax: true` (the escalated tier lives in the relaxed profile);
+    `NAME: null` removes an inherited one. Two credentials may not set the same variable or
+    file. Each remembers the file that defined it (only trusted files may carry sources).
   - examples (profile, exec and per-safeBin): union; all are checked against the final profile.
   With `relax: true` the child's values replace the parent's where given (per safeBins binary
   and per field; exec and escalation per field; seccomp rules and owners as a whole), and the
@@ -40,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import ProfileError
 from sandbox.policy.profile import (
+    Credential,
     EscalationPolicy,
     Examples,
     ExecPolicy,
@@ -48,6 +53,7 @@ from sandbox.policy.profile import (
     SafeBin,
     SeccompPolicy,
     SeccompRule,
+    _check_credential_set,
     parse_duration,
 )
 
@@ -229,6 +235,42 @@ def _merge_escalation(parent: EscalationPolicy, child: EscalationPolicy, relax: 
                            hint="make ttl <= maxTtl") from None
 
 
+def _merge_credentials(parent: ResolvedProfile, child: Profile, src: Source
+                       ) -> tuple[dict[str, Credential], dict[str, str]]:
+    creds = dict(parent.credentials)
+    origins = dict(parent.credentialOrigins)
+    for name, c in (child.credentials or {}).items():
+        where = src.where(("credentials", name))
+        if c is None:
+            if name not in creds:
+                raise ProfileError(
+                    f"{where}: credentials.{name}: null removes an inherited credential, but "
+                    f"the profile this one extends has none named {name}"
+                    + (f" (it has: {', '.join(creds)})" if creds else ""),
+                    hint="remove the line, or fix the name")
+            del creds[name]
+            origins.pop(name, None)
+            continue
+        if name in creds and creds[name] == c:
+            continue  # the same definition: the parent's stays (and its origin)
+        if name in creds and not child.relax:
+            raise ProfileError(
+                f"{where}: credentials.{name}: replaces the credential {name} of the profile "
+                "this one extends",
+                hint="give it another name, or set `relax: true` if this profile is meant to "
+                "loosen its parent (the escalated tier belongs in the relaxed profile)")
+        creds[name] = c
+        origins[name] = str(src.path)
+    try:
+        _check_credential_set(creds)
+    except ValueError as e:
+        raise ProfileError(f"{src.where(('credentials',))}: credentials: {e} (after merging "
+                           "with the parent)",
+                           hint="use another variable or fileName, or remove one with "
+                           "`NAME: null`") from None
+    return creds, origins
+
+
 def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfile:
     relax = child.relax
     bins = dict(parent.safeBins)
@@ -258,16 +300,18 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
     ex = parent.examples
     examples = child.examples if relax else ex.model_copy(update={
         k: _union(getattr(ex, k), getattr(child.examples, k)) for k in ("allow", "block", "deny")})
+    creds, origins = _merge_credentials(parent, child, src)
     return ResolvedProfile(
         name=child.name, description=child.description or parent.description,
         chain=[child.name, *parent.chain], sources=[str(src.path), *parent.sources],
         owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, escalation=esc,
-        examples=examples)
+        examples=examples, credentials=creds, credentialOrigins=origins)
 
 
 def _as_child(r: ResolvedProfile) -> Profile:
     """A resolved co-parent, seen as a child whose given fields are its non-default ones."""
-    data = r.model_dump(exclude={"chain", "sources", "content_hash"}, exclude_defaults=True)
+    data = r.model_dump(exclude={"chain", "sources", "content_hash", "credentialOrigins"},
+                        exclude_defaults=True)
     return Profile.model_validate({"name": r.name, **data})
 
 
@@ -275,4 +319,6 @@ def _root(p: Profile) -> ResolvedProfile:
     return ResolvedProfile(name=p.name, description=p.description, chain=[p.name],
                            owners=list(p.owners), safeBins=dict(p.safeBins),
                            exec=p.exec or ExecPolicy(), seccomp=p.seccomp or SeccompPolicy(),
-                           escalation=p.escalation or EscalationPolicy(), examples=p.examples)
+                           escalation=p.escalation or EscalationPolicy(), examples=p.examples,
+                           credentials={k: c for k, c in (p.credentials or {}).items()
+                                        if c is not None})

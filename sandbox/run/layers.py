@@ -52,6 +52,9 @@ class RunContext:
     # raise an escalation for a block seen by a layer; returns its id (or None)
     on_block: Callable[[Any], str | None]
     uid: int | None = None
+    # the run's private credential directory (sandbox.run.credentials), once prepared: the
+    # filesystem layer lets the run read it (and no other run's)
+    credentials_dir: str | None = None
 
 
 @dataclass

@@ -113,6 +113,8 @@ class Supervisor:
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
         self._filters: dict[tuple[str, bool], Any] = {}  # see _filter
+        # run id -> the SecretMask of a run that holds credentials: what it records is masked
+        self._masks: dict[str, Any] = {}
 
     # -- lazily built collaborators -------------------------------------------------------
     @property
@@ -169,12 +171,21 @@ class Supervisor:
         started = time.monotonic()
         events: list[Any] = []
 
+        masked = [0]  # the mask version the recorded events were masked with
+
         def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
             ev.run_id = ev.run_id or run_id
+            mask = self._masks.get(run_id)
+            if mask is not None:  # credential values never reach the audit log or stderr
+                mask.event(ev)
             events.append(ev)
             if show:
                 emit(ev)
             if sync or len(events) >= 256:
+                if mask is not None and mask.version != masked[0]:
+                    for e in events:  # recorded before the run's credentials were known
+                        mask.event(e)
+                    masked[0] = mask.version
                 self._flush(events, sync=sync)
 
         try:
@@ -194,6 +205,7 @@ class Supervisor:
             ),
             sync=True,
         )
+        self._masks.pop(run_id, None)
         return result
 
     def _flush(self, events: list[Any], sync: bool) -> None:
@@ -336,6 +348,21 @@ class Supervisor:
                 except OSError:
                     sha256 = None
             esc = profile.escalation
+            mask = self._masks.get(run_id)
+            if mask is not None:  # what the run holds never reaches a record or a webhook
+                from dataclasses import replace
+
+                decision = replace(decision, argv=tuple(mask.scrub(list(decision.argv))),
+                                   reason=mask.text(decision.reason))
+                req = replace(req, argv=mask.scrub(list(req.argv)),
+                              reason=mask.text(req.reason) if req.reason else req.reason)
+                env = mask.env(env)
+                ancestry, recent = mask.scrub(ancestry or []), mask.scrub(recent or [])
+            elif profile.credentials or esc.relaxedProfile:  # blocked before the run started
+                from sandbox.run.credentials import source_env_names, tiers
+
+                hidden = source_env_names(tiers(profile, profile))
+                env = {k: v for k, v in env.items() if k not in hidden}
             ctx = BlockContext(
                 agent=req.agent, host=socket.gethostname(), profile=profile.name,
                 profile_hash=profile.content_hash, owners=profile.approvers, layer=layer.value,
@@ -385,6 +412,9 @@ class Supervisor:
         for d in req.degraded:
             record(Degraded(what=d, why="switched off with --degraded"), sync=True)
         layers = self._layers(req)
+        creds = self._credentials_layer(req, run_id, strict, effective, grant)
+        if creds is not None:
+            layers.insert(0, creds)
         # exec the path as found (PATH lookup), not its realpath: a profile that allows
         # `python3` by name must see the same path at the exec gate as at the pre-check
         executable = _found_path(req.argv, env, cwd) or decision.binary or req.argv[0]
@@ -445,6 +475,29 @@ class Supervisor:
                 if child is not None:
                     child.close()  # its pidfd, listener and report socket (the daemon's fds)
         return result
+
+    def _credentials_layer(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
+                           effective: ResolvedProfile, grant: Any | None) -> Any | None:
+        """The effective profile's credentials (sandbox.run.credentials), first of the layers:
+        the filesystem layer learns the run's credential directory from it. None when no tier
+        of the run (strict, effective, the relaxed profile) has credentials."""
+        if not (strict.credentials or effective.credentials or
+                strict.escalation.relaxedProfile):
+            return None
+        from sandbox.run.credentials import CredentialsLayer, tiers
+
+        concerned = tiers(strict, effective)
+        if not concerned:
+            return None
+        from sandbox.run.caller import is_profile_path
+        from sandbox.run.secretmask import SecretMask
+
+        mask = self._masks[run_id] = SecretMask()
+        # a profile file root named itself (and what it extends) is root's choice
+        root_file = req.uid in (None, 0) and os.geteuid() == 0 and is_profile_path(req.profile)
+        return CredentialsLayer(grant=grant, agent=req.agent, uid=req.uid, gid=req.gid,
+                                mask=mask, root_chain=[*strict.sources, *effective.sources]
+                                if root_file else (), tiers=concerned)
 
     def _filter(self, profile: ResolvedProfile, use_gate: bool) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
