@@ -19,6 +19,10 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   orphaned process groups that have a stopped member) and clone() with SIGCONT as exit signal
   all fail with EPERM; clone3 fails with ENOSYS (its flags are behind a pointer that seccomp
   cannot read, so libc falls back to clone).
+- guard_root (runs as uid 0): the file-attribute syscalls Landlock has no right for fail with
+  EPERM: chmod, chown, extended-attribute writes and utime families (root in a Landlock domain
+  could otherwise chmod /etc/shadow or set security.capability on a system binary). The ones
+  newer than libseccomp (setxattrat, removexattrat, file_setattr) are added by number.
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -64,6 +68,16 @@ SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
     ("prctl", ((0, LOW32, PR_SET_CHILD_SUBREAPER), (1, LOW32, 0))),
     ("clone", ((0, 0xFF, SIGCONT),)),
 )
+
+
+ROOT_GUARDS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown",
+               "fchownat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
+               "lremovexattr", "fremovexattr", "removexattrat", "utime", "utimes", "futimesat",
+               "utimensat", "file_setattr")
+# the generic syscall table (x86_64 and aarch64 share numbers from 424 on)
+ROOT_GUARD_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+ROOT_GUARD_REASON = "root in a run may not change modes, owners, extended attributes or times " \
+    "(Landlock has no right for them)"
 
 
 @dataclass(frozen=True)
@@ -227,7 +241,7 @@ def _cond_text(conds: list[ArgCondition]) -> str:
 
 
 def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
-                   guard_sigcont: bool = True) -> CompiledFilter:
+                   guard_sigcont: bool = True, guard_root: bool = False) -> CompiledFilter:
     """SeccompPolicy -> CompiledFilter (raw BPF for the native arch). Pure apart from libseccomp."""
     sc = _lib()
     dkey, dval = _action(policy.defaultAction, sc)
@@ -268,6 +282,17 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                 [sc.Arg(a, sc.MASKED_EQ, m, v) for a, m, v in guard], text, "sigcont-guard",
                 "nothing in the sandbox may continue a process held by the exec tracer",
                 guard=guard))
+    by_number: list[tuple[str, int]] = []
+    stacked: list[str] = []  # root guards for syscalls the profile has argument rules on
+    if guard_root:
+        for name in ROOT_GUARDS:
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                if name in ROOT_GUARD_NUMBERS:
+                    by_number.append((name, ROOT_GUARD_NUMBERS[name]))
+            elif name in conds:
+                stacked.append(name)
+            else:
+                put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
     # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
     # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
     # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.
@@ -325,16 +350,23 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                     continue
                 add(c.value, name, *c.args)
                 rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+        if RANK[dkey] < RANK["errno"]:
+            for name, nr in by_number:
+                flt.add_rule(sc.ERRNO(_errno.EPERM), nr)
+                rows.append(SyscallRule(name, "errno:EPERM", "", "root-guard", ROOT_GUARD_REASON))
         return flt, rows
 
     flt, rows = build()
     bpf = _export(flt, pfc=False)
     extra: tuple[bytes, ...] = ()
-    if guard_rows:
+    if guard_rows or stacked:
         gflt = sc.SyscallFilter(sc.ALLOW)
         gflt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
         for name, c in guard_rows:
             gflt.add_rule(c.value, name, *c.args)
+        for name in stacked:
+            gflt.add_rule(sc.ERRNO(_errno.EPERM), name)
+            rows.append(SyscallRule(name, "errno:EPERM", "", "root-guard", ROOT_GUARD_REASON))
         extra = (_export(gflt, pfc=False),)
     return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
                           extra=extra,
