@@ -92,6 +92,8 @@ def show_cmd(esc_id: str, output: str) -> None:
         f"  command   {' '.join(rec.argv)}",
         f"  cwd       {rec.cwd}",
         f"  binary    {rec.binary or '?'} sha256={rec.binary_sha256 or '?'}",
+        *([f"  path      {rec.fs_access} {rec.fs_path} (an approval grants it: scope path)"]
+          if rec.fs_path else []),
         f"  agent     {rec.agent or '-'} on {rec.host}; reason: {rec.agent_reason or '(none)'}",
         f"  profile   {rec.profile} ({rec.profile_hash[:16]}) relaxed: "
         f"{rec.relaxed_profile or '-'}",
@@ -122,9 +124,10 @@ def show_cmd(esc_id: str, output: str) -> None:
               help="your name; must be an owner/approver of the profile")
 @click.option("--ttl", help="grant duration (e.g. 10m); default the profile's ttl, <= maxTtl")
 @click.option("--reason")
-@click.option("--scope", type=click.Choice(["command", "profile"]),
+@click.option("--scope", type=click.Choice(["command", "profile", "path"]),
               help="profile: the relaxed profile for that agent (default when the profile "
-                   "names one); command: only this exact argv + cwd + binary")
+                   "names one); command: only this exact argv + cwd + binary; path: the "
+                   "path a filesystem denial names, for that agent's runs (its default)")
 @click.option("--once", is_flag=True, help="one-shot command grant (used by one run)")
 @OUTPUT
 @guarded
@@ -195,7 +198,8 @@ def grants_list(all_: bool, output: str) -> None:
     if not gs:
         click.echo("no active grants")
     for g in gs:
-        what = g.relaxed_profile if g.scope == "profile" else " ".join(g.argv or [])[:50]
+        what = g.relaxed_profile if g.scope == "profile" else f"{g.fs_access} {g.fs_path}" \
+            if g.scope == "path" else " ".join(g.argv or [])[:50]
         click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={g.agent or '-'} "
                    f"profile={g.profile} -> {what}  by {g.approver} until "
                    f"{_when(g.expires_at)}  ({g.escalation_id})"
