@@ -35,9 +35,19 @@ from dataclasses import dataclass, field
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 AUDIT_GET, AUDIT_SET, AUDIT_ADD_RULE, AUDIT_DEL_RULE = 1000, 1001, 1011, 1012
-AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN = 1423, 1424
+AUDIT_SECCOMP, AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN = 1326, 1423, 1424
 AUDIT_STATUS_ENABLED, AUDIT_STATUS_BACKLOG_LIMIT = 0x1, 0x10
-AUDIT_FILTER_TASK, AUDIT_NEVER = 0x01, 0
+AUDIT_FILTER_TASK, AUDIT_FILTER_EXCLUDE, AUDIT_NEVER = 0x01, 0x05, 0
+AUDIT_MSGTYPE = 12
+AUDIT_LESS_THAN, AUDIT_GREATER_THAN = 0x10000000, 0x20000000
+# Record types that only flow because audit is on (BPF program loads, netfilter changes, user
+# messages, syscall records...) are dropped at the source: without an audit daemon the kernel
+# printk()s every record, rate-limited, and that flood would hide the seccomp kills that
+# /dev/kmsg readers look for. Kept: seccomp (1326), the LSMs' records (1400-1599: Landlock,
+# SELinux, AppArmor), which flow with audit off too.
+EXCLUDED_TYPES = (((AUDIT_LESS_THAN, AUDIT_SECCOMP),),
+                  ((AUDIT_GREATER_THAN, AUDIT_SECCOMP), (AUDIT_LESS_THAN, 1400)),
+                  ((AUDIT_GREATER_THAN, 1599),))
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
 BACKLOG_LIMIT = 8192  # the kernel's default (64) drops records of a burst before anyone reads
@@ -100,22 +110,35 @@ def set_enabled(on: bool) -> int:
     return prev
 
 
-def _never_task_rule() -> bytes:
-    # struct audit_rule_data: flags action field_count mask[64] fields[64] values[64]
-    # fieldflags[64] buflen (+ buf[0])
-    return struct.pack("=3I64I64I64I64II", AUDIT_FILTER_TASK, AUDIT_NEVER, 0,
-                       *([0xFFFFFFFF] * 64), *([0] * 64 * 3), 0)
+def _rule(flist: int, conds: tuple[tuple[int, int], ...] = ()) -> bytes:
+    """struct audit_rule_data: flags action field_count mask[64] fields[64] values[64]
+    fieldflags[64] buflen (+ buf[0]); a `never` rule on `flist` with (op, msgtype) fields."""
+    n = len(conds)
+    return struct.pack("=3I64I64I64I64II", flist, AUDIT_NEVER, n, *([0xFFFFFFFF] * 64),
+                       *([AUDIT_MSGTYPE] * n + [0] * (64 - n)),
+                       *([v for _, v in conds] + [0] * (64 - n)),
+                       *([op for op, _ in conds] + [0] * (64 - n)), 0)
+
+
+def _add_rule(rule: bytes, on: bool = True) -> None:
+    try:
+        _request(AUDIT_ADD_RULE if on else AUDIT_DEL_RULE, rule)
+    except OSError as e:
+        if e.errno not in (17, 2):  # EEXIST, ENOENT
+            raise
 
 
 def set_never_task_rule(on: bool) -> None:
     """'-a never,task': no audit context for tasks forked from now on, so no per-syscall audit
     cost (enabling audit once latches a slow syscall path for every new task until reboot,
     ~+150-250 ns a syscall here, unless this rule is in place). Landlock records still come."""
-    try:
-        _request(AUDIT_ADD_RULE if on else AUDIT_DEL_RULE, _never_task_rule())
-    except OSError as e:
-        if e.errno not in (17, 2):  # EEXIST, ENOENT
-            raise
+    _add_rule(_rule(AUDIT_FILTER_TASK), on)
+
+
+def set_exclude_rules(on: bool) -> None:
+    """'-a never,exclude -F msgtype...': only seccomp and LSM records (see EXCLUDED_TYPES)."""
+    for conds in EXCLUDED_TYPES:
+        _add_rule(_rule(AUDIT_FILTER_EXCLUDE, conds), on)
 
 
 def ensure_enabled() -> str:
@@ -129,10 +152,11 @@ def ensure_enabled() -> str:
                                        "off; enable it there (auditctl -e 1)")
             return f"kernel audit is managed by the audit daemon (pid {st['pid']})"
         done: list[str] = []
+        set_exclude_rules(True)  # first: nothing new floods the kernel log
+        set_never_task_rule(True)  # no task forked later pays for audit
         if st["enabled"] == 0:
-            set_never_task_rule(True)  # first: no task forked later pays for audit
             _set(AUDIT_STATUS_ENABLED, enabled=1)
-            done.append("enabled kernel audit with a never,task rule")
+            done.append("enabled kernel audit (never,task and exclude rules installed)")
         if st["enabled"] != 2 and st["backlog_limit"] < BACKLOG_LIMIT:
             _set(AUDIT_STATUS_BACKLOG_LIMIT, backlog_limit=BACKLOG_LIMIT)
             done.append(f"raised the audit backlog limit {st['backlog_limit']} -> "
@@ -197,6 +221,8 @@ class DenialRouter:
             self.sock.close()
             raise AuditUnavailable(f"cannot listen to kernel audit: {e.strerror}") from e
         self.domains: dict[str, int] = {}  # domain id -> pid that created it
+        self._learned: dict[str, tuple[int, float]] = {}  # domain id -> (pid, when learned)
+        self.seccomp_kills: dict[int, tuple[int, int]] = {}  # pid -> (audit arch, syscall nr)
         self.sinks: dict[int, Sink] = {}
         self.lost = 0  # receive-buffer overruns (ENOBUFS): records the kernel could not hand us
         self._last = 0.0  # when the last record arrived (monotonic)
@@ -207,6 +233,10 @@ class DenialRouter:
         threading.Thread(target=self._loop, name="gb-landlock-audit", daemon=True).start()
 
     @classmethod
+    def running(cls) -> DenialRouter | None:
+        return cls._instance
+
+    @classmethod
     def get(cls) -> DenialRouter:
         """The process's router (started on first use); AuditUnavailable if audit cannot work."""
         with cls._lock:
@@ -214,10 +244,13 @@ class DenialRouter:
                 cls._instance = DenialRouter()
             return cls._instance
 
-    def register(self, pid: int, sink: Sink) -> None:
+    def register(self, pid: int, sink: Sink, since: float = 0.0) -> None:
+        """Route denials of domains `pid` created to `sink`. `since`: when the run was spawned
+        (monotonic): domains learned for this pid before that are an earlier run's."""
         with self._mu:
-            for dom in [k for k, v in self.domains.items() if v == pid]:
-                del self.domains[dom]  # an earlier run's, whose pid this is again
+            for dom in [k for k, (p, t) in self._learned.items() if p == pid and t < since]:
+                del self._learned[dom]
+                self.domains.pop(dom, None)
             self.sinks[pid] = sink
             self._linger.pop(pid, None)
             held, self._held = self._held, []
@@ -247,6 +280,7 @@ class DenialRouter:
         self._linger.pop(pid, None)
         for dom in [k for k, v in self.domains.items() if v == pid]:
             del self.domains[dom]
+            self._learned.pop(dom, None)
 
     def _loop(self) -> None:
         while True:
@@ -280,15 +314,25 @@ class DenialRouter:
         ACCESS record is routed at once when its domain is known, else when the DOMAIN record
         that names the domain's creator arrives (right after it, for a domain's first denial)."""
         m = _SERIAL.match(text)
-        if not m or typ not in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN):
+        if not m or typ not in (AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN, AUDIT_SECCOMP):
             return
         serial, f = int(m[2]), fields(text[m.end():])
         now = time.monotonic()
+        if typ == AUDIT_SECCOMP:  # kills, for sandbox.kernel.kmsg (not rate-limited here)
+            try:
+                with self._mu:
+                    self.seccomp_kills[int(f["pid"])] = (int(f["arch"], 16), int(f["syscall"]))
+                    if len(self.seccomp_kills) > 1024:
+                        del self.seccomp_kills[next(iter(self.seccomp_kills))]
+            except (KeyError, ValueError):
+                pass
+            return
         if typ == AUDIT_LANDLOCK_DOMAIN:
             dom = f.get("domain", "")
             if f.get("status") == "allocated" and f.get("pid", "").isdigit():
                 with self._mu:
                     self.domains[dom] = int(f["pid"])
+                    self._learned[dom] = (int(f["pid"]), now)
                 for s, (d, t) in list(self._open.items()):
                     if d.domain == dom:
                         del self._open[s]

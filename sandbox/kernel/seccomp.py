@@ -20,9 +20,11 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   all fail with EPERM; clone3 fails with ENOSYS (its flags are behind a pointer that seccomp
   cannot read, so libc falls back to clone).
 - guard_root (runs as uid 0): the file-attribute syscalls Landlock has no right for fail with
-  EPERM: chmod, chown, extended-attribute writes and utime families (root in a Landlock domain
-  could otherwise chmod /etc/shadow or set security.capability on a system binary). The ones
-  newer than libseccomp (setxattrat, removexattrat, file_setattr) are added by number.
+  EPERM: chmod, chown, extended-attribute writes, and utime with explicit times (root in a
+  Landlock domain could otherwise chmod /etc/shadow, set security.capability on a system binary
+  or forge timestamps; setting the current time, `touch`, stays: the kernel allows that to any
+  writer). The ones newer than libseccomp (setxattrat, removexattrat, file_setattr) are added
+  by number.
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -72,8 +74,9 @@ SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
 
 ROOT_GUARDS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown",
                "fchownat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
-               "lremovexattr", "fremovexattr", "removexattrat", "utime", "utimes", "futimesat",
-               "utimensat", "file_setattr")
+               "lremovexattr", "fremovexattr", "removexattrat", "file_setattr")
+# utime family: refused when the times argument (index) is not NULL (NULL = now, like touch)
+ROOT_TIME_GUARDS = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}
 # the generic syscall table (x86_64 and aarch64 share numbers from 424 on)
 ROOT_GUARD_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
 ROOT_GUARD_REASON = "root in a run may not change modes, owners, extended attributes or times " \
@@ -293,6 +296,12 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                 stacked.append(name)
             else:
                 put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
+        for name, idx in ROOT_TIME_GUARDS.items():
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) >= 0:
+                conds.setdefault(name, []).append(_Cond(
+                    "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM",
+                    [sc.Arg(idx, sc.NE, 0, 0)], f"arg{idx} != NULL (explicit times)",
+                    "root-guard", ROOT_GUARD_REASON, guard=((idx, 0, 0),)))
     # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
     # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
     # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.

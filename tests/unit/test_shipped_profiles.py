@@ -104,7 +104,9 @@ def test_k8s_readonly_is_the_issue_profile() -> None:
     raw = load_raw(shipped_profiles_dir() / "k8s-readonly.yaml")
     want = yaml.safe_load(ISSUE_K8S)
     got = raw.model_dump(exclude_unset=True, mode="json")
-    got.pop("examples")  # extra profile-level examples are the only addition
+    got.pop("examples")  # extra profile-level examples are one addition,
+    # the kubeconfig that base hides (~/.kube) the other
+    assert got.pop("filesystem") == {"read": ["/", "~/.kube/config"]}
     assert got == json.loads(json.dumps(want))
 
 
