@@ -62,13 +62,63 @@ _UNTRUSTED = {"path", "comm", "exe", "name", "ocomm"}
 _HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
 
 
+PROC_NET_INIT_INO = 0xEFFFFFF9  # the initial network namespace's inode (Linux >= 6.x)
+CLONE_NEWNET = 0x40000000
+
+
+def _socket() -> socket.socket:
+    """A NETLINK_AUDIT socket in the initial network namespace: the kernel multicasts audit
+    records there only. From another namespace (a daemon in a pod, a test's netns), the socket
+    is made by a thread that enters pid 1's namespace (root, hostPID) and comes back."""
+    make = lambda: socket.socket(socket.AF_NETLINK,  # noqa: E731
+                                 socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT)
+    try:
+        here = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return make()
+    if here == PROC_NET_INIT_INO:
+        return make()
+    try:
+        init = os.open("/proc/1/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        if os.fstat(init).st_ino == here:  # pid 1's (kernels without the fixed inode)
+            os.close(init)
+            return make()
+    except OSError as e:
+        raise AuditUnavailable(
+            "glassbreak runs outside the initial network namespace, where alone the kernel "
+            f"multicasts audit records, and cannot enter it ({e.strerror}: /proc/1/ns/net; "
+            "run it with the host's network namespace, or hostPID and CAP_SYS_ADMIN)") from e
+    out: list[socket.socket | BaseException] = []
+
+    def enter() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            if libc.setns(init, CLONE_NEWNET) != 0:
+                raise AuditUnavailable("not in the initial network namespace, and cannot enter "
+                                       f"it: {os.strerror(ctypes.get_errno())}")
+            out.append(make())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out.append(e)
+        # the thread ends in the initial namespace; nothing else runs on it
+
+    t = threading.Thread(target=enter, name="gb-audit-netns")
+    t.start()
+    t.join()
+    os.close(init)
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
 class AuditUnavailable(RuntimeError):
     """Kernel audit cannot deliver Landlock records here (no CAP_AUDIT_*, audit=0 at boot, an
     auditd that keeps audit off...): denials are still enforced, but not reported."""
 
 
 def _request(typ: int, payload: bytes = b"", ack: bool = True) -> list[tuple[int, bytes]]:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT)
+    s = _socket()
     try:
         s.bind((0, 0))
         s.send(_HDR.pack(16 + len(payload), typ, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), 1,
@@ -212,8 +262,7 @@ class DenialRouter:
 
     def __init__(self) -> None:
         self.note = ensure_enabled()
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_AUDIT)
+        self.sock = _socket()
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             self.sock.bind((0, 1 << (AUDIT_NLGRP_READLOG - 1)))
