@@ -203,7 +203,8 @@ def _under(path: str, top: str) -> bool:
 
 
 def plan(grants: Iterable[Grant], *, hidden: Sequence[str] = (), read_only: Sequence[str] = (),
-         view: FsView | None = None, resolve: bool = True, hide: int = FS_HIDE) -> Plan:
+         view: FsView | None = None, resolve: bool = True, hide: int = FS_HIDE,
+         watch: bool = True) -> Plan:
     """Rules for `grants` minus `hidden` (no `hide` right from any grant) and minus `read_only`
     (no FS_MODIFY right from any grant). Resolved when planned:
     - paths are resolved (symlinks followed); a missing grant path is skipped (Plan.skipped), a
@@ -216,7 +217,8 @@ def plan(grants: Iterable[Grant], *, hidden: Sequence[str] = (), read_only: Sequ
       directly in a cwd that holds a protected subtree), and an ancestor would not be listable
       if READ_DIR were taken beneath it (FS_HIDE keeps it);
     - symlinks among the listed entries are skipped (their targets have their own rules).
-    resolve=False: the caller passes absolute paths already resolved (saves ~15 us a path)."""
+    resolve=False: the caller passes absolute paths already resolved (saves ~15 us a path).
+    watch=False: no Plan.watch (a plan that is not cached)."""
     view = view or OsView()
     real = view.realpath if resolve else os.path.normpath
     out = Plan()
@@ -225,10 +227,12 @@ def plan(grants: Iterable[Grant], *, hidden: Sequence[str] = (), read_only: Sequ
     glob: dict[str, int] = {}
     for paths, mask in ((hidden, hide), (read_only, FS_MODIFY)):
         for p in paths:
-            out.watch.append(os.path.dirname(os.path.abspath(p)))
+            if watch:
+                out.watch.append(os.path.dirname(os.path.abspath(p)))
             if (rp := real(p)) is not None:
                 glob[rp] = glob.get(rp, 0) | mask
-                out.watch.append(os.path.dirname(rp))
+                if watch:
+                    out.watch.append(os.path.dirname(rp))
 
     def expand(path: str, is_dir: bool, access: int, below: dict[str, int]) -> None:
         if not is_dir:
@@ -249,7 +253,8 @@ def plan(grants: Iterable[Grant], *, hidden: Sequence[str] = (), read_only: Sequ
                 expand(child, kind == "dir", access & removed & ~below.get(child, 0), sub)
 
     for g in grants:
-        out.watch.append(os.path.dirname(os.path.abspath(g.path)))
+        if watch:
+            out.watch.append(os.path.dirname(os.path.abspath(g.path)))
         root = real(g.path)
         kind = view.kind(root) if root is not None else None
         if root is None or kind is None:
@@ -270,6 +275,8 @@ def plan(grants: Iterable[Grant], *, hidden: Sequence[str] = (), read_only: Sequ
                {e: m for e, m in excl.items() if e != root and _under(e, root)})
     out.rules = [Rule(p, a, dir_of[p]) for p, a in acc_of.items()]
     out.expanded = list(dict.fromkeys(out.expanded))
+    if not watch:
+        return out
     # directories only: a new entry, a rename or a replaced file (package upgrade) changes its
     # directory's mtime; the grant roots' and exclusions' parents say when one appears
     out.watch = list(dict.fromkeys(out.watch + out.expanded +

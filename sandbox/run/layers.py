@@ -292,10 +292,10 @@ class LandlockLayer(EnforcementLayer):
         self._late = False
         self._report_lock = threading.Lock()
         self._spawned = 0.0
+        self._owner: tuple[int | None, int | None] = (None, None)
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
         from sandbox.kernel import landlock as L
-        from sandbox.policy.filesystem import FsRules
         from sandbox.run import filesystem as F
 
         with self._cache_lock:
@@ -306,16 +306,16 @@ class LandlockLayer(EnforcementLayer):
         profiles = F.run_profiles(run.strict, run.effective)
         anchors = F.trust_anchors(profiles)
         self._cg = run.cgroup
-        self.tmp = F.make_tmp(run.run_id, spec.uid, spec.gid)
+        self._owner = (spec.uid, spec.gid)
+        self.tmp = F.make_tmp(spec.uid, spec.gid)
         tmp_parent = os.path.dirname(self.tmp)
         variables = {"CWD": os.path.realpath(run.cwd), "HOME": F.home_of(spec.uid),
                      "TMPDIR": self.tmp}
-        policy = run.effective.filesystem
-        self._rules = FsRules.of(policy, variables)
+        self._rules = F.rules_for(run.effective, variables)
         self._protected = [*anchors.protected(), *F.BUILT_IN]
         reads = [p for p, a in self.fs_grants if a == "read"]
         writes = [p for p, a in self.fs_grants if a != "read"]
-        static = F.static_inputs(FsRules.of(policy, {**variables, "TMPDIR": tmp_parent}),
+        static = F.static_inputs(F.rules_for(run.effective, {**variables, "TMPDIR": tmp_parent}),
                                  anchors, tmp_parent=tmp_parent, monitor=monitor,
                                  exec_all=F.exec_all(profiles), read_grants=reads)
         binary = self.binary if any(p.grantedCommands for p in profiles) else None
@@ -324,18 +324,16 @@ class LandlockLayer(EnforcementLayer):
             lambda: F.build_static(static, profiles, binary, self.abi, envelope=not monitor))
         per_run = F.run_inputs(self._rules, anchors, tmp=self.tmp, monitor=monitor,
                                write_grants=writes)
-        if monitor:  # no per-run path in it: cached like the static layer
-            run_rs, release2 = self.cache.acquire(
-                (per_run.key(), self.abi), lambda: F.build(per_run, self.abi))
-            first = self._release
+        # cached too: an agent that keeps its cwd gets the same (pooled) temp dir back, and one
+        # ruleset serves any number of runs (each restrict_self makes a new domain)
+        run_rs, release2 = self.cache.acquire(
+            (per_run.key(), self.abi), lambda: F.build(per_run, self.abi, resolve=False))
+        first = self._release
 
-            def release_both() -> None:
-                first()
-                release2()
-            self._release = release_both
-        else:
-            run_rs = F.build(per_run, self.abi, resolve=False)[1]
-            self._rulesets.append(run_rs)
+        def release_both() -> None:
+            first()
+            release2()
+        self._release = release_both
         log = L.LOG_NEW_EXEC_ON if self.abi >= 7 else 0
         # the run's layer is the youngest: nested domains a program makes below it stay silent
         spec.landlock = [(rs.fd, log), (run_rs.fd, log | (L.LOG_SUBDOMAINS_OFF if log else 0))]
@@ -457,12 +455,13 @@ class LandlockLayer(EnforcementLayer):
             self._release()
             self._release = None
         if self.tmp is not None:
-            from sandbox.run.filesystem import remove_tmp
+            from sandbox.run.filesystem import release_tmp
 
+            empty = True
             if self._cg is not None:  # nothing of the run may still write there
                 self._cg.kill()
-                self._cg.wait_empty(timeout=2.0)
-            remove_tmp(self.tmp)
+                empty = bool(self._cg.wait_empty(timeout=2.0))
+            release_tmp(self.tmp, *self._owner, keep=empty)
             self.tmp = None
 
 
