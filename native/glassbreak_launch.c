@@ -54,6 +54,7 @@ enum { S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLO
 #define LANDLOCK_FD 6
 #define MAX_LANDLOCK 8
 #define SYS_LANDLOCK_RESTRICT_SELF 446 /* the generic number (x86_64, aarch64) */
+#define PR_CAPBSET_READ_ 23
 #define PR_CAPBSET_DROP_ 24
 #define PR_CAP_AMBIENT_ 47
 #define PR_CAP_AMBIENT_CLEAR_ALL_ 4
@@ -92,11 +93,12 @@ static long num(cur_t *c) {
 }
 
 /* the capabilities in `mask`: from the bounding set and the ambient set (needs CAP_SETPCAP: while
- * still root, before any setuid) */
+ * still root, before any setuid; EPERM: a supervisor without it cannot shrink the bounding set,
+ * the sets are still cleared below and no_new_privs keeps an exec from regaining anything) */
 static void drop_bounding(unsigned long long mask) {
     for (int c = 0; c < 64; c++)
-        if (mask >> c & 1ULL)
-            if (prctl(PR_CAPBSET_DROP_, c, 0, 0, 0) != 0 && errno != EINVAL) fail(S_PRIVS, errno);
+        if (mask >> c & 1ULL && prctl(PR_CAPBSET_READ_, c, 0, 0, 0) == 1)
+            if (prctl(PR_CAPBSET_DROP_, c, 0, 0, 0) != 0 && errno != EPERM) fail(S_PRIVS, errno);
     if (prctl(PR_CAP_AMBIENT_, PR_CAP_AMBIENT_CLEAR_ALL_, 0, 0, 0) != 0) fail(S_PRIVS, errno);
 }
 

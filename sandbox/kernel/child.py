@@ -57,7 +57,7 @@ SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(platform.machine(), -1)
 SYS_LANDLOCK_RESTRICT_SELF = 446  # the generic number (x86_64, aarch64)
 SYS_CAPGET, SYS_CAPSET = {"x86_64": (125, 126), "aarch64": (90, 91)}.get(platform.machine(),
                                                                         (-1, -1))
-PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 23, 24, 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
 LANDLOCK_FD = 6  # the launcher's fixed fd numbers for the rulesets: 6, 7, ...
 # What a run never holds, root included (the supervisor's runs; docs/filesystem.md says what root
@@ -359,10 +359,14 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
             step = S_PRIVS
             if cap_bits and am_root:
                 for c in cap_bits:  # needs CAP_SETPCAP: before any setuid
-                    if libc.prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 and \
-                            ctypes.get_errno() != errno.EINVAL:  # EINVAL: not in this kernel
+                    if libc.prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1 and \
+                            libc.prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 and \
+                            ctypes.get_errno() != errno.EPERM:
                         report(step, ctypes.get_errno())
                         os._exit(125)
+                    # EPERM: a supervisor without CAP_SETPCAP (deploy/) cannot shrink the
+                    # bounding set; the sets below are still cleared, and no_new_privs keeps
+                    # an exec from regaining anything
                 if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
                     report(step, ctypes.get_errno())
                     os._exit(125)
