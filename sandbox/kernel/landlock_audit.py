@@ -17,6 +17,8 @@ restrict_self), then SYSCALL/PROCTITLE/EOE only for tasks with an audit context,
 path). So a denial names its domain and, through it, the run; not the denied task itself.
 Strings an untrusted process chose (path, comm, exe, name) come quoted, or hex-encoded when they
 hold a quote, a space or a control byte; both are decoded here.
+(A little over 400 lines: the audit netlink plumbing, the host-wide set-up and the router that
+depends on both stay in one module.)
 """
 
 from __future__ import annotations

@@ -10,29 +10,23 @@ Two layers, each a ruleset built here in the parent and applied by the child aft
   run     every modifying right: the profile's write trees ($CWD, the run's private $TMPDIR)
           minus hidden paths and minus glassbreak's trust anchors, the devices.
 
-Trust anchors (always, whatever the profile says; docs/filesystem.md): never writable: the
-config dir, the profile search path, the run's profile files, the install and venv, the
-daemon's socket dir; never readable either: the state dir (store, audit log) and every file the
-config names as a secret (any `...File` key), the store file. Computed from the supervisor's
-own environment, never the run's.
+glassbreak's trust anchors come out of both, always (sandbox.run.anchors); the run's private
+temp dir comes from sandbox.run.tmpdirs. docs/filesystem.md has the whole picture.
 """
 
 from __future__ import annotations
 
 import glob as _glob
 import os
-import pwd
-import shutil
-import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.kernel import landlock as L
+from sandbox.run.anchors import Anchors, _real, trust_anchors  # noqa: F401 - re-exported
+from sandbox.run.tmpdirs import home_of, make_tmp, release_tmp  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from sandbox.policy.filesystem import FsRules
@@ -43,149 +37,6 @@ _GLOB = set("*?[")
 # (path, why, hidden): what every run is refused besides the trust anchors
 BUILT_IN = [("/dev", "devices other than " + ", ".join(DEVICES) + " are never accessible in a "
              "run (raw disks, memory, the kernel log)", True)]
-
-
-# ---- trust anchors ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Anchors:
-    read_only: tuple[str, ...]  # resolved paths: never writable in a run
-    hidden: tuple[str, ...]  # resolved paths: never readable or writable in a run
-    why: tuple[tuple[str, str, bool], ...]  # (path, what it is, hidden) for reports
-
-    def protected(self) -> list[tuple[str, str, bool]]:
-        return list(self.why)
-
-
-_ENV_KEYS = ("GLASSBREAK_CONFIG", "GLASSBREAK_STATE_DIR", "GLASSBREAK_PROFILE_PATH",
-             "GLASSBREAK_STORE", "GLASSBREAK_SOCKET", "XDG_CONFIG_HOME", "XDG_STATE_HOME")
-_anchor_cache: dict[Hashable, Anchors] = {}
-_anchor_lock = threading.Lock()
-
-
-_config_path_fn: list[Callable[[], Any] | None] = []
-_config_seen: list[tuple[float, Hashable, Path | None]] = []
-
-
-def config_path() -> Path | None:
-    """glassbreak's config file, wherever the config module looks for it (looked up again at
-    most every second, or when GLASSBREAK_CONFIG changes)."""
-    now, env = time.monotonic(), os.environ.get("GLASSBREAK_CONFIG")
-    if _config_seen and now - _config_seen[0][0] < 1.0 and _config_seen[0][1] == env:
-        return _config_seen[0][2]
-    found = _config_path()
-    _config_seen[:] = [(now, env, found)]
-    return found
-
-
-def _config_path() -> Path | None:
-    if not _config_path_fn:
-        for mod in ("sandbox.config", "escalation.config"):
-            try:
-                _config_path_fn.append(__import__(mod, fromlist=["config_path"]).config_path)
-                break
-            except (ImportError, AttributeError):
-                continue
-        else:
-            _config_path_fn.append(None)
-    fn = _config_path_fn[0]
-    if fn is None:
-        env = os.environ.get("GLASSBREAK_CONFIG")
-        return Path(env) if env else None
-    found = fn()
-    return Path(found) if found else None
-
-
-def secret_files(data: Any, base: Path) -> list[str]:
-    """Every value of a key ending in `File` (secretFile, tokenFile, decisionSecretFile, a signing
-    key file, ...), however deep: the secrets a glassbreak config or profile names."""
-    out: list[str] = []
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if isinstance(k, str) and k.endswith("File") and isinstance(v, str) and v:
-                out.append(str(base / os.path.expanduser(v)))
-            else:
-                out += secret_files(v, base)
-    elif isinstance(data, list):
-        for v in data:
-            out += secret_files(v, base)
-    return out
-
-
-def _stamp(p: Path | None) -> Hashable:
-    if p is None:
-        return None
-    try:
-        st = p.stat()
-        return (str(p), st.st_ino, st.st_mtime_ns, st.st_size)
-    except OSError:
-        return (str(p), None)
-
-
-def _real(p: str | Path) -> str:
-    return os.path.realpath(p)
-
-
-def trust_anchors(profiles: Sequence[ResolvedProfile] = ()) -> Anchors:
-    """The paths no run may write (or read): cached until the environment or config changes."""
-    from sandbox import paths
-
-    cfg = config_path()
-    key = (tuple(os.environ.get(k) for k in _ENV_KEYS), _stamp(cfg),
-           tuple((p.content_hash, tuple(p.sources)) for p in profiles))
-    with _anchor_lock:
-        hit = _anchor_cache.get(key)
-    if hit is not None:
-        return hit
-    why: list[tuple[str, str, bool]] = []
-
-    def add(p: str | Path | None, what: str, hidden: bool) -> None:
-        if p:
-            why.append((_real(p), what, hidden))
-
-    add(paths.state_dir(), "glassbreak's state (store, audit log) is never readable or "
-        "writable in a run", True)
-    store = os.environ.get("GLASSBREAK_STORE", "")
-    if store.startswith("sqlite:///"):
-        db = store.removeprefix("sqlite://")
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            add(db + suffix, "glassbreak's store is never readable or writable in a run", True)
-    config_dirs: list[str | Path] = ["/etc/glassbreak", *([cfg.parent] if cfg else [])]
-    for d in config_dirs:
-        add(d, "glassbreak's config is never writable in a run", False)
-    if cfg is not None:
-        add(cfg, "glassbreak's config is never writable in a run", False)
-        for f in secret_files(_load_yaml(cfg), cfg.parent):
-            add(f, "a secret named by glassbreak's config is never readable in a run", True)
-    for d in paths.profile_search_path():
-        add(d, "glassbreak's profiles are never writable in a run", False)
-    for prof in profiles:
-        for src in prof.sources:
-            add(src, f"the profile {prof.name} is never writable in a run", False)
-        for f in secret_files([w.model_dump() for w in prof.escalation.webhooks], Path("/")):
-            add(f, "a webhook secret is never readable in a run", True)
-    add(paths.PACKAGE_ROOT, "glassbreak's own install is never writable in a run", False)
-    add(sys.prefix, "glassbreak's venv is never writable in a run", False)
-    sock = os.environ.get("GLASSBREAK_SOCKET") or "/run/glassbreak/glassbreak.sock"
-    add(os.path.dirname(sock), "glassbreak's socket directory is never writable in a run", False)
-    why = list(dict.fromkeys(why))
-    out = Anchors(read_only=tuple(dict.fromkeys(p for p, _, _ in why)),
-                  hidden=tuple(dict.fromkeys(p for p, _, h in why if h)), why=tuple(why))
-    with _anchor_lock:
-        if len(_anchor_cache) > 64:
-            _anchor_cache.clear()
-        _anchor_cache[key] = out
-    return out
-
-
-def _load_yaml(p: Path) -> Any:
-    try:
-        import yaml
-
-        return yaml.safe_load(p.read_text())
-    except (OSError, ValueError, ImportError):
-        return None
-    except Exception:  # noqa: BLE001 - yaml errors: the config module reports them
-        return None
 
 
 _rules_cache: dict[Hashable, FsRules] = {}
@@ -244,115 +95,6 @@ def envelope_programs(profiles: Iterable[ResolvedProfile]) -> tuple[list[str], l
                     out += _glob.glob(os.path.join(_glob.escape(d), entry)) \
                         if _GLOB & set(entry) else [os.path.join(d, entry)]
     return out, list(dict.fromkeys(dirs_seen))
-
-
-# ---- per-run private temp dir -----------------------------------------------------------------
-_tmp_root: dict[str, str] = {}
-_tmp_pool: dict[tuple[int | None, int | None], list[str]] = {}
-_tmp_lock = threading.Lock()
-_reaper: list[Any] = []
-
-
-def tmp_root() -> str:
-    """The parent of every run's private temp dir: root's, not writable by anyone else."""
-    base = os.environ.get("GLASSBREAK_RUN_TMP") or os.path.join(
-        os.environ.get("TMPDIR") or "/tmp",  # noqa: S108 - ours, checked below
-        f"glassbreak-runs-{os.geteuid()}")
-    try:
-        os.mkdir(base, 0o711)
-    except FileExistsError:
-        pass
-    st = os.lstat(base)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        from sandbox.errors import RunnerError
-
-        raise RunnerError(f"{base} is not a directory owned by uid {os.geteuid()} and writable "
-                          "by it alone; refusing to put runs' temp dirs there",
-                          hint="remove it, or set GLASSBREAK_RUN_TMP to a safe directory")
-    if base not in _tmp_root:
-        _tmp_root[base] = _real(base)
-    return _tmp_root[base]
-
-
-def make_tmp(uid: int | None, gid: int | None) -> str:
-    """A private temp dir for one run (0700, the run's user's): an empty one an earlier run of
-    that user left behind, else a new one. Directory creation and removal cost milliseconds on
-    some filesystems (ext4 with discard: rmdir ~2-3 ms here): reuse keeps them off the run."""
-    with _tmp_lock:
-        pool = _tmp_pool.get((uid, gid), [])
-        while pool:
-            path = pool.pop()
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            want_uid = os.geteuid() if uid is None else uid
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == want_uid and \
-                    stat.S_IMODE(st.st_mode) == 0o700:
-                return path
-    import secrets
-
-    path = os.path.join(tmp_root(), "t-" + secrets.token_hex(8))
-    os.mkdir(path, 0o700)
-    if uid is not None or gid is not None:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
-    return path
-
-
-def release_tmp(path: str, uid: int | None, gid: int | None, keep: bool = True) -> None:
-    """After the run (its cgroup empty): an empty dir goes back to the pool; anything else is
-    removed by a background thread."""
-    try:
-        with os.scandir(path) as it:
-            empty = next(it, None) is None
-    except OSError:
-        return
-    if empty and keep:
-        with _tmp_lock:
-            pool = _tmp_pool.setdefault((uid, gid), [])
-            if len(pool) < 16:
-                pool.append(path)
-                if len(_tmp_pool) == 1 and len(pool) == 1:
-                    import atexit
-
-                    atexit.register(_drain_pool)
-                return
-    _reap(path)
-
-
-def _reap(path: str) -> None:
-    import queue
-
-    with _tmp_lock:
-        if not _reaper:
-            q: queue.Queue[str] = queue.Queue()
-
-            def work() -> None:
-                while True:
-                    shutil.rmtree(q.get(), ignore_errors=True)
-                    q.task_done()
-            threading.Thread(target=work, name="gb-tmp-reaper", daemon=True).start()
-            _reaper.append(q)
-            import atexit
-
-            atexit.register(q.join)  # a short-lived process removes what it made before exit
-    _reaper[0].put(path)
-
-
-def _drain_pool() -> None:
-    with _tmp_lock:
-        paths = [p for pool in _tmp_pool.values() for p in pool]
-        _tmp_pool.clear()
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def home_of(uid: int | None) -> str:
-    """The run user's home from the password database (never from the run's $HOME)."""
-    try:
-        return pwd.getpwuid(os.geteuid() if uid is None else uid).pw_dir or "/"
-    except KeyError:
-        return "/nonexistent"
 
 
 # ---- plans ------------------------------------------------------------------------------------

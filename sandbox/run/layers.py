@@ -19,6 +19,8 @@ STEPS): no_new_privs, then Landlock, then seccomp (always last: its filter also 
 child's own final execve), then execve. Layers only hand the child data; they never add steps.
 
 The supervisor prepares them in list order: LandlockLayer, SeccompLayer, ExecGateLayer.
+(Over 400 lines on purpose: every layer of a run in one place, each one short; the mechanisms
+they drive live in sandbox.kernel and sandbox.run.execgate / sandbox.run.filesystem.)
 """
 
 from __future__ import annotations

@@ -259,7 +259,7 @@ def test_layer_inputs() -> None:
 
 
 def test_secret_files_are_found_by_key_name() -> None:
-    from sandbox.run.filesystem import secret_files
+    from sandbox.run.anchors import secret_files
 
     cfg = {"decisionSecretFile": "/etc/glassbreak/decision", "approverTokens": {
         "alice": {"tokenFile": "tokens/alice"}}, "webhooks": [{"url": "https://x",
