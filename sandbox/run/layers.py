@@ -269,7 +269,7 @@ class LandlockLayer(EnforcementLayer):
     cache: Any = None  # the process's LayerCache (static layers of every profile in use)
     _cache_lock = threading.Lock()
     MAX_DISTINCT = 64  # denials itemized per run; more are counted
-    LINGER = 2.0  # s: denials that reach the reader after the run ended are still recorded
+    LINGER = 0.5  # s: denials that reach the reader after the run ended are still recorded
 
     def __init__(self, abi: int, *, binary: str | None = None,
                  fs_grants: Sequence[tuple[str, str]] = ()) -> None:
@@ -443,7 +443,17 @@ class LandlockLayer(EnforcementLayer):
 
     def close(self) -> None:
         if self._router is not None and self._pid is not None:
-            self._late = True  # records still in flight: the audit log and escalations only
+            # records still in flight: the audit log and escalations only, through a slim view
+            # of the run (not the exec gate, the child or the cgroup, which the run frees)
+            run = self._run
+            recent = run.recent_execs() if run.recent_execs is not None else []
+            self._run = RunContext(
+                run_id=run.run_id, mode=run.mode, strict=run.strict, effective=run.effective,
+                cgroup=None, env={}, cwd=run.cwd, record=run.record,  # type: ignore[arg-type]
+                on_block=run.on_block, uid=run.uid, argv=run.argv,
+                recent_execs=lambda: recent)
+            self._child = None
+            self._late = True
             self._router.unregister(self._pid, linger=self.LINGER)
             while self._queue:
                 self._report(self._queue.popleft(), late=True)

@@ -168,10 +168,12 @@ class Supervisor:
         started = time.monotonic()
         events: list[Any] = []
 
+        over = [False]  # after the run's result: the caller's stdio is no longer ours to write
+
         def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
             ev.run_id = ev.run_id or run_id
             events.append(ev)
-            if show:
+            if show and not over[0]:
                 emit(ev)
             if sync or len(events) >= 256:
                 self._flush(events, sync=sync)
@@ -193,6 +195,7 @@ class Supervisor:
             ),
             sync=True,
         )
+        over[0] = True  # a layer's late report (a denial in flight) goes to the audit log only
         return result
 
     def _flush(self, events: list[Any], sync: bool) -> None:
