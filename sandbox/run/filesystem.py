@@ -163,6 +163,10 @@ def run_inputs(rules: FsRules, anchors: Anchors, *, tmp: str, monitor: bool,
     else:
         roots = [tmp if sp == "$TMPDIR" else w if sp == "$CWD" else _real(w)
                  for sp, w in rules.write]
+        # a run started in / (or a user whose home is /) does not get the whole system
+        # writable through $CWD or $HOME: only a profile that says "/" gets that
+        roots = [r for (sp, _), r in zip(rules.write, roots, strict=True)
+                 if r != "/" or not sp.startswith("$")]
         grants = _tree_grants(roots, rw, hidden)
         grants += _tree_grants([_real(p) for p in write_grants], rw, [])
     return LayerInputs(tuple(grants), anchors.hidden, anchors.read_only, L.RUN_FS, 0)

@@ -268,3 +268,16 @@ def test_secret_files_are_found_by_key_name() -> None:
     assert sorted(secret_files(cfg, Path("/etc/glassbreak"))) == [
         "/etc/glassbreak/decision", "/etc/glassbreak/grant.key", "/etc/glassbreak/tokens/alice",
         "/s/hook"]
+
+
+def test_a_run_started_in_root_does_not_get_the_system_writable() -> None:
+    from sandbox.run.filesystem import Anchors, run_inputs
+
+    anchors = Anchors(read_only=(), hidden=(), why=())
+    v = {"CWD": "/", "HOME": "/", "TMPDIR": "/t/run_1"}
+    run = run_inputs(FsRules.of(FilesystemPolicy(write=["$CWD", "$HOME", "$TMPDIR"]), v),
+                     anchors, tmp="/t/run_1", monitor=False)
+    assert [g.path for g in run.grants] == ["/t/run_1"]
+    run = run_inputs(FsRules.of(FilesystemPolicy(write=["/"]), v), anchors, tmp="/t/run_1",
+                     monitor=False)
+    assert [g.path for g in run.grants] == ["/"]  # a profile that says so, gets it
