@@ -308,12 +308,15 @@ class DenialRouter:
         for d, t in held:
             self._route(d, t)
 
-    def settle(self, pid: int, quiet: float = 0.002, limit: float = 0.01) -> None:
-        """Before a run's report is final: wait until no record has arrived for `quiet` s (at
-        most `limit` s; records of a denial reach the reader in well under a millisecond)."""
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if time.monotonic() - self._last > quiet:
+    def settle(self, pid: int, quiet: float = 0.002, least: float = 0.0,
+                limit: float = 0.01) -> None:
+        """Before a run's report is final: wait at least `least` s, then until no record has
+        arrived for `quiet` s, at most `limit` s in all (kauditd hands records over in ~0.1 ms
+        typically, a few ms on a loaded machine)."""
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            now = time.monotonic()
+            if now - start >= least and now - self._last > quiet:
                 return
             time.sleep(quiet / 2)
 

@@ -75,6 +75,7 @@ class LayerResult:
     reason: str | None = None
     layer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # the top process's wait status, when it exited
 
 
 class EnforcementLayer:
@@ -428,7 +429,11 @@ class LandlockLayer(EnforcementLayer):
     def finish(self, run: RunContext, result: LayerResult) -> None:
         self._run = run
         if self._router is not None and self._pid is not None:
-            self._router.settle(self._pid)
+            # a failed command is worth a few ms more: kauditd may not have run yet on a
+            # busy machine (what still comes later is recorded, but too late for --wait)
+            failed = result.status is not None and result.status != 0
+            self._router.settle(self._pid, least=0.005 if failed else 0.0,
+                                limit=0.05 if failed else 0.01)
         self._drain()
         result.blocked += len(self._seen)
         if self._first is not None and result.first_block is None:

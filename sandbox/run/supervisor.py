@@ -612,7 +612,7 @@ class Supervisor:
                 grant_killed: bool) -> RunResult:
         from sandbox.run.layers import LayerResult
 
-        found = LayerResult()
+        found = LayerResult(status=status)
         for layer in layers:
             layer.finish(run, found)
         res = RunResult(run.run_id, 0, execs=found.execs, blocked=found.blocked)
