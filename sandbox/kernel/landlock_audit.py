@@ -119,10 +119,12 @@ class AuditUnavailable(RuntimeError):
     auditd that keeps audit off...): denials are still enforced, but not reported."""
 
 
-def _request(typ: int, payload: bytes = b"", ack: bool = True) -> list[tuple[int, bytes]]:
-    s = _socket()
+def _request(typ: int, payload: bytes = b"", ack: bool = True,
+             sock: socket.socket | None = None) -> list[tuple[int, bytes]]:
+    s = sock or _socket()
     try:
-        s.bind((0, 0))
+        if sock is None:
+            s.bind((0, 0))
         s.send(_HDR.pack(16 + len(payload), typ, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), 1,
                          0) + payload)
         out: list[tuple[int, bytes]] = []
@@ -139,11 +141,12 @@ def _request(typ: int, payload: bytes = b"", ack: bool = True) -> list[tuple[int
             if not ack:
                 return out
     finally:
-        s.close()
+        if sock is None:
+            s.close()
 
 
-def status() -> dict[str, int]:
-    for t, d in _request(AUDIT_GET, ack=False):
+def status(sock: socket.socket | None = None) -> dict[str, int]:
+    for t, d in _request(AUDIT_GET, ack=False, sock=sock):
         if t == AUDIT_GET:
             return dict(zip(_STATUS_KEYS, _STATUS.unpack(d[:40].ljust(40, b"\0")), strict=True))
     raise OSError("no AUDIT_GET reply")
@@ -277,6 +280,11 @@ class DenialRouter:
         self.sinks: dict[int, Sink] = {}
         self.lost = 0  # receive-buffer overruns (ENOBUFS): records the kernel could not hand us
         self._last = 0.0  # when the last record arrived (monotonic)
+        self._busy = False  # the reader is routing what it read
+        self._status_sock = _socket()  # AUDIT_GET questions (settle)
+        self._status_sock.bind((0, 0))
+        self._status_sock.settimeout(1.0)
+        self._status_lock = threading.Lock()
         self._linger: dict[int, float] = {}  # pid -> when its sink is dropped
         self._open: dict[int, tuple[Denial, float]] = {}
         self._held: list[tuple[Denial, float]] = []
@@ -308,17 +316,24 @@ class DenialRouter:
         for d, t in held:
             self._route(d, t)
 
-    def settle(self, pid: int, quiet: float = 0.002, least: float = 0.0,
-                limit: float = 0.01) -> None:
-        """Before a run's report is final: wait at least `least` s, then until no record has
-        arrived for `quiet` s, at most `limit` s in all (kauditd hands records over in ~0.1 ms
-        typically, a few ms on a loaded machine)."""
-        start = time.monotonic()
-        while time.monotonic() - start < limit:
-            now = time.monotonic()
-            if now - start >= least and now - self._last > quiet:
+    def settle(self, limit: float = 0.05) -> None:
+        """Before a run's report is final: every record the kernel queued before now has been
+        routed. kauditd takes records off its queue and multicasts them at once (~0.1 ms
+        typically, up to several ms on a loaded machine): wait until the queue is empty (the
+        `backlog` of AUDIT_GET, ~30 us a question), then until the reader has read and routed
+        what reached its socket. At most `limit` s."""
+        deadline = time.monotonic() + limit
+        try:
+            with self._status_lock:
+                while status(self._status_sock)["backlog"] and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+        except OSError:
+            return
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable and not self._busy:
                 return
-            time.sleep(quiet / 2)
+            time.sleep(0.0002)
 
     def unregister(self, pid: int, linger: float = 0.0) -> None:
         """Stop routing to this run, now or after `linger` s (denials still in flight when the
@@ -350,9 +365,11 @@ class DenialRouter:
                     continue
                 return
             if data:
+                self._busy = True
                 self._last = time.monotonic()
                 self._feed_all(data)
             self._flush(time.monotonic(), quiet=not data)
+            self._busy = False
 
     def _feed_all(self, data: bytes) -> None:
         off = 0

@@ -429,11 +429,7 @@ class LandlockLayer(EnforcementLayer):
     def finish(self, run: RunContext, result: LayerResult) -> None:
         self._run = run
         if self._router is not None and self._pid is not None:
-            # a failed command is worth a few ms more: kauditd may not have run yet on a
-            # busy machine (what still comes later is recorded, but too late for --wait)
-            failed = result.status is not None and result.status != 0
-            self._router.settle(self._pid, least=0.005 if failed else 0.0,
-                                limit=0.05 if failed else 0.01)
+            self._router.settle()  # every denial the kernel queued before now is routed
         self._drain()
         result.blocked += len(self._seen)
         if self._first is not None and result.first_block is None:
@@ -448,6 +444,8 @@ class LandlockLayer(EnforcementLayer):
 
     def close(self) -> None:
         if self._router is not None and self._pid is not None:
+            self._router.settle(limit=0.01)  # and what the other layers' finish let through
+            self._drain()
             # records still in flight: the audit log and escalations only, through a slim view
             # of the run (not the exec gate, the child or the cgroup, which the run frees)
             run = self._run
