@@ -1,8 +1,9 @@
 """The Landlock layer's costs (bench/run.py's `landlock` section; `python bench/landlock.py`).
 
-  per run, in the supervisor   LandlockLayer.prepare + started + close with a warm cache (the
-                               static layer re-checked, the per-run layer planned and built,
-                               the private TMPDIR made and removed), and with a cold cache
+  per run, in the supervisor   LandlockLayer.prepare + started + finish + close with warm
+                               caches (the static layer re-checked, the per-run layer from the
+                               cache, the private TMPDIR from the pool, the audit queue checked
+                               twice), and with a cold cache
   per run, in the child        the two landlock_restrict_self() calls (the launcher's), timed
                                in forked children
   per syscall                  read/write on open fds (dd bs=1, 1 M syscalls: Landlock has no
@@ -42,12 +43,13 @@ def _median_us(f: Callable[[], object], n: int) -> float:
 def _layer_cost(reps: int, work: str) -> dict[str, float]:
     from sandbox.kernel.child import ChildSpec
     from sandbox.policy.loader import load_profile
-    from sandbox.run.layers import LandlockLayer
+    from sandbox.run.layers import LandlockLayer, LayerResult
     from sandbox.run.supervisor import landlock_abi
 
     abi = landlock_abi()
     prof = load_profile("readonly")
     cg = SimpleNamespace(kill=lambda: None, wait_empty=lambda timeout=0: True)
+    child = SimpleNamespace(pid=1 << 30, exec_error=lambda: None)
     n = [0]
 
     def one() -> None:
@@ -59,7 +61,8 @@ def _layer_cost(reps: int, work: str) -> dict[str, float]:
         spec = ChildSpec(["true"], executable="/bin/true", env={}, cwd=work)
         layer = LandlockLayer(abi)
         layer.prepare(run, spec)
-        layer.started(run, SimpleNamespace(pid=1 << 30))  # type: ignore[arg-type]
+        layer.started(run, child)  # type: ignore[arg-type]
+        layer.finish(run, LayerResult(status=0))
         layer.close()
 
     LandlockLayer.cache = None

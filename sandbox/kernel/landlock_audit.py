@@ -316,19 +316,20 @@ class DenialRouter:
         for d, t in held:
             self._route(d, t)
 
-    def settle(self, limit: float = 0.05) -> None:
+    def settle(self, limit: float = 0.05, ask_kernel: bool = True) -> None:
         """Before a run's report is final: every record the kernel queued before now has been
         routed. kauditd takes records off its queue and multicasts them at once (~0.1 ms
         typically, up to several ms on a loaded machine): wait until the queue is empty (the
         `backlog` of AUDIT_GET, ~30 us a question), then until the reader has read and routed
-        what reached its socket. At most `limit` s."""
+        what reached its socket. At most `limit` s. ask_kernel=False: only the latter."""
         deadline = time.monotonic() + limit
-        try:
-            with self._status_lock:
-                while status(self._status_sock)["backlog"] and time.monotonic() < deadline:
-                    time.sleep(0.0005)
-        except OSError:
-            return
+        if ask_kernel:
+            try:
+                with self._status_lock:
+                    while status(self._status_sock)["backlog"] and time.monotonic() < deadline:
+                        time.sleep(0.0005)
+            except OSError:
+                return
         while time.monotonic() < deadline:
             readable, _, _ = select.select([self.sock], [], [], 0)
             if not readable and not self._busy:

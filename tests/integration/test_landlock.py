@@ -78,8 +78,10 @@ def world(tmp_path: Path) -> World:
 
 
 def test_write_outside_the_cwd_is_refused_reported_and_escalated(world: World) -> None:
+    # the command fails (exit 1), as one hit by a denial usually does: its report waits until
+    # the kernel's audit queue is drained (a successful one does not ask the kernel)
     r = world.run("sh", "-c", f"echo x > {world.out}/new; echo rc=$?; echo y >> "
-                  f"{world.out}/f.txt; echo inside > made-here")
+                  f"{world.out}/f.txt; echo inside > made-here; exit 1")
     assert "Permission denied" in r.stderr and (world.work / "made-here").exists()
     assert not (world.out / "new").exists() and (world.out / "f.txt").read_text() == "outside\n"
     b = world.blocks("filesystem")
@@ -88,7 +90,7 @@ def test_write_outside_the_cwd_is_refused_reported_and_escalated(world: World) -
         (f"filesystem.write:{world.out}/f.txt", ["fs.write_file"])]
     assert all(e["verdict"] == "block" and e["escalation_id"] and e["path"] for e in b)
     assert b[0]["argv"] == ["sh", "-c", f"echo x > {world.out}/new; echo rc=$?; echo y >> "
-                            f"{world.out}/f.txt; echo inside > made-here"]
+                            f"{world.out}/f.txt; echo inside > made-here; exit 1"]
     assert r.stderr.count("BLOCKED [filesystem]") == 2, r.stderr
     # the escalation: same four traits as an exec block, plus the path an approval grants
     s = run_cli("escalations", "show", b[1]["escalation_id"], "-o", "json",
