@@ -113,10 +113,12 @@ def build_app(svc: EscalationService) -> Any:
                            f"{d.approver}", "api")
                 raise Refused(403, f"this token belongs to {who}, not {d.approver}")
             by = who or d.approver or ""
+            authn = (f"bearer token of {who}" if who else
+                     "HMAC-signed body (decision secret), approver as named")
             ttl = parse_duration(d.ttl) if d.ttl is not None else None
             rec = await call(svc.decide, esc_id, approve=d.decision == "approve", by=by,
                              reason=d.reason, ttl_s=ttl, scope=d.scope, one_shot=d.one_shot,
-                             via="api")
+                             via="api", authn=authn)
         except Refused as r:
             return err(r.status, r.message)
         except ValueError as e:
@@ -174,7 +176,8 @@ def build_app(svc: EscalationService) -> Any:
         try:
             ttl = parse_duration(form["ttl"]) if form.get("ttl") else None
             rec = await call(svc.decide, esc_id, approve=form.get("action") == "approve",
-                             by=name, reason=form.get("reason") or None, ttl_s=ttl, via="web")
+                             by=name, reason=form.get("reason") or None, ttl_s=ttl, via="web",
+                             authn=f"confirmation form with the token of {name}")
         except (EscalationError, ValueError) as e:
             return HTMLResponse(f"<h1>Refused</h1><p>{html.escape(str(e))}</p>", 403)
         return HTMLResponse(f"<h1>{html.escape(rec.display_state)}</h1><p>escalation "
@@ -207,7 +210,8 @@ def build_app(svc: EscalationService) -> Any:
         try:
             rec = await call(svc.decide, esc_id, approve=approve, by=by,
                              reason=None if approve else f"denied in Slack by {by}",
-                             via="slack")
+                             via="slack", authn=f"Slack user {user.get('id') or '?'} "
+                             "(signed callback, slackUsers)")
         except EscalationError as e:
             return JSONResponse({"response_type": "ephemeral", "replace_original": False,
                                  "text": f"Refused: {e.message}"})
@@ -226,7 +230,8 @@ def build_app(svc: EscalationService) -> Any:
             r = RevokeIn.model_validate_json(body)
             if r.grant_id != gid:
                 raise Refused(401, "body and URL name different grants (tampered)")
-            g = await call(svc.revoke, gid, by=who or r.by or "", why=r.reason)
+            g = await call(svc.revoke, gid, by=who or r.by or "", why=r.reason, via="api",
+                           authn=f"bearer token of {who}" if who else "HMAC-signed body")
         except Refused as e:
             return err(e.status, e.message)
         except ValidationError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sandbox.errors import GlassbreakError, UsageError
+from sandbox.errors import EscalationError, GlassbreakError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
@@ -118,10 +119,75 @@ def show_cmd(esc_id: str, output: str) -> None:
     click.echo("\n".join(lines))
 
 
+AS = click.option("--as", "as_", metavar="NAME",
+                  help="root (the operator) only: decide as NAME. Anyone else is the approver "
+                  "that `approvers:` binds to their unix user, or the one their token proves.")
+TOKEN_FILE = click.option("--token-file", type=click.Path(dir_okay=False), metavar="PATH",
+                          help="a file holding your approver token (or set "
+                          "$GLASSBREAK_APPROVER_TOKEN); the same tokens the HTTP API takes")
+
+
+def _token(token_file: str | None) -> str | None:
+    if token_file:
+        try:
+            with open(token_file) as f:
+                tok = f.read().strip()
+        except OSError as e:
+            raise GlassbreakError(f"cannot read the approver token from {token_file}: "
+                                  f"{e.strerror}", hint="check the path") from None
+        if not tok:
+            raise GlassbreakError(f"the token file {token_file} is empty")
+        return tok
+    return os.environ.get("GLASSBREAK_APPROVER_TOKEN", "").strip() or None
+
+
+def _decision(body: dict[str, Any]) -> dict[str, Any]:
+    """Root decides in process (it reads the grant signing key); anyone else asks the daemon,
+    which proves who they are from the kernel (SO_PEERCRED) and holds the key."""
+    if os.geteuid() == 0:
+        from escalation.decide import decide_request
+        from sandbox.run.caller import username
+
+        return decide_request(_service(), body, uid=0, user=username(0))
+    from sandbox.run import thinclient
+
+    sock = thinclient.connect()
+    if sock is None:
+        raise GlassbreakError(
+            f"decisions by a non-root user go through the glassbreak daemon (it proves who you "
+            f"are and holds the grant signing key), and none listens on "
+            f"{thinclient.socket_path()}",
+            hint="start it (`sudo glassbreak serve`), set GLASSBREAK_SOCKET, or decide through "
+            "the HTTP API with your approver token")
+    try:
+        sock.sendall(json.dumps(body).encode() + b"\n")
+        buf = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except OSError as e:
+        raise GlassbreakError(f"lost the connection to the daemon: {e}") from None
+    finally:
+        sock.close()
+    try:
+        msg = json.loads(buf.splitlines()[-1])
+    except (ValueError, IndexError):
+        raise GlassbreakError("the daemon gave no answer",
+                              hint="see the daemon's log; is it the same glassbreak version?"
+                              ) from None
+    if msg.get("exit_code") != 0:
+        err = EscalationError(str(msg.get("error") or "refused"), hint=msg.get("hint"))
+        err.exit_code = int(msg.get("exit_code") or 1)
+        raise err
+    return msg["result"]  # type: ignore[no-any-return]
+
+
 @escalations.command("approve")
 @click.argument("esc_id")
-@click.option("--as", "as_", required=True, metavar="NAME",
-              help="your name; must be an owner/approver of the profile")
+@AS
+@TOKEN_FILE
 @click.option("--ttl", help="grant duration (e.g. 10m); default the profile's ttl, <= maxTtl")
 @click.option("--reason")
 @click.option("--scope", type=click.Choice(["command", "profile", "path"]),
@@ -131,35 +197,41 @@ def show_cmd(esc_id: str, output: str) -> None:
 @click.option("--once", is_flag=True, help="one-shot command grant (used by one run)")
 @OUTPUT
 @guarded
-def approve_cmd(esc_id: str, as_: str, ttl: str | None, reason: str | None, scope: str | None,
-                once: bool, output: str) -> None:
+def approve_cmd(esc_id: str, as_: str | None, token_file: str | None, ttl: str | None,
+                reason: str | None, scope: str | None, once: bool, output: str) -> None:
     from sandbox.policy.profile import parse_duration
 
     try:
-        ttl_s = parse_duration(ttl) if ttl else None
+        if ttl:
+            parse_duration(ttl)
     except ValueError as e:
         raise GlassbreakError(str(e)) from None
-    rec = _service().decide(esc_id, approve=True, by=as_, reason=reason, ttl_s=ttl_s,
-                            scope=scope or ("command" if once else None), one_shot=once)
+    rec = _decision({"op": "decide", "escalation_id": esc_id, "approve": True, "as": as_,
+                     "token": _token(token_file), "ttl": ttl, "reason": reason,
+                     "scope": scope, "once": once})
     _decided(rec, output)
 
 
 @escalations.command("deny")
 @click.argument("esc_id")
-@click.option("--as", "as_", required=True, metavar="NAME")
+@AS
+@TOKEN_FILE
 @click.option("--reason", required=True)
 @OUTPUT
 @guarded
-def deny_cmd(esc_id: str, as_: str, reason: str, output: str) -> None:
-    _decided(_service().decide(esc_id, approve=False, by=as_, reason=reason), output)
+def deny_cmd(esc_id: str, as_: str | None, token_file: str | None, reason: str,
+             output: str) -> None:
+    _decided(_decision({"op": "decide", "escalation_id": esc_id, "approve": False, "as": as_,
+                        "token": _token(token_file), "reason": reason}), output)
 
 
-def _decided(rec: Any, output: str) -> None:
+def _decided(rec: dict[str, Any], output: str) -> None:
     if output == "json":
-        click.echo(json.dumps(_dump(rec)))
+        click.echo(json.dumps(rec))
     else:
-        extra = f"; grant {rec.grant_id}" if rec.grant_id else ""
-        click.echo(f"{rec.id}: {rec.display_state} by {rec.decided_by}{extra}")
+        extra = f"; grant {rec['grant_id']}" if rec.get("grant_id") else ""
+        state = "denied (expired)" if rec["state"] == "expired" else rec["state"]
+        click.echo(f"{rec['id']}: {state} by {rec.get('decided_by')}{extra}")
 
 
 @escalations.command("deliver")
@@ -209,17 +281,20 @@ def grants_list(all_: bool, output: str) -> None:
 
 @grants.command("revoke")
 @click.argument("grant_id")
-@click.option("--as", "as_", required=True, metavar="NAME")
+@AS
+@TOKEN_FILE
 @click.option("--reason")
 @OUTPUT
 @guarded
-def grants_revoke(grant_id: str, as_: str, reason: str | None, output: str) -> None:
-    g = _service().revoke(grant_id, by=as_, why=reason)
+def grants_revoke(grant_id: str, as_: str | None, token_file: str | None, reason: str | None,
+                  output: str) -> None:
+    g = _decision({"op": "revoke", "grant_id": grant_id, "as": as_,
+                   "token": _token(token_file), "reason": reason})
     if output == "json":
-        click.echo(json.dumps(_dump(g) | {"status": g.status()}))
+        click.echo(json.dumps(g))
     else:
-        click.echo(f"{g.id}: revoked by {g.revoked_by}; running sessions stop honouring it "
-                   "within a second")
+        click.echo(f"{g['id']}: revoked by {g.get('revoked_by')}; running sessions stop "
+                   "honouring it within a second")
 
 
 @click.command()

@@ -146,8 +146,10 @@ class Grant(_M):
     revoked_by: str | None = None
     revoke_reason: str | None = None
     consumed_at: float | None = None
-    fs_path: str | None = None
+    fs_path: str | None = None  # scope path: signed with the rest (escalation.grantsig)
     fs_access: Literal["read", "write"] | None = None
+    key_id: str | None = Field(default=None, description="which grant key signed it")
+    signature: str | None = Field(default=None, description="Ed25519, hex (escalation.grantsig)")
 
     def status(self, now: float | None = None) -> GrantStatus:
         if self.revoked_at is not None:

@@ -35,6 +35,23 @@ class RunStarted(_Event):
     )
     uid: int | None = None
     pid: int | None = None
+    user: str | None = None
+    agent_source: str | None = Field(default=None, description="how the agent was derived")
+
+
+class RunRefused(_Event):
+    """A caller asked for what it does not have (another agent, a relaxed profile by name, a
+    profile file, an untrusted config...): nothing ran."""
+
+    type: Literal["run_refused"] = "run_refused"
+    uid: int
+    user: str | None = None
+    agent: str | None = Field(default=None, description="as asked (--agent)")
+    profile: str | None = Field(default=None, description="as asked (-p)")
+    argv: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+    via: Literal["daemon", "in-process"] = "daemon"
+    why: str
 
 
 class ExecObserved(_Event):
@@ -98,11 +115,26 @@ class GrantUsed(_Event):
     expires_at: float
 
 
+class GrantRejected(_Event):
+    """A grant in the store that this runner does not honour (no or a bad signature, another
+    key, fields that do not match the run): treated as absent."""
+
+    type: Literal["grant_rejected"] = "grant_rejected"
+    grant_id: str
+    escalation_id: str | None = None
+    agent: str | None = None
+    profile: str | None = None
+    approver: str | None = None
+    why: str
+
+
 class GrantEnded(_Event):
     type: Literal["grant_ended"] = "grant_ended"
     grant_id: str
     why: Literal["expired", "revoked"]
     killed_pids: list[int] = Field(default_factory=list)
+    by: str | None = Field(default=None, description="who revoked it")
+    authn: str | None = None
 
 
 class EscalationRaised(_Event):
@@ -120,6 +152,8 @@ class EscalationDecided(_Event):
     state: str
     by: str
     why: str | None = None
+    authn: str | None = Field(default=None, description="how the decider was proven")
+    grant_id: str | None = None
 
 
 class DecisionRefused(_Event):
@@ -127,6 +161,7 @@ class DecisionRefused(_Event):
     escalation_id: str | None = None
     by: str | None = None
     why: str
+    caller: str | None = Field(default=None, description="who really asked (kernel uid, token)")
 
 
 class WebhookDelivery(_Event):
@@ -161,9 +196,9 @@ class RunExited(_Event):
 
 
 Event = Annotated[
-    RunStarted | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed | GrantEnded
-    | EscalationRaised | EscalationDecided | DecisionRefused | WebhookDelivery | Degraded
-    | RunExited,
+    RunStarted | RunRefused | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed
+    | GrantRejected | GrantEnded | EscalationRaised | EscalationDecided | DecisionRefused
+    | WebhookDelivery | Degraded | RunExited,
     Field(discriminator="type"),
 ]
 

@@ -21,7 +21,7 @@ fi
 
 # 1. Debian packages. python3-bpfcc gives bcc's Python bindings (the PyPI 'bcc' is NOT BPF).
 PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc libseccomp2 redis-server \
-      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps"
+      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps git strace"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -112,5 +112,25 @@ if ! grep -q ' cgroup2 ' /proc/mounts; then
   say "mounting cgroup2 on /sys/fs/cgroup/unified"
   mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified || \
     say "WARNING: could not mount cgroup2"
+fi
+# 6. The real-workload suite's one input from outside (bench/workloads.py, the `pytest`
+# workload): a small pure-Python package's sdist with its own test suite, pinned by version and
+# sha256, downloaded once into .cache/ (never at test or bench time). Without it that workload
+# is n/a (and its test fails under GLASSBREAK_REQUIRE_KERNEL=1).
+WL_CACHE=.cache/workloads
+WL_PKG=toolz WL_VER=1.2.0
+WL_SHA=9667a038e9d6ecba37995e26cb2f59ec6420b6ad8dd9677de59db9b956b08490
+WL_FILE="$WL_CACHE/$WL_PKG-$WL_VER.tar.gz"
+if ! echo "$WL_SHA  $WL_FILE" | sha256sum -c --status 2>/dev/null; then
+  say "downloading the $WL_PKG $WL_VER sdist into $WL_CACHE (bench/workloads.py)"
+  mkdir -p "$WL_CACHE"
+  tmp=$(mktemp -d)
+  if "$VENV/bin/pip" download -q --no-deps --no-binary :all: -d "$tmp" "$WL_PKG==$WL_VER" \
+      >/dev/null 2>&1 && echo "$WL_SHA  $tmp/$WL_PKG-$WL_VER.tar.gz" | sha256sum -c --status; then
+    mv -f "$tmp/$WL_PKG-$WL_VER.tar.gz" "$WL_FILE"
+  else
+    say "WARNING: could not download $WL_PKG==$WL_VER with sha256 $WL_SHA; the pytest workload will be n/a"
+  fi
+  rm -rf "$tmp"
 fi
 say "ready: $VENV/bin/glassbreak ($("$VENV/bin/python" --version))"

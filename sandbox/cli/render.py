@@ -5,6 +5,24 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+SHOWN_ARGS = 16  # a long argv (xargs: tens of thousands) shows its first arguments and the count
+SHOWN_CHARS = 1000
+
+
+def show_argv(argv: list[str]) -> str:
+    text = shlex.join(argv)
+    if len(argv) <= 2 * SHOWN_ARGS and len(text) <= SHOWN_CHARS:
+        return text
+    head: list[str] = []
+    used = 0
+    for a in argv[:SHOWN_ARGS]:
+        q = shlex.quote(a)
+        if head and used + len(q) > SHOWN_CHARS:
+            break
+        head.append(q[:SHOWN_CHARS] + ("..." if len(q) > SHOWN_CHARS else ""))
+        used += len(q) + 1
+    return " ".join(head) + f" ... (+{len(argv) - len(head)} more; {len(argv)} arguments)"
+
 
 def ask_hint(escalation_id: str | None, verdict: str, owners: str = "") -> str:
     if verdict == "deny":
@@ -18,7 +36,7 @@ def ask_hint(escalation_id: str | None, verdict: str, owners: str = "") -> str:
 def render_text(ev: Any) -> str | None:
     t = getattr(ev, "type", "")
     if t == "blocked":
-        argv = shlex.join(ev.argv) if ev.argv else ""
+        argv = show_argv(list(ev.argv)) if ev.argv else ""
         head = "BLOCKED" if ev.enforced else "WOULD BLOCK (monitor)"
         verdict = "deny" if ev.verdict == "deny" else "block"
         tail = ask_hint(ev.escalation_id, verdict) if ev.enforced else "not enforced"
@@ -34,6 +52,9 @@ def render_text(ev: Any) -> str | None:
     if t == "grant_used":
         return (f"glassbreak: grant {ev.grant_id} (approved by {ev.approver}) -> profile "
                 f"{ev.relaxed_profile}")
+    if t == "grant_rejected":
+        return (f"glassbreak: warning: grant {ev.grant_id} in the store is ignored: {ev.why} "
+                "(recorded in the audit log)")
     if t == "grant_ended":
         killed = f"; ended pids {ev.killed_pids}" if ev.killed_pids else ""
         return f"glassbreak: grant {ev.grant_id} {ev.why}: strict profile again{killed}"

@@ -7,8 +7,9 @@ to right the same way, as if each later one extended the earlier):
     valueFlags: union. Allowlists (allowedValueFlags, allowedFlags, allowedCommands): intersect
     when both define them (an entry `--f=v` or `cmd sub` narrows `--f` or `cmd`); a child may
     introduce an allowlist where its parent had none. min/maxPositional: the stricter.
-    onViolation: the stricter (deny > block). A new binary is fine unless the parent has an
-    exec.allow list that does not cover it (error).
+    onViolation: the stricter (deny > block). dialect: the parent's; a child naming another
+    one (or one where the parent named none) gets every argv model. A new binary is fine unless
+    the parent has an exec.allow list that does not cover it (error).
   - exec.allow: the first profile of a chain that lists programs defines the allowlist; below
     it a child's list replaces it, and every child entry must be covered by a parent entry
     (equal, a literal matched by a parent glob, or narrower than a parent `prefix*`), else an
@@ -117,6 +118,8 @@ def _merge_safebin(parent: SafeBin, child: SafeBin, relax: bool) -> SafeBin:
     upd2["minPositional"] = max(mins) if mins else None
     upd2["maxPositional"] = min(maxs) if maxs else None
     upd2["onViolation"] = "deny" if "deny" in (parent.onViolation, child.onViolation) else "block"
+    if _given(child, "dialect") and child.dialect != parent.dialect:
+        upd2["dialect"] = None  # naming another (or a first) dialect would drop readings
     upd2["description"] = child.description or parent.description
     ex = parent.examples
     upd2["examples"] = ex.model_copy(update={

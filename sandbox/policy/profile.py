@@ -46,9 +46,15 @@ class Examples(Model):
     deny: list[str] = Field(default_factory=list)
 
 
-class SafeBin(Model):
-    """argv rules for one binary (getopt_long model; see sandbox.policy.argv).
+Dialect = Literal["getopt", "cobra"]
 
+
+class SafeBin(Model):
+    """argv rules for one binary (the argv models are in sandbox.policy.argv).
+
+    - dialect: how the program parses its argv: `getopt` (GNU getopt_long: coreutils, grep,
+      sed, find, git-like tools), `cobra` (spf13/cobra on spf13/pflag: kubectl, helm, gh,
+      docker). Not given: every model reads the argv and the strictest decision wins.
     - allowedValueFlags / allowedFlags: when either is given, they form an allowlist: any
       other flag blocks (fail closed). An entry `--flag=value` allows the flag only with that
       exact value.
@@ -61,6 +67,7 @@ class SafeBin(Model):
     - onViolation: the verdict for flag violations (block, or deny to make them unescalatable).
     """
 
+    dialect: Dialect | None = None
     allowedValueFlags: list[str] | None = None
     allowedFlags: list[str] | None = None
     forbiddenFlags: list[str] = Field(default_factory=list)

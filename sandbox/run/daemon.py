@@ -6,13 +6,19 @@ Protocol (unix SOCK_STREAM, JSON lines):
                     stderr fds attached (SCM_RIGHTS); then any number of {"signal": N} lines.
   daemon -> client  {"exit_code": N}, then the daemon closes the connection.
 
-Permission model: the socket is 0666 in a 0755 directory, so any local user may run. The caller's
-identity comes from the kernel (SO_PEERCRED), never from the request: the command runs as the
-caller's uid, gid and supplementary groups (a non-root caller never runs anything as root), in
-the caller's real cwd (checked against /proc/PID/cwd). Named profiles come from the daemon's
-profile search path; a non-root caller may also name a profile file it owns or that is world
-readable. Only root may switch layers off (--degraded). The caller picks the profile for its own
-commands, exactly as it could in process; the daemon adds no privilege but speed.
+Permission model: the socket is 0666 in a 0755 directory, so any local user may run. The daemon
+is the enforcement point for non-root callers. The caller's identity comes from the kernel
+(SO_PEERCRED), never from the request: the command runs as the caller's uid, gid and
+supplementary groups (a non-root caller never runs anything as root), in the caller's real cwd
+(checked against /proc/PID/cwd). Its agent and profile come from the operator's bindings
+(sandbox.run.caller, sandbox.policy.identity): `--agent` only picks among the caller's own
+agents, `-p` only among their bound profiles, never a relaxed profile (a grant switches to it)
+nor a profile file (root only). Profiles come from the daemon's own search path. Only root may
+switch layers off (--degraded). Every refusal is written to the audit log.
+
+Decisions (`glassbreak escalations approve|deny`, `grants revoke` by a non-root user) come as
+{"op": "decide"|"revoke", ...} without fds: the daemon holds the grant signing key, proves the
+approver from SO_PEERCRED (or the approver token sent), and answers {"exit_code", "result"}.
 
 If the daemon dies its runs die with it: each child has PDEATHSIG (it is forked from the run's
 thread, which lives until the child is reaped) and the cgroup watchdog kills the rest.
@@ -208,6 +214,9 @@ class Daemon:
             except OSError:
                 return
             conn.settimeout(None)
+            if body.get("op") in ("decide", "revoke"):
+                self._serve_decision(conn, body, uid)
+                return
             if len(fds) != 3:
                 _reply(conn, EXIT_USAGE, error=f"the request carried {len(fds)} file "
                        "descriptors; it must carry the caller's stdin, stdout and stderr "
@@ -237,6 +246,8 @@ class Daemon:
             req = self._request(body, fds, pid, uid, gid, groups)
         except GlassbreakError as e:
             _write_error(fds[2], e, output)
+            if e.exit_code != EXIT_USAGE:
+                self._audit_refusal(e, body, pid, uid)
             return e.exit_code
         ignored = _ignored_state_vars(req.env or {})
         if ignored:
@@ -282,6 +293,42 @@ class Daemon:
             return EXIT_SIGNAL_BASE + signal.SIGTERM
         return code
 
+    def _audit_refusal(self, e: GlassbreakError, body: dict[str, Any], pid: int,
+                       uid: int) -> None:
+        from sandbox.run.caller import refusal_event
+
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = None
+        try:
+            self.sup.audit.write(refusal_event(e, uid=uid, agent=body.get("agent"),
+                                               profile=body.get("profile"),
+                                               argv=body.get("argv"), cwd=cwd, via="daemon"))
+        except OSError as err:
+            print(f"glassbreak daemon: could not audit a refused run: {err}", file=sys.stderr,
+                  flush=True)
+
+    def _serve_decision(self, conn: socket.socket, body: dict[str, Any], uid: int) -> None:
+        """A decision by a local user: the approver is proven here (uid or token)."""
+        from sandbox.run.caller import username
+
+        try:
+            from escalation.decide import decide_request
+
+            result = decide_request(self.sup.escalations(), body, uid=uid, user=username(uid))
+        except GlassbreakError as e:
+            _reply(conn, e.exit_code, error=e.message, hint=e.hint)
+            return
+        except Exception as e:  # noqa: BLE001 - one bad request never ends the daemon
+            _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
+                   f"{type(e).__name__}: {e}", hint="see the daemon's log")
+            return
+        try:
+            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
+        except OSError:
+            pass
+
     def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run) -> None:
         while True:
             while b"\n" in buf:
@@ -321,8 +368,12 @@ class Daemon:
                 f"through the daemon (you are uid {uid})",
                 hint="run without --degraded, or ask an administrator to run it as root")
         cwd = _caller_cwd(pid, body.get("cwd"))
-        profile = str(body.get("profile") or "readonly")
-        profile = _caller_profile(profile, cwd, uid)
+        from sandbox.run.caller import authorize_run
+
+        asked_agent, asked_profile = body.get("agent"), body.get("profile")
+        ident = authorize_run(uid, agent=asked_agent if isinstance(asked_agent, str) else None,
+                              profile=asked_profile if isinstance(asked_profile, str) else None,
+                              cwd=cwd)
         wait: float | None = None
         if body.get("wait") is not None:
             from sandbox.policy.profile import parse_duration
@@ -336,7 +387,9 @@ class Daemon:
             raise UsageError(f"unknown --mode {mode!r}", hint="choose enforce or monitor")
         root = uid == 0
         return RunRequest(
-            argv=list(argv), profile=profile, agent=body.get("agent"), reason=body.get("reason"),
+            argv=list(argv), profile=ident.profile, agent=ident.agent,
+            reason=body.get("reason") if isinstance(body.get("reason"), str) else None,
+            user=ident.user, agent_source=ident.how,
             mode=mode,  # type: ignore[arg-type]
             wait=wait, degraded=degraded, env=dict(env), cwd=cwd,
             stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -371,27 +424,6 @@ def _caller_cwd(pid: int, claimed: Any) -> str:
         raise GlassbreakError("could not read the caller's working directory",
                               hint="run from a directory that exists")
     return real
-
-
-def _caller_profile(profile: str, cwd: str, uid: int) -> str:
-    """A profile path is resolved against the caller's cwd; a non-root caller may only name
-    files it owns or that are world readable (the daemon reads them as root)."""
-    from sandbox.policy.loader import _looks_like_path
-
-    if not _looks_like_path(profile):
-        return profile
-    path = os.path.normpath(os.path.join(cwd, profile))
-    if uid != 0:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return path  # the loader reports a missing file clearly
-        if st.st_uid != uid and not st.st_mode & 0o004:
-            raise GlassbreakError(
-                f"profile file {path} is neither yours nor world readable",
-                hint="the daemon reads profiles as root; make the file readable or use a "
-                "named profile")
-    return path
 
 
 def _write_line(fd: int, text: str) -> None:

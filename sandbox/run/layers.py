@@ -161,9 +161,9 @@ class SeccompLayer(EnforcementLayer):
 
 
 class ExecGateLayer(EnforcementLayer):
-    """Every exec of the tree: the seccomp user-notification gate and the eBPF exec trace
-    (sandbox.run.execgate). One escalation per distinct block, one stderr line per distinct
-    block."""
+    """Every exec of the tree: the seccomp user-notification gate and the in-kernel exec
+    verification (sandbox.run.execgate). One escalation per distinct block, one stderr line per
+    distinct block."""
 
     name = "exec-gate"
 
@@ -175,7 +175,11 @@ class ExecGateLayer(EnforcementLayer):
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
         if self._tracer is not None:
-            self._tracer.watch(run.cgroup.id)  # watching before the child can exec
+            # watching before the child can exec: from now on every exec in the run's cgroup
+            # needs the gate's expectation (enforce), or is only reported (monitor; trace: no
+            # gate, judged after the fact)
+            mode = "trace" if not self._notify else run.mode
+            self._tracer.watch(run.cgroup.id, mode)
             self._watching = run.cgroup.id
 
     def started(self, run: RunContext, child: Child) -> None:
@@ -233,6 +237,8 @@ class ExecGateLayer(EnforcementLayer):
         first = getattr(self.gate.stats, "first_block", None)
         if first is not None and result.first_block is None:
             result.first_block = first
+        if self._tracer is not None and self._watching is not None:
+            result.extra["kernel"] = self._tracer.counters(self._watching)
 
     def close(self) -> None:
         try:

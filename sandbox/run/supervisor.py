@@ -67,6 +67,8 @@ class RunRequest:
     uid: int | None = None
     gid: int | None = None
     groups: list[int] | None = None
+    user: str | None = None  # the caller's unix user (recorded)
+    agent_source: str | None = None  # how the agent was derived (sandbox.run.caller)
     # called with (child pid, RunCgroup) once the child exists: lets a caller (the daemon)
     # deliver signals to the run
     on_spawn: Callable[[int, Any], None] | None = None
@@ -111,7 +113,7 @@ class Supervisor:
         self._audit = audit
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
-        self._filters: dict[tuple[str, bool, bool, bool], Any] = {}  # see _filter
+        self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
 
     # -- lazily built collaborators -------------------------------------------------------
     @property
@@ -267,7 +269,9 @@ class Supervisor:
         if "landlock" in req.degraded or strict.filesystem.default == "deny":
             return []
         try:
-            grants = list(self.escalations().path_grants(agent=req.agent, profile=strict.name))
+            grants = list(self.escalations().path_grants(
+                agent=req.agent, profile=strict.name,
+                on_reject=lambda ev: record(ev, sync=True)))
         except StoreError as e:
             record(Degraded(what="grants", why=f"grant store unreachable, no path grants: "
                                                 f"{e.message}"))
@@ -287,11 +291,16 @@ class Supervisor:
         try:
             grant = self.escalations().active_grant(
                 agent=req.agent, profile=strict.name, argv=list(req.argv), cwd=cwd,
-                binary=binary,
+                binary=binary, relaxed_profile=relaxed_name,
+                on_reject=lambda ev: record(ev, sync=True),
             )
         except StoreError as e:
             record(Degraded(what="grants", why=f"grant store unreachable, strict profile used: "
                                                 f"{e.message}"))
+            return strict, None
+        except GlassbreakError as e:  # e.g. no grant key here: no grant is honoured
+            record(Degraded(what="grants", why=f"grants cannot be checked, strict profile "
+                                                f"used: {e.message}"), sync=True)
             return strict, None
         if grant is None:
             return strict, None
@@ -404,7 +413,7 @@ class Supervisor:
             layers.append(LandlockLayer(landlock_abi(), binary=binary, fs_grants=[
                 (g.fs_path, g.fs_access) for g in path_grants or []]))
         tracer = self.tracer() if use_ebpf else None
-        layers.append(SeccompLayer(lambda p, root: self._filter(p, use_gate, use_ebpf, root)))
+        layers.append(SeccompLayer(lambda p, root: self._filter(p, use_gate, root)))
         if use_gate or tracer is not None:
             layers.append(ExecGateLayer(tracer, use_notify=use_gate))
         return layers
@@ -435,7 +444,7 @@ class Supervisor:
             mode=req.mode, grant_id=getattr(grant, "id", None),
             approver=getattr(grant, "approver", None), layers=names,
             degraded=list(req.degraded), uid=req.uid if req.uid is not None else os.getuid(),
-            pid=os.getpid(),
+            pid=os.getpid(), user=req.user, agent_source=req.agent_source,
         ), show=False)
 
         def on_block(info: Any) -> str | None:
@@ -485,18 +494,16 @@ class Supervisor:
                     child.close()  # its pidfd, listener and report socket (the daemon's fds)
         return result
 
-    def _filter(self, profile: ResolvedProfile, use_gate: bool, use_ebpf: bool,
-                root: bool = False) -> Any:
+    def _filter(self, profile: ResolvedProfile, use_gate: bool, root: bool = False) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
         µs to make): a daemon's warm runs skip libseccomp (~3 ms). `root`: the run is uid 0
         (the root guard: sandbox.kernel.seccomp.ROOT_GUARDS)."""
         from sandbox.kernel.seccomp import compile_filter
 
-        key = (profile.seccomp.model_dump_json(), use_gate, use_ebpf, root)
+        key = (profile.seccomp.model_dump_json(), use_gate, root)
         filt = self._filters.get(key)
         if filt is None:
-            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_sigcont=use_ebpf,
-                                  guard_root=root)
+            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_root=root)
             if len(self._filters) >= 64:
                 self._filters.clear()
             self._filters[key] = filt

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GLASSBREAK, is_root, load_bench, require
+from tests.conftest import GLASSBREAK, grant_keypair, is_root, load_bench, require
 
 pytestmark = [pytest.mark.kernel, pytest.mark.redis, pytest.mark.slow]
 
@@ -168,9 +168,16 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
     pdir.mkdir()
     for name, text in PROFILES.items():
         (pdir / name).write_text(text)
-    (work / "etc").mkdir()  # the config's dir is never writable in a run: not the runs' dirs
-    (work / "etc" / "config.yaml").write_text(json.dumps({"approverTokens": {
-        "bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}}))
+    # B decides (it holds the grant signing key); A only runs: it gets the public half. The
+    # configs live beside the runs' dir, not above it (a config's dir is never writable in a run)
+    key, pub = grant_keypair(work)
+    tokens = {"bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}
+    (work / "etc").mkdir()
+    (work / "etc" / "config-a.yaml").write_text(json.dumps({
+        "approverTokens": tokens, "grantSigning": {"publicKeyFile": str(pub)}}))
+    (work / "etc" / "config-b.yaml").write_text(json.dumps({
+        "approverTokens": tokens,
+        "grantSigning": {"privateKeyFile": str(key), "publicKeyFile": str(pub)}}))
     net = Net()
     redis: subprocess.Popen[bytes] | None = None
     daemons: list[Any] = []
@@ -185,7 +192,7 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             d.mkdir()
             env = dict(os.environ, GLASSBREAK_STORE=url, GLASSBREAK_STATE_DIR=str(d / "state"),
                        GLASSBREAK_PROFILE_PATH=str(pdir),
-                       GLASSBREAK_CONFIG=str(work / "etc" / "config.yaml"),
+                       GLASSBREAK_CONFIG=str(work / "etc" / f"config-{host}.yaml"),
                        GLASSBREAK_DECISION_SECRET=DECISION_SECRET)
             daemons.append(conc.start_daemon(
                 d, prefix=("nsenter", f"--net=/run/netns/{net.ns(host)}"), env=env,

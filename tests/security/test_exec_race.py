@@ -2,9 +2,11 @@
 thread flips between an allowed binary and a forbidden one. The user-notification check can be
 won by the race (CONTINUE is racy by design); the kernel then opens the forbidden file, which is
 outside the run's exec envelope: Landlock refuses it (EACCES) whatever won the race, and the
-eBPF hold at sched_process_exec stays the second line (it kills an image that got through).
-Proof: the forbidden binary (a copy of `touch`) would create a side-effect file; it must never
-exist. And with the exec gate and the tracer switched off, the copy still cannot run."""
+in-kernel verification at sched_process_exec stays the second line (it sees another file than
+the one judged, device + inode, and kills it before its first instruction). Proof: the forbidden
+binary (a copy of `touch`) would create a side-effect file; it must never exist. 200 execs, zero
+escapes; the argv race is in test_orphan_sigcont. And with the exec gate and the tracer
+switched off, the copy still cannot run."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ print("RESULT", res, flush=True)
 """
 
 
+@pytest.mark.timeout(300)
 def test_toctou_path_race_never_runs_the_forbidden_image(tmp_path: Path,
                                                          state_dir: Path) -> None:
     prof = tmp_path / "gatetest.yaml"
@@ -68,7 +71,7 @@ def test_toctou_path_race_never_runs_the_forbidden_image(tmp_path: Path,
     side = tmp_path / "side-effect"
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "GLASSBREAK_STATE_DIR": str(state_dir)}
     r = run_cli("run", "--profile", str(prof), "--", "python3", str(tmp_path / "race.py"),
-                "/bin/true", str(evil), str(side), "150", env=env, timeout=120)
+                "/bin/true", str(evil), str(side), "200", env=env, timeout=280)
     assert "RESULT" in r.stdout, r.stderr
     assert not side.exists(), "the forbidden image ran at least one instruction: " + r.stdout
     res = eval(r.stdout.split("RESULT", 1)[1].strip())  # noqa: S307 - our own dict literal
@@ -80,14 +83,15 @@ def test_toctou_path_race_never_runs_the_forbidden_image(tmp_path: Path,
     fs = [e for e in events if e["type"] == "blocked" and e["layer"] == "filesystem"]
     assert len(gate) == res["eperm"]
     # every race the user-notification check lost ended in the kernel: Landlock refused the
-    # forbidden file (reported once a run: the same path), or the hold killed it
+    # forbidden file (reported once a run: the same path), or the verification killed it
     assert len(trace) == res["killed"], (res, len(trace))
     assert bool(fs) == bool(res["eacces"]), (res, fs)
     for b in fs:
         assert b["rule_id"] == f"filesystem.execute:{evil}" and b["access"] == ["fs.execute"]
     for b in trace:
-        assert b["binary"] == str(evil) and b["rule_id"] == "exec.default"
+        assert b["binary"] == str(evil) and b["rule_id"] == "exec.identity-mismatch", b
         assert b["argv"] == ["x", str(side)] and b["sha256"] and b["pid"]
+        assert "/bin/true" in str(b["reason"]) and b["enforced"]
     print("race outcomes:", res)
 
 

@@ -17,8 +17,8 @@ from sandbox.policy import loader
 from sandbox.policy.decision import Verdict
 from sandbox.policy.loader import load_profile, load_raw, seccomp_syscall_check
 
-SHIPPED = ["base", "readonly", "k8s-readonly", "k8s-ops-escalated", "mcporter",
-           "mcporter.safebins"]
+SHIPPED = ["base", "readonly", "git-readonly", "python-dev", "k8s-readonly", "k8s-ops-escalated",
+           "mcporter", "mcporter.safebins"]
 
 # The profile exactly as issue 2 shows it (comments dropped).
 ISSUE_K8S = """
@@ -104,8 +104,10 @@ def test_k8s_readonly_is_the_issue_profile() -> None:
     raw = load_raw(shipped_profiles_dir() / "k8s-readonly.yaml")
     want = yaml.safe_load(ISSUE_K8S)
     got = raw.model_dump(exclude_unset=True, mode="json")
-    got.pop("examples")  # extra profile-level examples are one addition,
-    # the kubeconfig that base hides (~/.kube) the other
+    got.pop("examples")  # extra profile-level examples are one addition
+    # the other: kubectl reads its argv as cobra does, not getopt (issue 10)
+    assert got["safeBins"]["kubectl"].pop("dialect") == "cobra"
+    # and the kubeconfig that base hides (~/.kube)
     assert got.pop("filesystem") == {"read": ["/", "~/.kube/config"]}
     assert got == json.loads(json.dumps(want))
 
