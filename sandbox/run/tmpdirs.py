@@ -3,7 +3,8 @@
 Directory creation and removal cost milliseconds on some filesystems (ext4 with discard: rmdir
 ~2-3 ms on this VM), so an empty dir goes back to a pool per user when its run ends and serves a
 later run of that user; a dirty one is removed by a background thread; a process removes its
-pool when it exits.
+pool when it exits, and the first run of a process sweeps away what killed processes left
+(untouched for a day).
 """
 
 from __future__ import annotations
@@ -39,7 +40,28 @@ def tmp_root() -> str:
                           hint="remove it, or set GLASSBREAK_RUN_TMP to a safe directory")
     if base not in _tmp_root:
         _tmp_root[base] = os.path.realpath(base)
+        # what processes that were killed left behind (a pool is emptied at exit otherwise)
+        threading.Thread(target=_sweep, args=(_tmp_root[base],), name="gb-tmp-sweep",
+                         daemon=True).start()
     return _tmp_root[base]
+
+
+STALE_S = 24 * 3600
+
+
+def _sweep(root: str) -> None:
+    """Remove the temp dirs of runs that ended a day ago or more (untouched for that long)."""
+    import time
+
+    now = time.time()
+    try:
+        with os.scandir(root) as it:
+            old = [e.path for e in it if e.name.startswith("t-") and e.is_dir(
+                follow_symlinks=False) and now - e.stat(follow_symlinks=False).st_mtime > STALE_S]
+    except OSError:
+        return
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def make_tmp(uid: int | None, gid: int | None) -> str:
