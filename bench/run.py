@@ -60,7 +60,8 @@ exec:
 """
 ONLY = {  # which wrappers run which workload (start-up: all of them)
     "exec-heavy": ["bare", "bwrap", "glassbreak-cold", "glassbreak-warm"],
-    "syscall-heavy": ["bare", "bwrap", "glassbreak-cold", "glassbreak-warm"],
+    "syscall-heavy": ["bare", "bwrap", "glassbreak-cold", "glassbreak-warm",
+                      "glassbreak-warm-nolandlock"],
 }
 BASELINES = {"startup": "startup/bare", "exec-heavy": "exec-heavy/bare",
              "syscall-heavy": "syscall-heavy/bare"}
@@ -79,6 +80,9 @@ def wrappers(nosock: str, sock: str | None) -> list[Wrapper]:
         Wrapper("firejail", ("firejail", "--quiet", "--noprofile", "--seccomp")),
         Wrapper("glassbreak-cold", ("glassbreak",), ((SOCKET_ENV, nosock),)),
         Wrapper("glassbreak-warm", ("glassbreak",), warm_env, phase="warm"),
+        # the same without the Landlock layer: what it costs a warm run, end to end
+        Wrapper("glassbreak-warm-nolandlock", ("glassbreak", "--degraded", "landlock"),
+                warm_env, phase="warm"),
     ]
 
 
@@ -268,6 +272,39 @@ def chart(data: dict[str, Any], path: Path) -> str | None:
     return None
 
 
+def landlock_results(quick: bool) -> dict[str, Any]:
+    """The Landlock layer measured on its own (bench/landlock.py), n/a with the reason."""
+    try:
+        from landlock import measure
+
+        log("measuring the Landlock layer (per run, per syscall)")
+        return measure(quick)
+    except Exception as e:  # noqa: BLE001 - reported, never a crash of the harness
+        return {"status": "n/a", "reason": f"{type(e).__name__}: {e}"}
+
+
+def landlock_notes(data: dict[str, Any]) -> list[str]:
+    ll = data.get("landlock") or {}
+    if "per_run_us" not in ll:
+        return [f"landlock: n/a ({ll.get('reason', 'not measured')})"]
+    out = [f"landlock layer per warm run: {ll['per_run_us']:.0f} us (supervisor "
+           f"{ll['supervisor_warm_us']:.0f} us + child restrict_self "
+           f"{ll['child_restrict_self_us']:.0f} us; target <= 500 us: {ll['target']}); cold "
+           f"cache {ll['supervisor_cold_us'] / 1000:.1f} ms",
+           f"landlock per syscall: dd bs=1 (1 M read/write) {ll['dd_ratio']:.3f}x in a domain; "
+           f"open+close {ll['open_close_outside_ns'] / 1000:.1f} -> "
+           f"{ll['open_close_in_domain_ns'] / 1000:.1f} us (the path walk)"]
+    v = data["variants"]
+    for g in ("startup", "syscall-heavy"):
+        a, b = v.get(f"{g}/glassbreak-warm", {}), v.get(f"{g}/glassbreak-warm-nolandlock", {})
+        if a.get("status") == "ok" and b.get("status") == "ok":
+            d = (a["summary"]["median"] - b["summary"]["median"]) * 1e3
+            out.append(f"{g}: warm run with Landlock {a['summary']['median'] * 1e3:.2f} ms, "
+                       f"without (--degraded landlock) {b['summary']['median'] * 1e3:.2f} ms "
+                       f"({d:+.2f} ms, end-to-end medians)")
+    return out
+
+
 def _workload_panel(ax: Any, suite: dict[str, Any]) -> None:
     """The real-workload suite: warm and cold ratio to bare per workload (bars: the median of the
     per-round paired ratios; whiskers: their min..max), the target as a tick, the verdict."""
@@ -329,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (use a running daemon, else start one), off, or a socket path")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is MISS")
+    ap.add_argument("--landlock", action=argparse.BooleanOptionalAction, default=True,
+                    help="the Landlock layer's own costs (bench/landlock.py)")
     ap.add_argument("--scale", default="concurrency,latency,soak",
                     help="scale groups (bench/concurrency.py, bench/latency.py, bench/soak.py); "
                     "'' skips")
@@ -355,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     from scale import scale_results  # 50 concurrent runs; escalation latency
 
     data["scale"] = scale_results(args.scale, args.glassbreak, quick=args.quick)
+    if args.landlock:
+        data["landlock"] = landlock_results(args.quick)
+        data["notes"] += landlock_notes(data)
     if "workloads" in [g.strip() for g in args.groups.split(",")]:
         from workloads import run_suite  # the real-workload suite (issue 13)
 

@@ -40,7 +40,7 @@ class DecisionIn(BaseModel):
     approver: str | None = None
     ttl: str | int | None = None
     reason: str | None = None
-    scope: Literal["command", "profile"] | None = None
+    scope: Literal["command", "profile", "path"] | None = None
     one_shot: bool = False
 
 

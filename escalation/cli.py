@@ -102,6 +102,8 @@ def show_cmd(esc_id: str, output: str) -> None:
     lines += [
         f"  cwd       {quote_arg(rec.cwd)}",
         f"  binary    {quote_arg(rec.binary or '?')} sha256={v(rec.binary_sha256 or '?')}",
+        *([f"  path      {v(rec.fs_access or '?')} {quote_arg(rec.fs_path)} (an approval grants "
+             "it: scope path)"] if rec.fs_path else []),
         f"  agent     {v(rec.agent or '-')} on {v(rec.host)}; reason: "
         f"{v(rec.agent_reason or '(none)', 2000)}",
         f"  profile   {v(rec.profile)} ({v(rec.profile_hash[:16])}) relaxed: "
@@ -198,9 +200,10 @@ def _decision(body: dict[str, Any]) -> dict[str, Any]:
 @TOKEN_FILE
 @click.option("--ttl", help="grant duration (e.g. 10m); default the profile's ttl, <= maxTtl")
 @click.option("--reason")
-@click.option("--scope", type=click.Choice(["command", "profile"]),
+@click.option("--scope", type=click.Choice(["command", "profile", "path"]),
               help="profile: the relaxed profile for that agent (default when the profile "
-                   "names one); command: only this exact argv + cwd + binary")
+                   "names one); command: only this exact argv + cwd + binary; path: the "
+                   "path a filesystem denial names, for that agent's runs (its default)")
 @click.option("--once", is_flag=True, help="one-shot command grant (used by one run)")
 @OUTPUT
 @guarded
@@ -278,7 +281,8 @@ def grants_list(all_: bool, output: str) -> None:
         click.echo("no active grants")
     for g in gs:
         what = visible(g.relaxed_profile or "") if g.scope == "profile" else \
-            quote_argv(g.argv or [])
+            f"{visible(g.fs_access or '?')} {quote_arg(g.fs_path or '')}" if g.scope == "path" \
+            else quote_argv(g.argv or [])
         click.echo(f"{g.id}  {g.status():<8} {g.scope:<8} agent={visible(g.agent or '-')} "
                    f"profile={visible(g.profile)} -> {what}  by {visible(g.approver)} until "
                    f"{_when(g.expires_at)}  ({g.escalation_id})"

@@ -3,8 +3,9 @@ whose signature verifies with their public key. A writer to the store (Redis on 
 a copied or edited state.db) can then delete or narrow grants, never mint or widen one.
 
 Signed: id, escalation id, agent, profile, scope, relaxed profile, the exact command (argv,
-cwd, binary sha256, cmd_key), one-shot flag, approver, issue time, expiry, on-expiry. Not
-signed (store state that can only narrow a grant): revoked_*, consumed_at, the reason text.
+cwd, binary sha256, cmd_key), one-shot flag, approver, issue time, expiry, on-expiry, and for a
+path grant (a filesystem denial approved) its path and access. Not signed (store state that can
+only narrow a grant): revoked_*, consumed_at, the reason text.
 
 Keys (sandbox.config `grantSigning:`): privateKeyFile (deciders only: root 0600) and
 publicKeyFile (runners). Unset: /etc/glassbreak/grant-signing.key if it exists, else a keypair
@@ -31,9 +32,15 @@ DOMAIN = b"glassbreak-grant-v1\n"
 KEY_NAME = "grant-signing.key"
 
 
+# signed when set (so grants without them keep the signatures they were issued with)
+SIGNED_IF_SET = ("fs_path", "fs_access")
+
+
 def payload(grant: Any) -> bytes:
-    """The exact bytes that are signed: a domain tag + canonical JSON of SIGNED_FIELDS."""
+    """The exact bytes that are signed: a domain tag + canonical JSON of SIGNED_FIELDS (and of
+    SIGNED_IF_SET where set: adding or removing one breaks the signature)."""
     data = {f: getattr(grant, f) for f in SIGNED_FIELDS}
+    data.update({f: v for f in SIGNED_IF_SET if (v := getattr(grant, f, None)) is not None})
     return DOMAIN + json.dumps(data, sort_keys=True, separators=(",", ":"),
                                ensure_ascii=True).encode()
 

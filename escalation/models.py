@@ -46,6 +46,8 @@ class BlockContext(_M):
     webhooks: list[Webhook] = Field(default_factory=list)
     auto_approve: list[AutoApprove] = Field(default_factory=list)
     on_expiry: Literal["kill", "keep"] = "kill"
+    fs_path: str | None = Field(default=None, description="layer filesystem: the path refused")
+    fs_access: Literal["read", "write"] | None = None
 
 
 class Transition(_M):
@@ -107,6 +109,9 @@ class EscalationRecord(_M):
     decision_reason: str | None = None
     grant_id: str | None = None
     history: list[Transition] = Field(default_factory=list)
+    fs_path: str | None = Field(default=None, description="layer filesystem: the path refused; "
+                                "an approval (scope path) grants it")
+    fs_access: Literal["read", "write"] | None = None
     # filled on read from the outbox (not stored)
     deliveries: list[DeliveryInfo] = Field(default_factory=list)
     delivery_status: Literal["none", "pending", "delivered", "retrying", "failed"] = "none"
@@ -124,7 +129,8 @@ class Grant(_M):
     escalation_id: str | None = None
     agent: str | None = None
     profile: str
-    scope: Literal["command", "profile"]
+    # path: an approved filesystem escalation; runs of (agent, profile) get fs_path (fs_access)
+    scope: Literal["command", "profile", "path"]
     relaxed_profile: str | None = None
     argv: list[str] | None = None
     cwd: str | None = None
@@ -140,6 +146,8 @@ class Grant(_M):
     revoked_by: str | None = None
     revoke_reason: str | None = None
     consumed_at: float | None = None
+    fs_path: str | None = None  # scope path: signed with the rest (escalation.grantsig)
+    fs_access: Literal["read", "write"] | None = None
     key_id: str | None = Field(default=None, description="which grant key signed it")
     signature: str | None = Field(default=None, description="Ed25519, hex (escalation.grantsig)")
 

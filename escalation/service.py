@@ -2,6 +2,7 @@
 
     svc = EscalationService.from_env()
     svc.active_grant(agent=, profile=, argv=, cwd=, binary_sha256=) -> Grant | None
+    svc.path_grants(agent=, profile=) -> [Grant]   approved filesystem escalations (scope path)
     svc.raise_block(BlockContext(...)) -> EscalationRecord
     svc.decide(esc_id, approve=True, by="alice", ttl_s=600) -> EscalationRecord
     svc.wait_for_decision(esc_id, timeout_s) -> EscalationRecord
@@ -27,7 +28,7 @@ from typing import Any
 from escalation.backends import open_store
 from escalation.models import BlockContext, Delivery, EscalationRecord, Grant, Transition
 from escalation.redact import redact_argv, redact_env
-from escalation.store import Store, command_key, dedupe_key
+from escalation.store import PATH_GRANTS_KEY, Store, command_key, dedupe_key
 from sandbox.errors import EscalationError, GlassbreakError, StoreError
 from sandbox.events import (
     DecisionRefused,
@@ -141,7 +142,7 @@ class EscalationService:
         cands = self.store.candidate_grants(agent, profile, key)
         cands.sort(key=lambda g: (g.scope != "profile", g.one_shot, -g.expires_at))
         for g in cands:
-            if g.status(now) != "active":
+            if g.status(now) != "active" or g.scope == "path":
                 continue
             why = self._untrusted(g, agent, profile, key, relaxed_profile, now)
             if why:
@@ -158,6 +159,29 @@ class EscalationService:
                 g.consumed_at = now
             return g
         return None
+
+    def path_grants(self, *, agent: str | None, profile: str,
+                    on_reject: Callable[[GrantRejected], None] | None = None) -> list[Grant]:
+        """Active path grants for (agent, profile): each adds its path to a run's filesystem
+        rules. Like active_grant, only grants whose signature (which covers the path and the
+        access) verifies and whose fields match count; the others are absent and audited.
+        StoreError when the store is unreachable (the caller grants nothing)."""
+        now = time.time()
+        out: list[Grant] = []
+        for g in self.store.candidate_grants(agent, profile, PATH_GRANTS_KEY):
+            if g.scope != "path" or not g.fs_path or g.status(now) != "active":
+                continue
+            why = self._untrusted(g, agent, profile, PATH_GRANTS_KEY, None, now)
+            if why:
+                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
+                                   profile=g.profile, approver=g.approver, why=why)
+                if on_reject is not None:
+                    on_reject(ev)
+                else:
+                    self._try_emit(ev)
+                continue
+            out.append(g)
+        return out
 
     def _untrusted(self, g: Grant, agent: str | None, profile: str, key: str,
                    relaxed_profile: str | None, now: float) -> str | None:
@@ -241,6 +265,7 @@ class EscalationService:
             env=redact_env(ctx.env), ancestry=ctx.ancestry[-32:],
             recent_execs=ctx.recent_execs[-50:], agent_reason=ctx.agent_reason,
             run_ids=[ctx.run_id] if ctx.run_id else [], relaxed_profile=ctx.relaxed_profile,
+            fs_path=ctx.fs_path, fs_access=ctx.fs_access,
             ttl_default=min(ctx.ttl_default, ctx.max_ttl), max_ttl=ctx.max_ttl,
             on_expiry=ctx.on_expiry, webhooks=self._webhooks(ctx.webhooks),
             history=[Transition(kind="raised", by=ctx.agent or "agent:?",
@@ -291,6 +316,8 @@ class EscalationService:
                      escalation_id=escalation_id, budget_s=budget_s, timeout=timeout)
 
     def _auto_approve(self, rec: EscalationRecord, ctx: BlockContext) -> None:
+        if rec.fs_path:  # autoApprove patterns are about commands, never about paths
+            return
         cmd = " ".join(ctx.argv)
         for i, rule in enumerate(ctx.auto_approve):
             if not any(fnmatchcase(cmd, p) for p in rule.commands):
@@ -433,7 +460,11 @@ class EscalationService:
         if ttl <= 0 or ttl > rec.max_ttl:
             self._refuse(esc_id, by, f"ttl {ttl}s is outside (0, maxTtl {rec.max_ttl}s]",
                          via=via)
-        scope = scope or ("profile" if rec.relaxed_profile else "command")
+        scope = scope or ("path" if rec.fs_path else "profile" if rec.relaxed_profile
+                          else "command")
+        if scope == "path" and not rec.fs_path:
+            self._refuse(esc_id, by, f"escalation {esc_id} names no path (it is not a "
+                         "filesystem denial); approve with scope command or profile", via=via)
         if scope == "profile" and not rec.relaxed_profile:
             self._refuse(esc_id, by, f"profile {rec.profile} names no escalation.relaxedProfile; "
                          "approve with scope command", via=via)
@@ -450,9 +481,12 @@ class EscalationService:
                   argv=rec.argv if scope == "command" else None,
                   cwd=rec.cwd if scope == "command" else None,
                   binary_sha256=rec.binary_sha256 if scope == "command" else None,
-                  cmd_key=rec.cmd_key if scope == "command" else None,
+                  cmd_key=rec.cmd_key if scope == "command" else PATH_GRANTS_KEY
+                  if scope == "path" else None,
                   one_shot=one_shot and scope == "command", approver=by, reason=why,
-                  created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry)
+                  created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry,
+                  fs_path=rec.fs_path if scope == "path" else None,
+                  fs_access=rec.fs_access if scope == "path" else None)
         signer = self.signer()
         if signer is None:
             self._refuse(rec.id, by, "this host holds only the public grant key; decisions are "
@@ -473,6 +507,7 @@ class EscalationService:
         detail = why or ""
         if grant:
             detail = (f"{why + '; ' if why else ''}grant {grant.id} ({grant.scope}"
+                      f"{f': {grant.fs_access} {grant.fs_path}' if grant.fs_path else ''}"
                       f"{', one-shot' if grant.one_shot else ''}) until "
                       f"{time.strftime('%H:%M:%S', time.localtime(grant.expires_at))}")
         new.history.append(Transition(kind=state, by=by, why=detail))  # type: ignore[arg-type]

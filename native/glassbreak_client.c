@@ -164,7 +164,8 @@ static const char *opt_key(const char *name) {
 static int choice_ok(const char *key, const char *val) {
     if (!strcmp(key, "mode")) return !strcmp(val, "enforce") || !strcmp(val, "monitor");
     if (!strcmp(key, "output")) return !strcmp(val, "text") || !strcmp(val, "json");
-    if (!strcmp(key, "degraded")) return !strcmp(val, "exec-gate") || !strcmp(val, "ebpf");
+    if (!strcmp(key, "degraded"))
+        return !strcmp(val, "exec-gate") || !strcmp(val, "ebpf") || !strcmp(val, "landlock");
     return 1;
 }
 

@@ -82,6 +82,10 @@ class ExecBlocked(_Event):
     profile: str
     escalation_id: str | None = None
     enforced: bool = True
+    path: str | None = Field(default=None, description="layer filesystem: the path refused")
+    access: list[str] | None = Field(
+        default=None, description="layer filesystem/landlock: the Landlock rights refused, "
+        "e.g. fs.write_file, fs.read_file, fs.execute, scope.signal")
 
 
 class SyscallKilled(_Event):

@@ -324,6 +324,41 @@ def check_kill_logging() -> Check:
                  "echo kill_process >> /proc/sys/kernel/seccomp/actions_logged")
 
 
+def check_landlock() -> Check:
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version, errata
+
+    fix = ("boot a kernel >= 6.12 with Landlock in its LSM list (CONFIG_SECURITY_LANDLOCK, "
+           "lsm=...,landlock), or use the VM in vagrant/; `glassbreak run --degraded landlock` "
+           "runs without it (root only, recorded)")
+    try:
+        abi = abi_version()
+    except LandlockUnavailable as e:
+        return Check("landlock", False, True, str(e), fix)
+    ok = abi >= 6
+    return Check("landlock", ok, True, f"Landlock ABI {abi} (errata {errata():#x})"
+                 + ("" if ok else ": runs need 6 (signal and abstract-socket scopes)"), fix)
+
+
+def check_landlock_audit() -> Check:
+    """Can denials be reported? (kernel audit records over the multicast group, ABI 7)"""
+    from sandbox.kernel import landlock_audit as A
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version
+
+    fix = "run glassbreak as root in the host's network namespace (docs/filesystem.md)"
+    try:
+        if abi_version() < 7:
+            return Check("landlock denials", False, False, "Landlock ABI < 7 has no audit "
+                         "records: denials are enforced, not reported", fix)
+        st = A.status()
+    except (LandlockUnavailable, OSError, A.AuditUnavailable) as e:
+        return Check("landlock denials", False, False, f"kernel audit unreachable: {e}", fix)
+    who = f"audit daemon pid {st['pid']}" if st["pid"] else "no audit daemon"
+    state = {0: "off (glassbreak switches it on at the first run)", 1: "on", 2: "on, locked"}
+    return Check("landlock denials", st["enabled"] != 0 or not st["pid"], False,
+                 f"kernel audit {state.get(st['enabled'], '?')}, {who}, backlog limit "
+                 f"{st['backlog_limit']}, lost {st['lost']}", fix)
+
+
 def check_root() -> Check:
     ok = os.geteuid() == 0
     return Check("root", ok, True, "running as root" if ok else f"uid {os.geteuid()}",
@@ -389,8 +424,8 @@ def run_checks() -> list[Check]:
     probes: list[Callable[[], Check | list[Check]]] = [
         check_arch, check_root, check_libseccomp, check_seccomp, check_bpf, check_ringbuf,
         check_send_signal, check_raw_tracepoint, check_bpf_loop, check_btf, check_pid_namespace,
-        check_tracefs, check_headers, check_bcc, check_cgroup, check_kill_logging, check_redis,
-        check_config, check_store_auth,
+        check_tracefs, check_headers, check_bcc, check_cgroup, check_landlock,
+        check_landlock_audit, check_kill_logging, check_redis, check_config, check_store_auth,
     ]
     out: list[Check] = []
     for probe in probes:

@@ -109,7 +109,8 @@ def _check_profile() -> str:
 @click.option("--wait", "wait", is_flag=False, flag_value="30m", default=None,
               metavar="[DURATION]",
               help="On a block, raise the escalation and wait (default 30m) for the decision.")
-@click.option("--degraded", multiple=True, type=click.Choice(["exec-gate", "ebpf"]),
+@click.option("--degraded", multiple=True,
+              type=click.Choice(["exec-gate", "ebpf", "landlock"]),
               help="Run without this layer (explicit, recorded in the audit log).")
 @OUTPUT
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)

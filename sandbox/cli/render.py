@@ -177,7 +177,8 @@ def render_text(ev: Any) -> str | None:
         if ev.decision == "error" and ev.reason:
             hint = f"\n  hint: {ev.hint}" if ev.hint else ""
             return f"glassbreak: {ev.reason}{hint}"
-        if ev.layer == "seccomp" and ev.reason:
+        if ev.reason and (ev.layer == "seccomp" or ev.layer == "filesystem"
+                          and ev.decision != "block"):  # e.g. not in the exec envelope
             return f"glassbreak: {ev.reason}"
         if ev.reason and ev.reason.startswith("the grant"):
             return f"glassbreak: {ev.reason}"

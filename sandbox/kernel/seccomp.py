@@ -16,6 +16,13 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   the profile is stricter for them.
 - clone3 fails with ENOSYS (its flags are behind a pointer that seccomp cannot read, so libc falls
   back to clone, whose flags are filtered).
+- guard_root (runs as uid 0): the file-attribute syscalls Landlock has no right for fail with
+  EPERM: chmod, chown, extended-attribute writes, and utime with explicit times (root in a
+  Landlock domain could otherwise chmod /etc/shadow, set security.capability on a system binary
+  or forge timestamps; setting the current time, `touch`, stays: the kernel allows that to any
+  writer). The ones newer than libseccomp (setxattrat, removexattrat, file_setattr) are added
+  by number. Where the profile has its own rules on one of them, the guard goes into a second,
+  stacked filter (CompiledFilter.extra: the kernel runs both and takes the stricter answer).
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -37,6 +44,17 @@ if TYPE_CHECKING:
 
 RANK = {"allow": 0, "log": 1, "notify": 2, "errno": 3, "trap": 4, "kill_process": 5}
 OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+
+
+ROOT_GUARDS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown",
+               "fchownat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
+               "lremovexattr", "fremovexattr", "removexattrat", "file_setattr")
+# utime family: refused when the times argument (index) is not NULL (NULL = now, like touch)
+ROOT_TIME_GUARDS = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}
+# the generic syscall table (x86_64 and aarch64 share numbers from 424 on)
+ROOT_GUARD_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+ROOT_GUARD_REASON = "root in a run may not change modes, owners, extended attributes or times " \
+    "(Landlock has no right for them)"
 
 
 @dataclass(frozen=True)
@@ -197,7 +215,8 @@ def _cond_text(conds: list[ArgCondition]) -> str:
     return " and ".join(parts)
 
 
-def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True) -> CompiledFilter:
+def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
+                   guard_root: bool = False) -> CompiledFilter:
     """SeccompPolicy -> CompiledFilter (raw BPF for the native arch). Pure apart from libseccomp."""
     sc = _lib()
     dkey, dval = _action(_listened(policy.defaultAction, exec_notify), sc)
@@ -231,6 +250,28 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True) -> Compil
     if exec_notify:
         for name in ("execve", "execveat"):
             put_uncond(name, "notify", "exec-gate", "every exec is checked by the supervisor")
+    by_number: list[tuple[str, int]] = []
+    # root guards on syscalls the profile has its own rules for: a second, stacked filter
+    stacked: list[tuple[str, list[Any], str]] = []
+    if guard_root:
+        for name in ROOT_GUARDS:
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                if name in ROOT_GUARD_NUMBERS:
+                    by_number.append((name, ROOT_GUARD_NUMBERS[name]))
+            elif name in conds:
+                stacked.append((name, [], ""))
+            else:
+                put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
+        for name, idx in ROOT_TIME_GUARDS.items():
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                continue
+            args, text = [sc.Arg(idx, sc.NE, 0, 0)], f"arg{idx} != NULL (explicit times)"
+            if name in conds or name in uncond:
+                stacked.append((name, args, text))
+            else:
+                conds.setdefault(name, []).append(_Cond(
+                    "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM", args, text, "root-guard",
+                    ROOT_GUARD_REASON))
     # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
     # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
     # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.
@@ -279,12 +320,24 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True) -> Compil
                     continue
                 add(c.value, name, *c.args)
                 rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+        if RANK[dkey] < RANK["errno"]:
+            for name, nr in by_number:
+                flt.add_rule(sc.ERRNO(_errno.EPERM), nr)
+                rows.append(SyscallRule(name, "errno:EPERM", "", "root-guard", ROOT_GUARD_REASON))
         return flt, rows
 
     flt, rows = build()
     bpf = _export(flt, pfc=False)
+    extra: tuple[bytes, ...] = ()
+    if stacked:
+        gflt = sc.SyscallFilter(sc.ALLOW)
+        gflt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+        for name, args, text in stacked:
+            gflt.add_rule(sc.ERRNO(_errno.EPERM), name, *args)
+            rows.append(SyscallRule(name, "errno:EPERM", text, "root-guard", ROOT_GUARD_REASON))
+        extra = (_export(gflt, pfc=False),)
     return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
-                          syscalls=tuple(rows), _build=lambda: build()[0])
+                          extra=extra, syscalls=tuple(rows), _build=lambda: build()[0])
 
 
 def _listened(action: str, listener: bool) -> str:

@@ -21,6 +21,8 @@ class Layer(StrEnum):
     EXEC_GATE = "exec-gate"  # seccomp user-notification on execve/execveat
     EXEC_TRACE = "exec-trace"  # in-kernel verification at sched_process_exec
     SECCOMP = "seccomp"
+    FILESYSTEM = "filesystem"  # Landlock: a read, write or execute the profile does not allow
+    LANDLOCK = "landlock"  # Landlock scopes: a signal or socket outside the run, ptrace
 
 
 @dataclass(frozen=True)

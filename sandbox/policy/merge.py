@@ -19,6 +19,13 @@ to right the same way, as if each later one extended the earlier):
     wins (kill_process > kill_thread > trap > errno > notify > log > allow; equal rank: the
     child's), conditional rules on a syscall with an equal-or-stricter unconditional rule are
     dropped. defaultAction: the stricter.
+  - filesystem: read, write, execute: the first profile of a chain that lists one defines it
+    (until then the defaults apply: read ["/"], write ["$CWD", "$TMPDIR"], execute none); below
+    it a child's list replaces it, and every child entry must be covered by a parent entry (the
+    same path or beneath it; a read entry may also be covered by a parent write entry), else an
+    error. hidden: union. default: the stricter (deny > block). The one way a child re-opens
+    something: a read or write entry beneath a parent's hidden entry (the deepest entry wins),
+    which is how a profile grants e.g. ~/.kube/config that base hides (docs/profiles.md).
   - owners: union. escalation: inherited field-wise (the child's given fields win), except
     maxTtl, which can only shrink (ttl is clamped to it).
   - credentials: a child adds credentials; replacing one its parent defines (same name, other
@@ -43,11 +50,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import ProfileError
+from sandbox.policy.filesystem import DEFAULT_WRITE, covers
 from sandbox.policy.profile import (
     Credential,
     EscalationPolicy,
     Examples,
     ExecPolicy,
+    FilesystemPolicy,
     Profile,
     ResolvedProfile,
     SafeBin,
@@ -219,6 +228,35 @@ def _merge_seccomp(parent: SeccompPolicy, child: SeccompPolicy, relax: bool) -> 
     return SeccompPolicy(defaultAction=default, rules=out)
 
 
+def _merge_filesystem(parent: FilesystemPolicy, child: FilesystemPolicy, relax: bool,
+                      src: Source) -> FilesystemPolicy:
+    if relax:
+        return parent.model_copy(update={k: getattr(child, k) for k in child.model_fields_set})
+    upd: dict[str, Any] = {}
+    for key in ("read", "write", "execute"):
+        mine: list[str] | None = getattr(child, key)
+        if mine is None:
+            continue
+        theirs: list[str] | None = getattr(parent, key)
+        if theirs is not None:
+            cover = theirs + (list(DEFAULT_WRITE if parent.write is None else parent.write)
+                              if key == "read" else [])
+            for i, e in enumerate(mine):
+                if not any(covers(p, e) for p in cover):
+                    raise ProfileError(
+                        f"{src.where(('filesystem', key, i))}: filesystem.{key}[{i}]: {e!r} is "
+                        f"not covered by the profile this one extends (its filesystem.{key}: "
+                        f"{', '.join(theirs) or 'none'})",
+                        hint="a child can only narrow filesystem rules: name a path beneath "
+                        "one of the parent's, or set `relax: true` if this profile is meant to "
+                        "loosen its parent")
+        upd[key] = list(mine)
+    upd["hidden"] = _union(parent.hidden, child.hidden)
+    if _given(child, "default") and child.default == "deny":
+        upd["default"] = "deny"
+    return parent.model_copy(update=upd)
+
+
 def _merge_escalation(parent: EscalationPolicy, child: EscalationPolicy, relax: bool,
                       src: Source) -> EscalationPolicy:
     upd = {k: getattr(child, k) for k in child.model_fields_set}
@@ -289,6 +327,8 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
             "examples": child.exec.examples if child.exec else Examples()})
     seccomp = parent.seccomp if child.seccomp is None else _merge_seccomp(
         parent.seccomp, child.seccomp, relax)
+    fs = parent.filesystem if child.filesystem is None else _merge_filesystem(
+        parent.filesystem, child.filesystem, relax, src)
     esc = parent.escalation if child.escalation is None else _merge_escalation(
         parent.escalation, child.escalation, relax, src)
     if relax and esc.relaxedProfile == child.name:
@@ -304,8 +344,8 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
     return ResolvedProfile(
         name=child.name, description=child.description or parent.description,
         chain=[child.name, *parent.chain], sources=[str(src.path), *parent.sources],
-        owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, escalation=esc,
-        examples=examples, credentials=creds, credentialOrigins=origins)
+        owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, filesystem=fs,
+        escalation=esc, examples=examples, credentials=creds, credentialOrigins=origins)
 
 
 def _as_child(r: ResolvedProfile) -> Profile:
@@ -319,6 +359,7 @@ def _root(p: Profile) -> ResolvedProfile:
     return ResolvedProfile(name=p.name, description=p.description, chain=[p.name],
                            owners=list(p.owners), safeBins=dict(p.safeBins),
                            exec=p.exec or ExecPolicy(), seccomp=p.seccomp or SeccompPolicy(),
+                           filesystem=p.filesystem or FilesystemPolicy(),
                            escalation=p.escalation or EscalationPolicy(), examples=p.examples,
                            credentials={k: c for k, c in (p.credentials or {}).items()
                                         if c is not None})

@@ -132,6 +132,64 @@ class ExecPolicy(Model):
     examples: Examples = Field(default_factory=Examples)
 
 
+FS_VARIABLES = ("CWD", "HOME", "TMPDIR")
+_FS_PATH_RE = re.compile(r"^(?:/|~(?:/|$)|\$(?:\{(\w+)\}|(\w+))(?:/|$))")
+
+
+def fs_path_problem(path: str) -> str | None:
+    """Why `path` is not a valid filesystem rule path (None when it is)."""
+    m = _FS_PATH_RE.match(path)
+    if not m or "\0" in path:
+        return (f"{path!r} is not an absolute path: start it with /, ~, or one of "
+                + ", ".join("$" + v for v in FS_VARIABLES))
+    var = m.group(1) or m.group(2)
+    if var is not None and var not in FS_VARIABLES:
+        return f"{path!r}: unknown variable ${var} (use " + ", ".join(
+            "$" + v for v in FS_VARIABLES) + ")"
+    if "$" in path[m.end():]:
+        return f"{path!r}: a variable may only start a path"
+    if any(part == ".." for part in path.split("/")):
+        return f"{path!r}: '..' is not allowed in a rule path"
+    return None
+
+
+class FilesystemPolicy(Model):
+    """What a run may read, write and execute (Landlock; docs/profiles.md, "filesystem").
+
+    Paths are absolute, or start with ~ or $CWD, $HOME, $TMPDIR (the run's cwd, its user's
+    home from the password database, and the run's private temp dir). A rule on a directory
+    covers everything beneath it; where rules nest, the most specific one wins. Whatever a
+    profile says, glassbreak's own config, profiles, state and install are never writable and
+    its secrets and state never readable (docs/filesystem.md).
+    """
+
+    read: list[str] | None = Field(
+        default=None, description="trees or files the run may read (default: [\"/\"], the "
+        "whole system but devices); the first profile of a chain that lists them defines them")
+    write: list[str] | None = Field(
+        default=None, description="trees or files the run may create, change and delete in "
+        "(and read) (default: [\"$CWD\", \"$TMPDIR\"])")
+    execute: list[str] | None = Field(
+        default=None, description="trees or files where any file may be executed, beyond the "
+        "exec envelope (exec.allow, safeBins, their interpreters and the loader); the exec gate "
+        "still judges every exec (default: none)")
+    hidden: list[str] = Field(
+        default_factory=list, description="neither readable nor writable (names stay listable); "
+        "a more specific read or write entry beneath one re-opens that path")
+    default: Literal["block", "deny"] = Field(
+        default="block", description="a denied access: block (reported and escalatable: an "
+        "approval grants that path for the window) or deny (reported, never escalatable)")
+
+    @field_validator("read", "write", "execute", "hidden")
+    @classmethod
+    def _paths(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            problem = fs_path_problem(p)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+
 SECCOMP_ACTION_RE = re.compile(
     r"^(allow|kill_process|kill_thread|kill|log|trap|notify|errno:[A-Z0-9]+|errno:\d+)$"
 )
@@ -423,6 +481,7 @@ class Profile(Model):
     safeBins: dict[str, SafeBin] = Field(default_factory=dict)
     exec: ExecPolicy | None = None
     seccomp: SeccompPolicy | None = None
+    filesystem: FilesystemPolicy | None = None
     escalation: EscalationPolicy | None = None
     credentials: dict[ProfileName, Credential | None] | None = Field(
         default=None, description="named credentials handed to the run (docs/credentials.md); "
@@ -464,6 +523,7 @@ class ResolvedProfile(Model):
     safeBins: dict[str, SafeBin] = Field(default_factory=dict)
     exec: ExecPolicy = Field(default_factory=ExecPolicy)
     seccomp: SeccompPolicy = Field(default_factory=SeccompPolicy)
+    filesystem: FilesystemPolicy = Field(default_factory=FilesystemPolicy)
     escalation: EscalationPolicy = Field(default_factory=EscalationPolicy)
     examples: Examples = Field(default_factory=Examples)
     grantedCommands: list[GrantedCommand] = Field(

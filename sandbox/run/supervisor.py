@@ -4,7 +4,8 @@ One run, as data flows (DESIGN.md):
   1 load the profile                                   sandbox.policy.loader        (pure)
   2 an active grant for (agent, profile)? -> relaxed   escalation.service    (store)
   3 argv pre-check of the top-level command            sandbox.policy.check        (pure)
-  4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> seccomp -> execve
+  4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> Landlock -> seccomp
+    -> execve
   5 every exec in the tree checked again               sandbox.run.execgate (unotify + eBPF)
   6 events -> audit log, stderr (text or JSON lines)
   7 blocks -> escalation requests                      escalation.service
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from sandbox.policy.profile import ResolvedProfile
 
 Mode = Literal["enforce", "monitor"]
-DEGRADABLE = ("exec-gate", "ebpf")
+DEGRADABLE = ("exec-gate", "ebpf", "landlock")
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Supervisor:
         self._audit = audit
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
-        self._filters: dict[tuple[str, bool], Any] = {}  # see _filter
+        self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
         # run id -> the SecretMask of a run that holds credentials: what it records is masked
         self._masks: dict[str, Any] = {}
 
@@ -172,6 +173,7 @@ class Supervisor:
         events: list[Any] = []
 
         masked = [0]  # the mask version the recorded events were masked with
+        over = [False]  # after the run's result: the caller's stdio is no longer ours to write
 
         def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
             ev.run_id = ev.run_id or run_id
@@ -179,7 +181,7 @@ class Supervisor:
             if mask is not None:  # credential values never reach the audit log or stderr
                 mask.event(ev)
             events.append(ev)
-            if show:
+            if show and not over[0]:
                 emit(ev)
             if sync or len(events) >= 256:
                 if mask is not None and mask.version != masked[0]:
@@ -206,6 +208,7 @@ class Supervisor:
             sync=True,
         )
         self._masks.pop(run_id, None)
+        over[0] = True  # a layer's late report (a denial in flight) goes to the audit log only
         return result
 
     def _flush(self, events: list[Any], sync: bool) -> None:
@@ -231,6 +234,11 @@ class Supervisor:
         cwd = req.cwd or os.getcwd()
         strict = load_profile(req.profile)
         effective, grant = self._apply_grants(strict, req, env, cwd, record)
+        if "landlock" in req.degraded and req.uid not in (None, 0):
+            from sandbox.errors import UsageError
+
+            raise UsageError("--degraded landlock is for root only",
+                             hint="run without it; a non-root run always gets its Landlock domain")
 
         # 3. the argv pre-check of the top-level command
         decision = check_argv(effective, req.argv, cwd=cwd, env_path=env.get("PATH"))
@@ -250,10 +258,41 @@ class Supervisor:
                     return RunResult(run_id, EXIT_BLOCKED, decision=decision.verdict.value,
                                      rule_id=decision.rule_id, reason=decision.reason,
                                      layer=Layer.PRECHECK.value, escalation_id=esc_id, blocked=1)
-        return self._spawn_and_supervise(req, run_id, strict, effective, grant, decision, env,
-                                         cwd, record)
+        result = self._spawn_and_supervise(req, run_id, strict, effective, grant, decision, env,
+                                           cwd, record)
+        if req.wait is not None and req.mode == "enforce" and result.layer == "filesystem" \
+                and result.escalation_id and self._states.get(result.escalation_id) != "denied":
+            # a filesystem denial under a block rule: with --wait, wait for the operator and, if
+            # approved, run the command once more with the path granted
+            waited = self._wait_and_retry(req, strict, result.escalation_id, env, cwd, record,
+                                          need_grant=False)
+            if waited is not None:
+                effective, grant = waited
+                result = self._spawn_and_supervise(req, run_id, strict, effective, grant,
+                                                   decision, env, cwd, record)
+        return result
 
     # -- grants ---------------------------------------------------------------------------------
+    def _path_grants(self, strict: ResolvedProfile, req: RunRequest,
+                     record: Record) -> list[Any]:
+        """Active path grants for (agent, profile): approved filesystem escalations. Each adds
+        its path to the run's Landlock domain (read, or write)."""
+        if "landlock" in req.degraded or strict.filesystem.default == "deny":
+            return []
+        try:
+            grants = list(self.escalations().path_grants(
+                agent=req.agent, profile=strict.name,
+                on_reject=lambda ev: record(ev, sync=True)))
+        except StoreError as e:
+            record(Degraded(what="grants", why=f"grant store unreachable, no path grants: "
+                                                f"{e.message}"))
+            return []
+        for g in grants:
+            record(GrantUsed(grant_id=g.id, escalation_id=g.escalation_id, approver=g.approver,
+                             relaxed_profile=f"{strict.name} + {g.fs_access} {g.fs_path}",
+                             expires_at=float(g.expires_at)), sync=True)
+        return grants
+
     def _apply_grants(self, strict: ResolvedProfile, req: RunRequest, env: dict[str, str],
                       cwd: str, record: Record) -> tuple[ResolvedProfile, Any | None]:
         relaxed_name = strict.escalation.relaxedProfile
@@ -298,7 +337,7 @@ class Supervisor:
         return effective, grant
 
     def _wait_and_retry(self, req: RunRequest, strict: ResolvedProfile, esc_id: str,
-                        env: dict[str, str], cwd: str, record: Record
+                        env: dict[str, str], cwd: str, record: Record, need_grant: bool = True
                         ) -> tuple[ResolvedProfile, Any | None] | None:
         try:
             rec = self.escalations().wait_for_decision(esc_id, req.wait or 0)
@@ -308,7 +347,7 @@ class Supervisor:
         if getattr(rec, "state", None) != "approved":
             return None
         effective, grant = self._apply_grants(strict, req, env, cwd, record)
-        return (effective, grant) if grant is not None else None
+        return (effective, grant) if grant is not None or not need_grant else None
 
     # -- blocks -> escalations --------------------------------------------------------------------
     def _block(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
@@ -335,8 +374,8 @@ class Supervisor:
 
     def _raise(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
                req: RunRequest, cwd: str, env: dict[str, str], run_id: str,
-               ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None
-               ) -> tuple[str | None, str | None]:
+               ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None,
+               fs: tuple[str, str] | None = None) -> tuple[str | None, str | None]:
         try:
             from escalation.service import BlockContext
 
@@ -373,7 +412,8 @@ class Supervisor:
                 run_id=run_id, relaxed_profile=esc.relaxedProfile, ttl_default=esc.ttl_seconds,
                 max_ttl=esc.max_ttl_seconds, pending_ttl=esc.pending_ttl_seconds,
                 webhooks=list(esc.webhooks), auto_approve=list(esc.autoApprove),
-                on_expiry=esc.onExpiry,
+                on_expiry=esc.onExpiry, fs_path=fs[0] if fs else None,
+                fs_access="read" if fs and fs[1] == "read" else "write" if fs else None,
             )
             rec = self.escalations().raise_block(ctx)
             self._states[rec.id] = str(getattr(rec, "state", ""))
@@ -389,15 +429,20 @@ class Supervisor:
         return rec.id, note
 
     # -- spawn and supervise ----------------------------------------------------------------------
-    def _layers(self, req: RunRequest) -> list[Any]:
+    def _layers(self, req: RunRequest, binary: str | None = None,
+                path_grants: list[Any] | None = None) -> list[Any]:
         """The run's enforcement layers, in the order they are prepared (the child applies
         their parts in its own fixed order: sandbox.kernel.child.STEPS)."""
-        from sandbox.run.layers import ExecGateLayer, SeccompLayer
+        from sandbox.run.layers import ExecGateLayer, LandlockLayer, SeccompLayer
 
         use_gate = "exec-gate" not in req.degraded
         use_ebpf = "ebpf" not in req.degraded
+        layers: list[Any] = []
+        if "landlock" not in req.degraded:
+            layers.append(LandlockLayer(landlock_abi(), binary=binary, fs_grants=[
+                (g.fs_path, g.fs_access) for g in path_grants or []]))
         tracer = self.tracer() if use_ebpf else None
-        layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate))]
+        layers.append(SeccompLayer(lambda p, root: self._filter(p, use_gate, root)))
         if use_gate or tracer is not None:
             layers.append(ExecGateLayer(tracer, use_notify=use_gate))
         return layers
@@ -411,7 +456,11 @@ class Supervisor:
 
         for d in req.degraded:
             record(Degraded(what=d, why="switched off with --degraded"), sync=True)
-        layers = self._layers(req)
+        path_grants = self._path_grants(strict, req, record)
+        # the run's grant window: the one that closes first (a path grant's included)
+        window = min([g for g in (grant, *path_grants) if g is not None],
+                     key=lambda g: float(getattr(g, "expires_at", 0) or 0), default=None)
+        layers = self._layers(req, decision.binary, path_grants)
         creds = self._credentials_layer(req, run_id, strict, effective, grant)
         if creds is not None:
             layers.insert(0, creds)
@@ -419,9 +468,8 @@ class Supervisor:
         # `python3` by name must see the same path at the exec gate as at the pre-check
         executable = _found_path(req.argv, env, cwd) or decision.binary or req.argv[0]
         cg = RunCgroup.create(run_id)
-        names = ["pre-check", "seccomp"] + (["exec-gate"] if "exec-gate" not in req.degraded
-                                            else []) + \
-            (["ebpf"] if "ebpf" not in req.degraded else [])
+        names = ["pre-check"] + [n for n in ("landlock", "seccomp", "exec-gate", "ebpf")
+                                 if n not in req.degraded]
         record(RunStarted(
             profile=strict.name, profile_hash=strict.content_hash,
             effective_profile=effective.name, agent=req.agent, argv=list(req.argv), cwd=cwd,
@@ -435,15 +483,17 @@ class Supervisor:
             d: Decision = info.decision
             esc, note = (None, None)
             if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
+                fs = getattr(info, "fs_path", None)
                 esc, note = self._raise(strict, d, Layer(info.layer), req, info.cwd or cwd, env,
-                                        run_id, info.ancestry, info.recent_execs, info.sha256)
+                                        run_id, info.ancestry, info.recent_execs, info.sha256,
+                                        fs=(fs, info.fs_access) if fs else None)
             if note:
                 record(Degraded(what="webhook", why=note))
             return esc
 
         run = RunContext(run_id=run_id, mode=req.mode, strict=strict, effective=effective,
                          cgroup=cg, env=env, cwd=cwd, record=record, on_block=on_block,
-                         uid=req.uid)
+                         uid=req.uid, argv=list(req.argv))
         spec = ChildSpec(list(req.argv), executable=executable, env=env, cwd=cwd,
                          cgroup_procs=cg.procs_path, stdin=req.stdin, stdout=req.stdout,
                          stderr=req.stderr, uid=req.uid, gid=req.gid, groups=req.groups)
@@ -459,7 +509,7 @@ class Supervisor:
                 layer.started(run, child)
             if req.on_spawn is not None:
                 req.on_spawn(child.pid, cg)
-            result = self._loop(req, run, child, layers, grant)
+            result = self._loop(req, run, child, layers, window)
         finally:
             try:
                 for layer in reversed(prepared):
@@ -499,15 +549,16 @@ class Supervisor:
                                 mask=mask, root_chain=[*strict.sources, *effective.sources]
                                 if root_file else (), tiers=concerned)
 
-    def _filter(self, profile: ResolvedProfile, use_gate: bool) -> Any:
+    def _filter(self, profile: ResolvedProfile, use_gate: bool, root: bool = False) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
-        µs to make): a daemon's warm runs skip libseccomp (~3 ms)."""
+        µs to make): a daemon's warm runs skip libseccomp (~3 ms). `root`: the run is uid 0
+        (the root guard: sandbox.kernel.seccomp.ROOT_GUARDS)."""
         from sandbox.kernel.seccomp import compile_filter
 
-        key = (profile.seccomp.model_dump_json(), use_gate)
+        key = (profile.seccomp.model_dump_json(), use_gate, root)
         filt = self._filters.get(key)
         if filt is None:
-            filt = compile_filter(profile.seccomp, exec_notify=use_gate)
+            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_root=root)
             if len(self._filters) >= 64:
                 self._filters.clear()
             self._filters[key] = filt
@@ -623,12 +674,14 @@ class Supervisor:
                 grant_killed: bool) -> RunResult:
         from sandbox.run.layers import LayerResult
 
-        found = LayerResult()
+        found = LayerResult(status=status)
         for layer in layers:
             layer.finish(run, found)
         res = RunResult(run.run_id, 0, execs=found.execs, blocked=found.blocked)
         if found.first_block is not None:
             res.rule_id, res.reason, res.layer, res.escalation_id = found.first_block
+        elif found.reason is not None:  # e.g. the command is not in the exec envelope
+            res.reason, res.layer = found.reason, found.layer
         if os.WIFEXITED(status):
             res.exit_code = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
@@ -643,6 +696,25 @@ class Supervisor:
         if res.blocked:
             res.decision = "block"
         return res
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI; a missing or too old Landlock refuses the run (exit 125)."""
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version
+
+    try:
+        abi = abi_version()
+    except LandlockUnavailable as e:
+        raise KernelFeatureMissing(
+            f"{e}: runs need it for their filesystem rules and self-protection",
+            hint="run `glassbreak doctor`; `--degraded landlock` runs without it (root only, "
+            "recorded in the audit log)") from None
+    if abi < 6:
+        raise KernelFeatureMissing(
+            f"this kernel's Landlock ABI is {abi}; runs need 6 (Linux >= 6.12: signal and "
+            "abstract-socket scopes)", hint="run `glassbreak doctor`; `--degraded landlock` runs "
+            "without it (root only, recorded in the audit log)")
+    return abi
 
 
 def _grant_deadline(grant: Any | None) -> float | None:

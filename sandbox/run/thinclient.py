@@ -23,7 +23,7 @@ OPTIONS = {"--profile": "profile", "-p": "profile", "--agent": "agent", "-a": "a
            "--reason": "reason", "-r": "reason", "--mode": "mode", "--output": "output",
            "-o": "output", "--degraded": "degraded"}
 CHOICES = {"mode": ("enforce", "monitor"), "output": ("text", "json"),
-           "degraded": ("exec-gate", "ebpf")}
+           "degraded": ("exec-gate", "ebpf", "landlock")}
 
 
 def socket_path() -> str:

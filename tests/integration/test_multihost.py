@@ -168,12 +168,14 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
     pdir.mkdir()
     for name, text in PROFILES.items():
         (pdir / name).write_text(text)
-    # B decides (it holds the grant signing key); A only runs: it gets the public half
+    # B decides (it holds the grant signing key); A only runs: it gets the public half. The
+    # configs live beside the runs' dir, not above it (a config's dir is never writable in a run)
     key, pub = grant_keypair(work)
     tokens = {"bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}
-    (work / "config-a.yaml").write_text(json.dumps({
+    (work / "etc").mkdir()
+    (work / "etc" / "config-a.yaml").write_text(json.dumps({
         "approverTokens": tokens, "grantSigning": {"publicKeyFile": str(pub)}}))
-    (work / "config-b.yaml").write_text(json.dumps({
+    (work / "etc" / "config-b.yaml").write_text(json.dumps({
         "approverTokens": tokens,
         "grantSigning": {"privateKeyFile": str(key), "publicKeyFile": str(pub)}}))
     net = Net()
@@ -190,7 +192,7 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             d.mkdir()
             env = dict(os.environ, GLASSBREAK_STORE=url, GLASSBREAK_STATE_DIR=str(d / "state"),
                        GLASSBREAK_PROFILE_PATH=str(pdir),
-                       GLASSBREAK_CONFIG=str(work / f"config-{host}.yaml"),
+                       GLASSBREAK_CONFIG=str(work / "etc" / f"config-{host}.yaml"),
                        GLASSBREAK_DECISION_SECRET=DECISION_SECRET,
                        # the test decides from the root netns (the bridge's address), not
                        # from loopback: the hosts' APIs take decisions from there
@@ -243,13 +245,13 @@ def audit(dp: Any) -> list[dict[str, Any]]:
 def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     from escalation.signing import sign_headers
 
-    out = fleet.work / "out"
+    out = fleet.work / "out"  # the runs' cwd: a run writes only beneath its cwd (filesystem)
     out.mkdir(exist_ok=True)
     os.chmod(out, 0o777)
     target = out / "made-on-a"
 
     # 1. blocked on A: an escalation in the shared store
-    r = run_on(fleet.a, "/usr/bin/touch", str(target))
+    r = run_on(fleet.a, "/usr/bin/touch", str(target), cwd=out)
     assert r.returncode == 126, r.stderr
     esc = last_json(r.stderr)["escalation_id"]
     assert esc and not target.exists()
@@ -280,7 +282,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert grant_id, body
 
     # 2. the grant is used on A: the same command now runs under mh-ops
-    r = run_on(fleet.a, "/usr/bin/touch", str(target))
+    r = run_on(fleet.a, "/usr/bin/touch", str(target), cwd=out)
     usable_s = time.monotonic() - t_approve
     assert r.returncode == 0, r.stderr
     assert target.exists()
@@ -296,7 +298,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     session = subprocess.Popen(
         [GLASSBREAK, "run", "-o", "json", "-p", "mh-strict", "--", "sh", "-c",
          f"/usr/bin/touch {out}/during; sleep 30; /usr/bin/touch {later}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out)
     try:
         deadline = time.monotonic() + 15
         while not (out / "during").exists() and time.monotonic() < deadline:
@@ -329,7 +331,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert st == 409, body
 
     # 4. A is strict again for new runs
-    r = run_on(fleet.a, "/usr/bin/touch", str(later))
+    r = run_on(fleet.a, "/usr/bin/touch", str(later), cwd=out)
     assert r.returncode == 126, r.stderr
     assert not later.exists()
 

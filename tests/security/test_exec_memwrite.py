@@ -6,8 +6,8 @@ daemon).
 
 The in-kernel verification binds what the kernel copied at exec; writes into the new image
 AFTER exec are the remaining window. ptrace and process_vm_writev are refused by the seccomp
-baseline (tested here); writes to /proc/*/mem are closed by the Landlock layer (another
-branch: /proc is not writable inside runs), so the escape test is xfail until it is merged."""
+baseline (tested here); writes to /proc/*/mem are closed by the Landlock layer (/proc is not
+writable inside runs)."""
 
 from __future__ import annotations
 
@@ -79,8 +79,6 @@ def test_ptrace_and_process_vm_writev_are_refused(setup: tuple[Daemon, Path]) ->
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(reason="closed by the Landlock layer: /proc is not writable inside runs "
-                   "(another branch); flip at merge", strict=True)
 def test_argv_rewritten_through_proc_mem_after_exec_never_runs(setup: tuple[Daemon, Path],
                                                                stub_kubectl: Path) -> None:
     dm, exe = setup

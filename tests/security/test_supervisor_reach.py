@@ -1,9 +1,7 @@
 """Issue 10: the supervisor and the daemon are out of reach of every run, root runs included: no
 fd theft (pidfd_getfd), no kcmp / process_madvise / get_robust_list on them, no ptrace /
 process_vm_* (seccomp baseline: refused, and the refusal is recorded); no /proc/PID/mem, no
-/proc/PID/fd, no signals
-(Landlock's ptrace and signal scopes: the Landlock layer, another branch; those tests are marked
-xfail until it is merged).
+/proc/PID/fd, no signals (Landlock's ptrace and signal scopes: the Landlock layer).
 
 The attacker runs inside a run, finds the supervisor (its parent, or the daemon's pid given on
 the command line) and tries every way in; it prints one JSON line of errnos (0 = it worked)."""
@@ -22,10 +20,6 @@ from tests.conftest import is_root, require, run_cli
 from tests.security._attack import audit, blocks, daemon_with, world_dir
 
 pytestmark = pytest.mark.kernel
-
-LANDLOCK = pytest.mark.xfail(
-    reason="closed by the Landlock layer (ptrace and signal scopes; /proc is not writable): "
-    "another branch; flip at merge", strict=True)
 
 REACH = r"""
 import ctypes, errno, json, os, sys
@@ -143,19 +137,16 @@ def test_root_run_cannot_debug_the_supervisor(root_run, call: str) -> None:  # t
     assert res[call] == errno.EPERM, res
 
 
-@LANDLOCK
 def test_root_run_cannot_open_the_supervisors_memory(root_run) -> None:  # type: ignore
     res, _ = root_run
     assert res["mem"] in (errno.EACCES, errno.EPERM), res
 
 
-@LANDLOCK
 def test_root_run_cannot_signal_the_supervisor(root_run) -> None:  # type: ignore
     res, _ = root_run
     assert res["kill"] == errno.EPERM, res
 
 
-@LANDLOCK
 def test_root_run_cannot_open_the_supervisors_fds_through_proc(root_run) -> None:  # type: ignore
     res, _ = root_run
     assert res["procfd"] in (errno.EACCES, errno.EPERM), res

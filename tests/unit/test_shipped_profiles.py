@@ -107,6 +107,8 @@ def test_k8s_readonly_is_the_issue_profile() -> None:
     got.pop("examples")  # extra profile-level examples are one addition
     # the other: kubectl reads its argv as cobra does, not getopt (issue 10)
     assert got["safeBins"]["kubectl"].pop("dialect") == "cobra"
+    # and the kubeconfig that base hides (~/.kube)
+    assert got.pop("filesystem") == {"read": ["/", "~/.kube/config"]}
     assert got == json.loads(json.dumps(want))
 
 
