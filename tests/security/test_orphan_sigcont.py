@@ -54,9 +54,11 @@ def _check(dm: Daemon, mode: str, exe: Path, stub: Path) -> None:
     res = result_line(r.stdout)
     escapes = [x for x in r.stdout.splitlines() if x.startswith("stub-kubectl delete")]
     assert not escapes, f"`kubectl delete` ran {len(escapes)} time(s) in {N}: {res}"
-    # positive control: the allowed form ran (the race is not won every time)
-    allowed = [x for x in r.stdout.splitlines() if x.startswith("stub-kubectl get pod x")]
-    assert allowed, f"the allowed `kubectl get` never ran: {res} {r.stderr[-2000:]}"
+    # positive control: the execs whose argv the judge saw as allowed ran (often a torn but
+    # harmless spelling such as `gelete`: the judge and the kernel agreed on it), one stub line
+    # each; none of them held `delete`
+    ran = [x for x in r.stdout.splitlines() if x.startswith("stub-kubectl ")]
+    assert ran and len(ran) == res["ran"], f"allowed execs did not run: {res} {r.stdout[-3000:]}"
     assert res["other"] == 0, res
     events = dm.audit()[before:]
     gate = blocks(events, "exec-gate", "safeBins.kubectl.restrictedCommands:delete")
