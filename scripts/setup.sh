@@ -23,9 +23,10 @@ fi
 # chromium: the console's browser tests drive Debian's build through Playwright (PyPI
 # `playwright`, a dev dependency); no browser is ever downloaded (`playwright install` is never
 # run). fonts-dejavu-core: readable text in the screenshots.
+# systemd: its systemd-analyze checks deploy/glassbreak.service (minimal images lack it).
 PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc libseccomp2 redis-server \
       bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps git strace \
-      chromium fonts-dejavu-core"
+      chromium fonts-dejavu-core systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
