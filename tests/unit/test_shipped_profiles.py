@@ -204,8 +204,10 @@ def test_cli_validate(tmp_path: Path) -> None:
 
 
 def test_cli_explain() -> None:
-    code, out, _ = cli("explain", "k8s-readonly", "--", "kubectl", "-n", "prod", "delete",
-                       "pod", "x")
+    # --lenient: judged by name, so the test needs no kubectl on this machine (there is none on
+    # a fresh one; without it explain exits 127)
+    code, out, _ = cli("explain", "--lenient", "k8s-readonly", "--", "kubectl", "-n", "prod",
+                       "delete", "pod", "x")
     assert code == 0
     assert "BLOCK" in out and "k8s-readonly" in out and "rule=" in out
     code, out, _ = cli("explain", "--output", "json", "--lenient", "k8s-readonly", "--",
