@@ -19,6 +19,16 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# 0. The demo and the tests run glassbreak from this checkout as other users (approvers,
+# `nobody`), so they must be able to reach it. In a directory they cannot traverse (root's
+# home, /root, is 0700) they fail much later with "cannot start the Python CLI ...".
+if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.toml"; then
+  echo "[setup] ERROR: other users cannot reach $PWD (a directory above it is private, e.g. /root)." >&2
+  echo "[setup] the demo and the tests run glassbreak as other users: clone the repository where" >&2
+  echo "[setup] they can read it, e.g. /opt/glassbreak or /srv/glassbreak." >&2
+  exit 1
+fi
+
 # 1. Debian packages. python3-bpfcc gives bcc's Python bindings (the PyPI 'bcc' is NOT BPF).
 # chromium: the console's browser tests drive Debian's build through Playwright (PyPI
 # `playwright`, a dev dependency); no browser is ever downloaded (`playwright install` is never
