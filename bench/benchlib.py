@@ -74,25 +74,25 @@ def net_workloads(python: str, netload: str, tcp_port: int, dns: tuple[str, int]
     ]
 
 
-def glassbreak_prefix(glassbreak: str, profile: str) -> tuple[str, ...]:
-    return (glassbreak, "run", "--profile", profile, "--")
+def glassbreak_prefix(glassbreak: str, profile: str, extra: tuple[str, ...] = ()
+                      ) -> tuple[str, ...]:
+    return (glassbreak, "run", "--profile", profile, *extra, "--")
 
 
 def make_variants(wrappers: Sequence[Wrapper], loads: Sequence[Workload],
                   glassbreak: str, only: Mapping[str, Sequence[str]] | None = None
                   ) -> list[Variant]:
     """Every wrapper x workload, except where `only[group]` lists the wrappers of a group.
-    A wrapper whose prefix is the marker ("glassbreak",) gets the workload's profile."""
+    A wrapper whose prefix starts with the marker "glassbreak" gets the workload's profile (the
+    rest of its prefix are `run` options, e.g. ("glassbreak", "--degraded", "landlock"))."""
     out: list[Variant] = []
     for load in loads:
         allowed = None if only is None else only.get(load.name)
         for w in wrappers:
             if allowed is not None and w.name not in allowed:
                 continue
-            if w.prefix[:1] == ("glassbreak",):  # the marker, then options of `run`
-                prefix = (glassbreak, "run", *w.prefix[1:], "--profile", load.profile, "--")
-            else:
-                prefix = w.prefix
+            prefix = (glassbreak_prefix(glassbreak, load.profile, w.prefix[1:])
+                      if w.prefix[:1] == ("glassbreak",) else w.prefix)
             out.append(Variant(name=f"{load.name}/{w.name}", group=load.name, wrapper=w.name,
                                argv=(*prefix, *load.argv), env=w.env, phase=w.phase))
     return out

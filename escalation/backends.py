@@ -10,13 +10,22 @@ from escalation.store import Store
 
 
 def open_store(url: str | None = None) -> Store:
-    """GLASSBREAK_STORE=redis://host:port/db | sqlite:///path | (unset: SQLite in the state
-    dir). Redis is imported only when used."""
+    """GLASSBREAK_STORE=redis://[user:password@]host:port/db | rediss://... (TLS; query
+    parameters such as ?ssl_ca_certs=/path) | sqlite:///path | (unset: SQLite in the state
+    dir). Redis is imported only when used; the config's `redis:` section adds credentials and
+    TLS files."""
     url = url if url is not None else os.environ.get("GLASSBREAK_STORE", "")
     if url.startswith(("redis://", "rediss://", "unix://")):
         from escalation.redis_store import RedisStore
+        from sandbox.config import load_config
+        from sandbox.errors import GlassbreakError, StoreError
 
-        return RedisStore(url)
+        try:  # credentials and TLS files from the operator's config (the URL's own win)
+            options = load_config().redis.connection_kwargs()
+        except GlassbreakError as e:
+            raise StoreError(f"the Redis settings cannot be used: {e.message}",
+                             hint=e.hint) from None
+        return RedisStore(url, options)
     from escalation.sqlite_store import SqliteStore
 
     if url.startswith("sqlite:///"):

@@ -49,6 +49,8 @@ class BlockContext(_M):
     destination: str | None = Field(
         default=None, description="network blocks: what a destination grant would open "
         "(a network.allow entry, or unix:PATH)")
+    fs_path: str | None = Field(default=None, description="layer filesystem: the path refused")
+    fs_access: Literal["read", "write"] | None = None
 
 
 class Transition(_M):
@@ -112,6 +114,9 @@ class EscalationRecord(_M):
     destination: str | None = Field(default=None, description="network blocks: the "
                                     "destination (a network.allow entry, or unix:PATH)")
     history: list[Transition] = Field(default_factory=list)
+    fs_path: str | None = Field(default=None, description="layer filesystem: the path refused; "
+                                "an approval (scope path) grants it")
+    fs_access: Literal["read", "write"] | None = None
     # filled on read from the outbox (not stored)
     deliveries: list[DeliveryInfo] = Field(default_factory=list)
     delivery_status: Literal["none", "pending", "delivered", "retrying", "failed"] = "none"
@@ -129,10 +134,13 @@ class Grant(_M):
     escalation_id: str | None = None
     agent: str | None = None
     profile: str
-    scope: Literal["command", "profile", "destination"]
+    # path: an approved filesystem escalation; runs of (agent, profile) get fs_path (fs_access)
+    # destination: an approved network block; runs of (agent, profile) may reach `destination`
+    scope: Literal["command", "profile", "path", "destination"]
     relaxed_profile: str | None = None
     destination: str | None = Field(default=None, description="scope destination: the "
-                                    "network.allow entry (or unix:PATH) it opens")
+                                    "network.allow entry (or unix:PATH) it opens; signed with "
+                                    "the rest (escalation.grantsig)")
     argv: list[str] | None = None
     cwd: str | None = None
     binary_sha256: str | None = None
@@ -147,6 +155,10 @@ class Grant(_M):
     revoked_by: str | None = None
     revoke_reason: str | None = None
     consumed_at: float | None = None
+    fs_path: str | None = None  # scope path: signed with the rest (escalation.grantsig)
+    fs_access: Literal["read", "write"] | None = None
+    key_id: str | None = Field(default=None, description="which grant key signed it")
+    signature: str | None = Field(default=None, description="Ed25519, hex (escalation.grantsig)")
 
     def status(self, now: float | None = None) -> GrantStatus:
         if self.revoked_at is not None:

@@ -64,8 +64,10 @@ def redact_argv(argv: list[str]) -> list[str]:
     and embedded URL passwords are masked."""
     out = []
     for a in argv:
-        if a.startswith("-") and "=" in a and secret_name(a.split("=", 1)[0]):
-            out.append(a.split("=", 1)[0] + "=" + REDACTED)
+        if a.startswith("-") and "=" in a:
+            opt, value = a.split("=", 1)
+            out.append(opt + "=" + (REDACTED if secret_name(opt) else _URL_CRED.sub(
+                lambda m: f"{m.group(1)}:{REDACTED}@", value)))  # --server=https://u:pw@h
         else:
             out.append(_URL_CRED.sub(lambda m: f"{m.group(1)}:{REDACTED}@", a))
     return out

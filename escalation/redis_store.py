@@ -19,13 +19,16 @@ KEEP_S = 30 * 86400  # how long decided escalations and ended grants stay listab
 
 
 class RedisStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        """url: redis://[user:password@]host:port/db or rediss://... (TLS: ?ssl_ca_certs=...,
+        ssl_certfile, ssl_keyfile, ssl_cert_reqs); options: defaults for what the URL does not
+        say (username, password, ssl_*), from the config's `redis:` section."""
         import redis
 
         self.url = url
         self._redis = redis
         self.r = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                      health_check_interval=5)
+                                      health_check_interval=5, **(options or {}))
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -37,7 +40,10 @@ class RedisStore(Store):
 
     def _safe_url(self) -> str:
         u = self.url
-        return u.split("@", 1)[-1] if "@" in u else u
+        if "@" in u:  # never show credentials
+            scheme, _, rest = u.partition("://")
+            return f"{scheme}://{rest.split('@', 1)[-1]}"
+        return u
 
     def _watch(self, keys: list[str], body: Callable[[Any], Any]) -> Any:
         """Optimistic transaction: body(pipe) runs after WATCH; retried on conflict."""

@@ -2,14 +2,19 @@
 
     svc = EscalationService.from_env()
     svc.active_grant(agent=, profile=, argv=, cwd=, binary_sha256=) -> Grant | None
+    svc.path_grants(agent=, profile=) -> [Grant]   approved filesystem escalations (scope path)
+    svc.destination_grants(agent=, profile=) -> [Grant]   approved network blocks (destination)
     svc.raise_block(BlockContext(...)) -> EscalationRecord
     svc.decide(esc_id, approve=True, by="alice", ttl_s=600) -> EscalationRecord
     svc.wait_for_decision(esc_id, timeout_s) -> EscalationRecord
-    svc.destination_grants(agent=, profile=) -> [Grant]   (scope destination, active)
     svc.grant_status(grant_id) -> "active" | "expired" | "revoked"
     svc.revoke(grant_id, by="alice") ; svc.subscribe_revocations(callback) -> stop()
 
-Every transition is written to the store (history: who, when, why) and to the audit log.
+Every transition is written to the store (history: who, when, why) and to the audit log. A
+person's decision is audited FIRST (fsync'd): if that write fails the decision fails and the
+store is unchanged; if the store then fails, a follow-up record says the decision did not take
+effect. Grants are signed by the deciding service (escalation.grantsig); active_grant honours
+only grants whose signature verifies and whose fields match the run, and audits the others.
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ from typing import Any
 from escalation.backends import open_store
 from escalation.models import BlockContext, Delivery, EscalationRecord, Grant, Transition
 from escalation.redact import redact_argv, redact_env
-from escalation.store import Store, command_key, dedupe_key
-from sandbox.errors import EscalationError, StoreError
-from sandbox.events import DecisionRefused, EscalationDecided, EscalationRaised, GrantEnded
+from escalation.store import PATH_GRANTS_KEY, Store, command_key, dedupe_key
+from sandbox.errors import EscalationError, GlassbreakError, StoreError
+from sandbox.events import (
+    DecisionRefused,
+    EscalationDecided,
+    EscalationRaised,
+    GrantEnded,
+    GrantRejected,
+)
 from sandbox.policy.profile import Webhook, parse_duration
 
 __all__ = ["BlockContext", "EscalationRecord", "EscalationService", "Grant"]
@@ -43,6 +54,8 @@ class EscalationService:
         self._audit = audit
         self._config = config
         self._emit = emit
+        self._signer: tuple[Any, Any] | None = None  # (the config it came from, key)
+        self._verifier: tuple[Any, Any] | None = None
 
     @classmethod
     def from_env(cls) -> EscalationService:
@@ -53,21 +66,56 @@ class EscalationService:
     # -- plumbing ------------------------------------------------------------------------------
     @property
     def config(self) -> Any:
-        if self._config is None:
-            from escalation.config import load_config
+        """The config given to the constructor, else the operator's file as it is now (cached
+        by its stamp in sandbox.config: a long-lived daemon sees edits to approvers and keys)."""
+        if self._config is not None:
+            return self._config
+        from sandbox.config import load_config
 
-            self._config = load_config()
-        return self._config
+        return load_config()
 
     def emit(self, event: object) -> None:
-        if self._emit is not None:
-            self._emit(event)
-            return
-        if self._audit is None:
-            from sandbox.audit import AuditLog
+        """Write an audit record (fsync'd). An audit log that cannot be written raises
+        EscalationError: callers fail closed (no decision without its record)."""
+        try:
+            if self._emit is not None:
+                self._emit(event)
+                return
+            if self._audit is None:
+                from sandbox.audit import AuditLog
 
-            self._audit = AuditLog()
-        self._audit.write(event)
+                self._audit = AuditLog()
+            self._audit.write(event)
+        except OSError as e:
+            where = getattr(self._audit, "path", None) or "the audit log"
+            raise EscalationError(
+                f"the audit log {where} cannot be written ({e.strerror or e}): nothing was "
+                "decided or changed", hint="fix the audit log (disk full? permissions? "
+                "GLASSBREAK_STATE_DIR), then try again") from None
+
+    def _try_emit(self, event: object) -> None:
+        try:
+            self.emit(event)
+        except EscalationError:
+            pass  # a follow-up record after a failure that is reported anyway
+
+    # -- grant keys ----------------------------------------------------------------------------
+    def signer(self) -> Any | None:
+        """The grant signing key (deciders), or None on a runner-only host."""
+        cfg = self.config
+        if self._signer is None or self._signer[0] is not cfg:
+            from escalation.grantsig import load_signer
+
+            self._signer = (cfg, load_signer(cfg))
+        return self._signer[1]
+
+    def verifier(self) -> Any:
+        cfg = self.config
+        if self._verifier is None or self._verifier[0] is not cfg:
+            from escalation.grantsig import load_verifier
+
+            self._verifier = (cfg, load_verifier(cfg))
+        return self._verifier[1]
 
     def _public_url(self) -> str | None:
         try:
@@ -77,11 +125,17 @@ class EscalationService:
 
     # -- grants (hot path of every run with an escalation block) -------------------------------
     def active_grant(self, *, agent: str | None, profile: str, argv: list[str], cwd: str,
-                     binary_sha256: str | None = None, binary: str | None = None
+                     binary_sha256: str | None = None, binary: str | None = None,
+                     relaxed_profile: str | None = None,
+                     on_reject: Callable[[GrantRejected], None] | None = None
                      ) -> Grant | None:
         """A profile grant for (agent, profile), else a command grant for exactly this argv,
-        cwd and binary content (one-shot ones consumed atomically here). StoreError when
-        the store is unreachable: the caller uses the strict profile (fail closed)."""
+        cwd and binary content (one-shot ones consumed atomically here). Only grants whose
+        signature verifies and whose signed fields match this run count; the others are
+        treated as absent and audited (GrantRejected, to on_reject or the audit log).
+        `relaxed_profile`: the strict profile's escalation.relaxedProfile, which a profile
+        grant must name. StoreError when the store is unreachable: the caller uses the strict
+        profile (fail closed)."""
         if binary_sha256 is None and binary:
             binary_sha256 = _sha256_file(binary)
         key = command_key(list(argv), cwd, binary_sha256)
@@ -89,9 +143,16 @@ class EscalationService:
         cands = self.store.candidate_grants(agent, profile, key)
         cands.sort(key=lambda g: (g.scope != "profile", g.one_shot, -g.expires_at))
         for g in cands:
-            if g.status(now) != "active" or g.scope == "destination":
+            if g.status(now) != "active" or g.scope in ("path", "destination"):
                 continue
-            if g.scope == "command" and g.cmd_key != key:
+            why = self._untrusted(g, agent, profile, key, relaxed_profile, now)
+            if why:
+                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
+                                   profile=g.profile, approver=g.approver, why=why)
+                if on_reject is not None:
+                    on_reject(ev)
+                else:
+                    self._try_emit(ev)
                 continue
             if g.one_shot:
                 if not self.store.consume_grant(g.id, now):
@@ -100,12 +161,75 @@ class EscalationService:
             return g
         return None
 
-    def destination_grants(self, *, agent: str | None, profile: str) -> list[Grant]:
-        """The active destination grants of (agent, profile): what a run's network layer adds
-        to its maps (until each grant's expiry). StoreError when the store is unreachable."""
+    def path_grants(self, *, agent: str | None, profile: str,
+                    on_reject: Callable[[GrantRejected], None] | None = None) -> list[Grant]:
+        """Active path grants for (agent, profile): each adds its path to a run's filesystem
+        rules. Like active_grant, only grants whose signature (which covers the path and the
+        access) verifies and whose fields match count; the others are absent and audited.
+        StoreError when the store is unreachable (the caller grants nothing)."""
         now = time.time()
-        return [g for g in self.store.candidate_grants(agent, profile, "")
-                if g.scope == "destination" and g.destination and g.status(now) == "active"]
+        out: list[Grant] = []
+        for g in self.store.candidate_grants(agent, profile, PATH_GRANTS_KEY):
+            if g.scope != "path" or not g.fs_path or g.status(now) != "active":
+                continue
+            why = self._untrusted(g, agent, profile, PATH_GRANTS_KEY, None, now)
+            if why:
+                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
+                                   profile=g.profile, approver=g.approver, why=why)
+                if on_reject is not None:
+                    on_reject(ev)
+                else:
+                    self._try_emit(ev)
+                continue
+            out.append(g)
+        return out
+
+    def destination_grants(self, *, agent: str | None, profile: str,
+                           on_reject: Callable[[GrantRejected], None] | None = None
+                           ) -> list[Grant]:
+        """The active destination grants of (agent, profile): what a run's network layer adds
+        to its maps (until each grant's expiry). Like path_grants, only grants whose signature
+        (which covers the destination) verifies and whose fields match count; the others are
+        absent and audited. StoreError when the store is unreachable."""
+        now = time.time()
+        out: list[Grant] = []
+        for g in self.store.candidate_grants(agent, profile, ""):
+            if g.scope != "destination" or not g.destination or g.status(now) != "active":
+                continue
+            why = self._untrusted(g, agent, profile, "", None, now)
+            if why:
+                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
+                                   profile=g.profile, approver=g.approver, why=why)
+                if on_reject is not None:
+                    on_reject(ev)
+                else:
+                    self._try_emit(ev)
+                continue
+            out.append(g)
+        return out
+
+    def _untrusted(self, g: Grant, agent: str | None, profile: str, key: str,
+                   relaxed_profile: str | None, now: float) -> str | None:
+        """Why this runner must not honour g (None: honour it)."""
+        try:
+            why = self.verifier().why_invalid(g)
+        except GlassbreakError as e:
+            return f"it cannot be verified here: {e.message}"
+        if why:
+            return why
+        if g.agent != agent:
+            return f"it was issued to agent {g.agent!r}, not {agent!r}"
+        if g.profile != profile:
+            return f"it was issued for profile {g.profile}, not {profile}"
+        if g.scope == "command" and g.cmd_key != key:
+            return "it was issued for another command (argv, cwd or binary differ)"
+        if g.scope == "profile" and relaxed_profile is not None and \
+                g.relaxed_profile not in (None, relaxed_profile):
+            return (f"it names relaxed profile {g.relaxed_profile}, but {profile}'s "
+                    f"escalation.relaxedProfile is {relaxed_profile}")
+        if not g.created_at - 60 <= now < g.expires_at:
+            return "it is outside its signed window"
+        return None
 
     def grant_status(self, grant_id: str) -> str:
         return self.store.grant_live(grant_id, time.time())
@@ -116,7 +240,8 @@ class EscalationService:
     def list_grants(self, include_ended: bool = False) -> list[Grant]:
         return self.store.list_grants(include_ended=include_ended)
 
-    def revoke(self, grant_id: str, *, by: str, why: str | None = None) -> Grant:
+    def revoke(self, grant_id: str, *, by: str, why: str | None = None,
+               authn: str | None = None, via: str = "cli") -> Grant:
         g = self.store.get_grant(grant_id)
         if g is None:
             raise EscalationError(f"no grant {grant_id}", hint="see `glassbreak grants list`")
@@ -124,16 +249,25 @@ class EscalationService:
         allowed = {g.approver, *(rec.owners if rec else [])}
         if by not in allowed:
             self._refuse(g.escalation_id, by, f"{by} may not revoke grant {grant_id}: only "
-                         f"its approver or the profile's owners ({', '.join(sorted(allowed))})")
+                         f"its approver or the profile's owners ({', '.join(sorted(allowed))})",
+                         via=via, caller=authn)
         if g.revoked_at is not None:
             return g
-        out = self.store.revoke_grant(grant_id, by, why, time.time())
-        if out is None:
-            raise EscalationError(f"grant {grant_id} vanished while revoking")
-        self.store.publish_revocation(grant_id)
-        if g.escalation_id:
-            self.store.add_history(g.escalation_id, Transition(kind="revoked", by=by, why=why))
-        self.emit(GrantEnded(grant_id=grant_id, why="revoked"))
+        # audit first: a revocation nobody can account for never happens
+        self.emit(GrantEnded(grant_id=grant_id, why="revoked", by=by, authn=authn))
+        try:
+            out = self.store.revoke_grant(grant_id, by, why, time.time())
+            if out is None:
+                raise EscalationError(f"grant {grant_id} vanished while revoking")
+            self.store.publish_revocation(grant_id)
+            if g.escalation_id:
+                self.store.add_history(g.escalation_id, Transition(kind="revoked", by=by,
+                                                                   why=why))
+        except GlassbreakError as e:
+            self._try_emit(DecisionRefused(escalation_id=g.escalation_id, by=by, caller=authn,
+                                           why=f"the revocation of {grant_id} recorded above "
+                                           f"did not complete: {e.message}"))
+            raise
         return out
 
     def subscribe_revocations(self, callback: Callable[[str], None]) -> Callable[[], None]:
@@ -157,6 +291,7 @@ class EscalationService:
             env=redact_env(ctx.env), ancestry=ctx.ancestry[-32:],
             recent_execs=ctx.recent_execs[-50:], agent_reason=ctx.agent_reason,
             run_ids=[ctx.run_id] if ctx.run_id else [], relaxed_profile=ctx.relaxed_profile,
+            fs_path=ctx.fs_path, fs_access=ctx.fs_access,
             ttl_default=min(ctx.ttl_default, ctx.max_ttl), max_ttl=ctx.max_ttl,
             on_expiry=ctx.on_expiry, webhooks=self._webhooks(ctx.webhooks),
             destination=ctx.destination,
@@ -208,6 +343,8 @@ class EscalationService:
                      escalation_id=escalation_id, budget_s=budget_s, timeout=timeout)
 
     def _auto_approve(self, rec: EscalationRecord, ctx: BlockContext) -> None:
+        if rec.fs_path:  # autoApprove patterns are about commands, never about paths
+            return
         cmd = " ".join(ctx.argv)
         for i, rule in enumerate(ctx.auto_approve):
             if not any(fnmatchcase(cmd, p) for p in rule.commands):
@@ -225,6 +362,16 @@ class EscalationService:
                 else "command"
             if rec.destination and scope == "command":
                 scope = "destination"  # a network block: the destination, not the argv
+            try:
+                signer = self.signer()
+            except GlassbreakError as e:
+                signer, why = None, e.message
+            else:
+                why = "this host holds only the public grant key"
+            if signer is None:
+                self._refuse(rec.id, name, f"auto-approval needs the grant signing key ({why});"
+                             " left pending for a human", raise_=False)
+                return
             self._approve(rec, by=name, why=f"matches {rule.commands}",
                           ttl_s=min(parse_duration(rule.ttl), rec.max_ttl), scope=scope,
                           one_shot=False)
@@ -268,8 +415,8 @@ class EscalationService:
         new.decided_by, new.decision_reason = "system:expiry", why
         new.history.append(Transition(kind="expired", by="system:expiry", why=why))
         if self.store.cas_escalation(new, "pending"):
-            self.emit(EscalationDecided(escalation_id=rec.id, state="expired",
-                                        by="system:expiry", why=why))
+            self._try_emit(EscalationDecided(escalation_id=rec.id, state="expired",
+                                             by="system:expiry", why=why))
             self._queue(new, "escalation.decided")
             return new
         return self.store.get_escalation(rec.id) or new
@@ -288,8 +435,9 @@ class EscalationService:
 
     # -- deciding ------------------------------------------------------------------------------
     def _refuse(self, esc_id: str | None, by: str | None, why: str, *, via: str = "cli",
-                raise_: bool = True) -> None:
-        self.emit(DecisionRefused(escalation_id=esc_id, by=by, why=f"{why} (via {via})"))
+                raise_: bool = True, caller: str | None = None) -> None:
+        self.emit(DecisionRefused(escalation_id=esc_id, by=by, why=f"{why} (via {via})",
+                                  caller=caller))
         if esc_id:
             try:
                 self.store.add_history(esc_id, Transition(kind="refused", by=by or "?",
@@ -302,13 +450,20 @@ class EscalationService:
                                   "requesting agent" if esc_id else
                                   "see `glassbreak escalations list`")
 
-    def refuse(self, esc_id: str | None, by: str | None, why: str, via: str) -> None:
-        """Record a refused decision (bad signature, stale, replay...) without raising."""
-        self._refuse(esc_id, by, why, via=via, raise_=False)
+    def refuse(self, esc_id: str | None, by: str | None, why: str, via: str,
+               caller: str | None = None, history: bool = True) -> None:
+        """Record a refused decision (bad signature, stale, replay...) without raising.
+        history=False: the audit log only, not the request's history (an attempt nobody
+        authenticated must not be able to grow a request's record)."""
+        if not history:
+            self.emit(DecisionRefused(escalation_id=esc_id, by=by, why=f"{why} (via {via})",
+                                      caller=caller))
+            return
+        self._refuse(esc_id, by, why, via=via, raise_=False, caller=caller)
 
     def decide(self, esc_id: str, *, approve: bool, by: str, reason: str | None = None,
                ttl_s: int | None = None, scope: str | None = None, one_shot: bool = False,
-               via: str = "cli") -> EscalationRecord:
+               via: str = "cli", authn: str | None = None) -> EscalationRecord:
         """An authenticated person decides. Refused (recorded + EscalationError) when: the
         request is unknown, not pending or expired; `by` is the requesting agent or not an
         owner/approver of the profile; the TTL exceeds maxTtl; a deny has no reason."""
@@ -330,29 +485,34 @@ class EscalationService:
         if not approve:
             if not reason:
                 self._refuse(esc_id, by, "a denial needs a reason (--reason)", via=via)
-            return self._finish(rec, "denied", by, reason, None)
+            return self._finish(rec, "denied", by, reason, None, via=via, authn=authn)
         ttl = rec.ttl_default if ttl_s is None else ttl_s
         if ttl <= 0 or ttl > rec.max_ttl:
             self._refuse(esc_id, by, f"ttl {ttl}s is outside (0, maxTtl {rec.max_ttl}s]",
                          via=via)
         if rec.destination:
             scope = scope or "destination"
-            if scope == "command":
+            if scope in ("command", "path"):
                 self._refuse(esc_id, by, f"escalation {esc_id} is a network block: approve "
                              "with scope destination (that destination) or profile (the "
                              "relaxed profile)", via=via)
         elif scope == "destination":
             self._refuse(esc_id, by, f"escalation {esc_id} names no destination: approve with "
                          "scope command or profile", via=via)
-        scope = scope or ("profile" if rec.relaxed_profile else "command")
+        scope = scope or ("path" if rec.fs_path else "profile" if rec.relaxed_profile
+                          else "command")
+        if scope == "path" and not rec.fs_path:
+            self._refuse(esc_id, by, f"escalation {esc_id} names no path (it is not a "
+                         "filesystem denial); approve with scope command or profile", via=via)
         if scope == "profile" and not rec.relaxed_profile:
             self._refuse(esc_id, by, f"profile {rec.profile} names no escalation.relaxedProfile; "
                          "approve with scope command", via=via)
         return self._approve(rec, by=by, why=reason, ttl_s=ttl, scope=scope, one_shot=one_shot,
-                             via=via)
+                             via=via, authn=authn)
 
     def _approve(self, rec: EscalationRecord, *, by: str, why: str | None, ttl_s: int,
-                 scope: str, one_shot: bool, via: str = "cli") -> EscalationRecord:
+                 scope: str, one_shot: bool, via: str = "cli", authn: str | None = None
+                 ) -> EscalationRecord:
         now = time.time()
         g = Grant(id=new_id("gr"), escalation_id=rec.id, agent=rec.agent, profile=rec.profile,
                   scope=scope,  # type: ignore[arg-type]
@@ -360,14 +520,24 @@ class EscalationService:
                   argv=rec.argv if scope == "command" else None,
                   cwd=rec.cwd if scope == "command" else None,
                   binary_sha256=rec.binary_sha256 if scope == "command" else None,
-                  cmd_key=rec.cmd_key if scope == "command" else None,
+                  cmd_key=rec.cmd_key if scope == "command" else PATH_GRANTS_KEY
+                  if scope == "path" else None,
                   one_shot=one_shot and scope == "command", approver=by, reason=why,
                   created_at=now, expires_at=now + ttl_s, on_expiry=rec.on_expiry,
+                  fs_path=rec.fs_path if scope == "path" else None,
+                  fs_access=rec.fs_access if scope == "path" else None,
                   destination=rec.destination if scope == "destination" else None)
-        return self._finish(rec, "approved", by, why, g, via=via)
+        signer = self.signer()
+        if signer is None:
+            self._refuse(rec.id, by, "this host holds only the public grant key; decisions are "
+                         "made where the signing key is (the deciding service)", via=via,
+                         caller=authn)
+            raise AssertionError  # unreachable: _refuse raised
+        return self._finish(rec, "approved", by, why, signer.sign(g), via=via, authn=authn)
 
     def _finish(self, rec: EscalationRecord, state: str, by: str, why: str | None,
-                grant: Grant | None, via: str = "cli") -> EscalationRecord:
+                grant: Grant | None, via: str = "cli", authn: str | None = None
+                ) -> EscalationRecord:
         now = time.time()
         new = rec.model_copy(deep=True)
         new.state = state  # type: ignore[assignment]
@@ -378,17 +548,31 @@ class EscalationService:
         if grant:
             detail = (f"{why + '; ' if why else ''}grant {grant.id} ({grant.scope}"
                       f"{' ' + grant.destination if grant.destination else ''}"
+                      f"{f': {grant.fs_access} {grant.fs_path}' if grant.fs_path else ''}"
                       f"{', one-shot' if grant.one_shot else ''}) until "
                       f"{time.strftime('%H:%M:%S', time.localtime(grant.expires_at))}")
         new.history.append(Transition(kind=state, by=by, why=detail))  # type: ignore[arg-type]
         new.deliveries, new.delivery_status = [], "none"
-        if grant:
-            self.store.put_grant(grant)  # before the state flips: an approval has its grant
-        if not self.store.cas_escalation(new, "pending"):
+        # 1. the audit record first (fsync'd): if it cannot be written, nothing is decided
+        self.emit(EscalationDecided(escalation_id=rec.id, state=state, by=by, why=detail,
+                                    authn=authn, grant_id=grant.id if grant else None))
+        # 2. the store; a failure here gets a follow-up record: the decision did not happen
+        try:
             if grant:
-                self.store.revoke_grant(grant.id, "system", "lost a concurrent decision", now)
-            self._refuse(rec.id, by, f"escalation {rec.id} was decided concurrently", via=via)
-        self.emit(EscalationDecided(escalation_id=rec.id, state=state, by=by, why=detail))
+                self.store.put_grant(grant)  # before the state flips: an approval has its grant
+            if not self.store.cas_escalation(new, "pending"):
+                if grant:
+                    self.store.revoke_grant(grant.id, "system", "lost a concurrent decision",
+                                            now)
+                self._refuse(rec.id, by, f"escalation {rec.id} was decided concurrently; the "
+                             f"decision recorded just before did not take effect", via=via,
+                             caller=authn)
+        except StoreError as e:
+            self._try_emit(DecisionRefused(
+                escalation_id=rec.id, by=by, caller=authn,
+                why=f"the {state} decision recorded just before did NOT take effect: the store "
+                    f"failed ({e.message})"))
+            raise
         self._queue(new, "escalation.decided")
         self._flush_inline(rec.id, 1.0)
         return self.get(rec.id) or new

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 import uuid
-from pathlib import Path
 
-from sandbox.errors import EscalationError, GlassbreakError
+from sandbox.config import read_secret
+from sandbox.errors import EscalationError
 
 WINDOW_S = 300
+__all__ = ["read_secret", "sign_headers", "signature", "verify", "verify_slack"]
+
 H_TS, H_ID, H_SIG = "X-Glassbreak-Timestamp", "X-Glassbreak-Delivery", "X-Glassbreak-Signature"
 
 
@@ -82,21 +83,3 @@ def verify_slack(secret: str, headers: dict[str, str], body: bytes,
     if not hmac.compare_digest(slack_signature(secret, ts, body), sig):
         raise EscalationError("Slack signature does not match (forged or tampered)")
     return "slack:" + sig
-
-
-def read_secret(env_name: str | None, file: str | None, what: str) -> str | None:
-    """A secret from an environment variable or a file (never from profile text)."""
-    if env_name:
-        v = os.environ.get(env_name)
-        if v:
-            return v.strip()
-    if file:
-        try:
-            return Path(file).read_text().strip() or None
-        except OSError as e:
-            raise GlassbreakError(f"cannot read the {what} from {file}: {e.strerror}",
-                                  hint="check the path and its permissions") from None
-    if env_name:
-        raise GlassbreakError(f"the {what} is not set: environment variable {env_name} is "
-                              "empty", hint=f"export {env_name}=... or use a secret file")
-    return None

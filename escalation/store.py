@@ -25,6 +25,11 @@ def command_key(argv: list[str], cwd: str | None, binary_sha256: str | None) -> 
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# path grants are stored as command-indexed grants under this one key per (agent, profile), so
+# both stores find them with candidate_grants() unchanged
+PATH_GRANTS_KEY = command_key(["glassbreak:path-grants"], None, None)
+
+
 class Store(ABC):
     url: str
 

@@ -17,6 +17,7 @@ from escalation.models import Delivery, EscalationRecord
 from escalation.redact import safe_url
 from escalation.signing import sign_headers
 from escalation.store import Store
+from sandbox.cli.render import argv_warnings, quote_arg, quote_argv, show_destination, visible
 from sandbox.errors import GlassbreakError
 from sandbox.events import WebhookDelivery
 
@@ -37,9 +38,20 @@ def links(rec: EscalationRecord, public_url: str | None) -> dict[str, str]:
     if not public_url:
         return {}
     base = public_url.rstrip("/")
-    return {"show": f"{base}/api/escalations/{rec.id}",
+    return {"show": f"{base}/escalations/{rec.id}",
+            "api": f"{base}/api/escalations/{rec.id}",
             "approve": f"{base}/escalations/{rec.id}?action=approve",
             "deny": f"{base}/escalations/{rec.id}?action=deny"}
+
+
+def summary(rec: EscalationRecord) -> str:
+    """One line for a person: the command quoted argument by argument, every untrusted string
+    with its control and bidi characters made visible."""
+    return (f"glassbreak: {rec.display_state}: agent {visible(rec.agent or '-', 64)} on "
+            f"{visible(rec.host, 64)} ran {quote_argv(rec.argv)} (profile "
+            f"{visible(rec.profile)}, rule {visible(rec.rule_id)}"
+            + (f", destination {show_destination(rec.destination)}" if rec.destination else "")
+            + ")")
 
 
 def generic_payload(rec: EscalationRecord, event: str, public_url: str | None
@@ -47,30 +59,51 @@ def generic_payload(rec: EscalationRecord, event: str, public_url: str | None
     data = json.loads(rec.stored())
     data["display_state"] = rec.display_state
     return {"event": event, "escalation": data, "links": links(rec, public_url),
-            "how_to_decide": f"glassbreak escalations approve {rec.id} --as NAME [--ttl 10m]"}
+            "display": {"command": quote_argv(rec.argv), "warnings": argv_warnings(rec.argv),
+                        "text": summary(rec)},
+            "how_to_decide": f"glassbreak escalations approve {rec.id} [--ttl 10m] "
+                             + ("[--scope destination]" if rec.destination else
+                                "[--scope command --once]")
+                             + " (as an approver: docs/identity.md)"}
+
+
+def _mrkdwn(text: str) -> str:
+    """Slack mrkdwn: &, < and > are control characters (links, mentions) and must be escaped;
+    the text itself is already visible()."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def slack_payload(rec: EscalationRecord, event: str, public_url: str | None) -> dict[str, Any]:
-    cmd = " ".join(rec.argv)
+    # every argument quoted, hidden characters and backticks (which would end the code
+    # block) escaped; everything untrusted made visible and mrkdwn-escaped (no links, no
+    # mentions smuggled in through argv or the agent's reason)
+    cmd = _mrkdwn(quote_argv(rec.argv, also="`"))
+    if len(cmd) > 2800:
+        cmd = cmd[:2800] + f"... (+{len(cmd) - 2800} characters: see the console)"
     title = ("Escalation requested" if event == "escalation.raised"
-             else f"Escalation {rec.display_state} by {rec.decided_by}")
-    text = f"glassbreak: {title}: `{cmd}` ({rec.profile}, agent {rec.agent or '-'})"
+             else f"Escalation {rec.display_state} by {visible(rec.decided_by or '?', 64)}")
+    text = _mrkdwn(f"glassbreak: {title}: {quote_argv(rec.argv, also='`')[:300]} "
+                   f"({visible(rec.profile)}, agent {visible(rec.agent or '-', 64)})")
     fields = [("Agent", rec.agent or "-"), ("Host", rec.host),
               ("Profile", f"{rec.profile} ({rec.profile_hash[:12]})"),
               ("Trigger", f"{rec.layer} / {rec.rule_id}"
-                          + (f" -> {rec.destination}" if rec.destination else "")),
+                          + (f" -> {show_destination(rec.destination)}" if rec.destination
+                             else "")),
               ("Owners", ", ".join(rec.owners)),
               ("State", f"{rec.display_state} (seen {rec.count}x)")]
+    warnings = "".join(f"\n:warning: {_mrkdwn(w)}" for w in argv_warnings(rec.argv))
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"```{cmd[:2800]}```\n"
-                                     f"*Why blocked:* {rec.rule_reason}\n"
-                                     f"*Agent's reason:* {rec.agent_reason or '(none given)'}"}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}:* {v}"}
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"```{cmd}```{warnings}\n"
+                                     f"*Why blocked:* {_mrkdwn(visible(rec.rule_reason, 500))}"
+                                     "\n*Agent's reason:* " + _mrkdwn(visible(
+                                         rec.agent_reason or '(none given)', 500))}},
+        {"type": "section", "fields": [{"type": "mrkdwn",
+                                        "text": f"*{k}:* {_mrkdwn(visible(v, 200))}"}
                                        for k, v in fields]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text":
-                                          f"id `{rec.id}` · cwd `{rec.cwd}` · binary "
-                                          f"`{rec.binary or '?'}`"}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn(
+            f"id {rec.id} · cwd {quote_arg(rec.cwd, also='`')} · binary "
+            f"{quote_arg(rec.binary or '?', also='`')}")}]},
     ]
     if rec.state == "pending":
         actions: list[dict[str, Any]] = [

@@ -126,12 +126,15 @@ static void exec_python(int argc, char **argv) {
         if (slash) *slash = 0;
         snprintf(py, sizeof py, "%s/python3", self);
     }
-    char **nargv = calloc((size_t)argc + 4, sizeof *nargv);
+    char **nargv = calloc((size_t)argc + 5, sizeof *nargv);
     if (!nargv) exit(EXIT_RUNNER_FAILED);
     nargv[0] = py;
-    nargv[1] = "-c";
-    nargv[2] = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.cli.entry import main; main()";
-    for (int i = 1; i < argc; i++) nargv[i + 2] = argv[i];
+    /* -P: never import from the current directory (`-c` would put it first on sys.path): root
+     * running glassbreak in a directory an agent writes must not run the agent's `sandbox/` */
+    nargv[1] = "-P";
+    nargv[2] = "-c";
+    nargv[3] = "import sys; sys.argv[0] = 'glassbreak'; from sandbox.cli.entry import main; main()";
+    for (int i = 1; i < argc; i++) nargv[i + 3] = argv[i];
     execv(py, nargv);
     fprintf(stderr, "glassbreak: cannot start the Python CLI %s: %s\n"
             "  hint: re-run `bash scripts/setup.sh`, or set GLASSBREAK_PYTHON\n",
@@ -162,14 +165,15 @@ static int choice_ok(const char *key, const char *val) {
     if (!strcmp(key, "mode")) return !strcmp(val, "enforce") || !strcmp(val, "monitor");
     if (!strcmp(key, "output")) return !strcmp(val, "text") || !strcmp(val, "json");
     if (!strcmp(key, "degraded"))
-        return !strcmp(val, "exec-gate") || !strcmp(val, "ebpf") || !strcmp(val, "network");
+        return !strcmp(val, "exec-gate") || !strcmp(val, "ebpf") || !strcmp(val, "landlock")
+            || !strcmp(val, "network");
     return 1;
 }
 
 /* 1 when understood; 0: let the Python CLI decide (with its own messages). */
 static int parse_run(int n, char **a, req_t *r) {
-    const char *p = getenv("GLASSBREAK_PROFILE");
-    r->profile = p ? p : "readonly";
+    /* no -p: null, so that the daemon picks the caller's default (its first bound profile) */
+    r->profile = getenv("GLASSBREAK_PROFILE");
     r->agent = getenv("GLASSBREAK_AGENT");
     r->mode = "enforce";
     r->output = "text";

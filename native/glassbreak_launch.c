@@ -5,20 +5,25 @@
  *   3        the report socket (SOCK_SEQPACKET; made close-on-exec here: EOF = exec'd)
  *   4        the spec (a sealed memfd, format below)
  *   5        the run's cgroup directory (or absent)
+ *   6, 7...  the run's Landlock rulesets, one per layer (or absent), kept across the close step
  * With a cgroup, it first clone3()s the real child straight INTO the cgroup, as a sibling
  * (CLONE_PARENT: the caller's child, its PDEATHSIG tied to the caller's thread), and exits: no
  * write to cgroup.procs, whose migration lock costs a synchronize_rcu (6-25 ms) when runs are
  * spaced out. The child first reports (PID, its pid). Then the child does what
  * sandbox/kernel/child.py's Python path does, in the same order, with the same reports ((step, errno)
  * as two native ints; the OK report carries the seccomp listener):
- *   PDEATHSIG, parent check, (cgroup), (stdio), chdir, privileges (PDEATHSIG again), setsid,
- *   default signals + empty mask, close other fds, no_new_privs + child subreaper,
- *   seccomp filters (stacked extras first; the main one with NEW_LISTENER when notify),
- *   send the listener, execve.
+ *   PDEATHSIG, parent check, (cgroup), (stdio), chdir, privileges (capabilities dropped from
+ *   the bounding set and the ambient set cleared while root, setgroups/setgid/setuid, the
+ *   capabilities dropped from every set of a process that stays root, PDEATHSIG again),
+ *   setsid, default signals + empty mask, close other fds (not the rulesets), no_new_privs +
+ *   child subreaper, landlock_restrict_self() per ruleset (closed after), seccomp filters
+ *   (stacked extras first; the main one with NEW_LISTENER when notify), send the listener,
+ *   execve.
  *
- * Spec: "GBL1\0" then NUL-terminated fields: parent pid, notify (0/1), new_session (0/1),
+ * Spec: "GBL2\0" then NUL-terminated fields: parent pid, notify (0/1), new_session (0/1),
  * uid ("" = keep), gid ("" = keep), groups ("-" = keep, else comma separated, may be empty),
- * cwd, executable, argc, argv..., envc, "K=V"..., nfilters (the last one is the main
+ * drop_caps (a decimal 64-bit capability mask), nlandlock, then each ruleset's restrict_self
+ * flags, cwd, executable, argc, argv..., envc, "K=V"..., nfilters (the last one is the main
  * filter), then per filter: its length in bytes as a field, followed by the raw bytes.
  */
 #define _GNU_SOURCE
@@ -40,12 +45,20 @@
 
 /* step numbers: sandbox.kernel.child.STEPS */
 enum { S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP,
-       S_SECCOMP, S_SEND, S_EXEC };
+       S_LANDLOCK, S_SECCOMP, S_SEND, S_EXEC };
 #define OK (-1)
 #define PID_REPORT (-2)
 #define REPORT_FD 3
 #define SPEC_FD 4
 #define CGROUP_FD 5
+#define LANDLOCK_FD 6
+#define MAX_LANDLOCK 8
+#define SYS_LANDLOCK_RESTRICT_SELF 446 /* the generic number (x86_64, aarch64) */
+#define PR_CAPBSET_READ_ 23
+#define PR_CAPBSET_DROP_ 24
+#define PR_CAP_AMBIENT_ 47
+#define PR_CAP_AMBIENT_CLEAR_ALL_ 4
+#define CAP_VERSION_3 0x20080522
 #define MAX_FILTERS 8
 #define MAX_GROUPS 65536
 
@@ -79,16 +92,48 @@ static long num(cur_t *c) {
     return v;
 }
 
+/* the capabilities in `mask`: from the bounding set and the ambient set (needs CAP_SETPCAP: while
+ * still root, before any setuid; EPERM: a supervisor without it cannot shrink the bounding set,
+ * the sets are still cleared below and no_new_privs keeps an exec from regaining anything) */
+static void drop_bounding(unsigned long long mask) {
+    for (int c = 0; c < 64; c++)
+        if (mask >> c & 1ULL && prctl(PR_CAPBSET_READ_, c, 0, 0, 0) == 1)
+            if (prctl(PR_CAPBSET_DROP_, c, 0, 0, 0) != 0 && errno != EPERM) fail(S_PRIVS, errno);
+    if (prctl(PR_CAP_AMBIENT_, PR_CAP_AMBIENT_CLEAR_ALL_, 0, 0, 0) != 0) fail(S_PRIVS, errno);
+}
+
+/* ... and from the effective, permitted and inheritable sets of a process that stays root */
+static void drop_sets(unsigned long long mask) {
+    struct { unsigned version; int pid; } hdr = {CAP_VERSION_3, 0};
+    struct { unsigned eff, perm, inh; } data[2];
+    if (syscall(SYS_capget, &hdr, data) != 0) fail(S_PRIVS, errno);
+    for (int i = 0; i < 2; i++) {
+        unsigned keep = (unsigned)(~mask >> (32 * i));
+        data[i].eff &= keep;
+        data[i].perm &= keep;
+        data[i].inh &= keep;
+    }
+    if (syscall(SYS_capset, &hdr, data) != 0) fail(S_PRIVS, errno);
+}
+
 int main(void) {
     struct stat st;
     if (fstat(SPEC_FD, &st) < 0 || st.st_size <= 5) fail(S_PDEATH, EINVAL);
     char *spec = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, SPEC_FD, 0);
     if (spec == MAP_FAILED) fail(S_PDEATH, errno);
     cur_t c = {spec, spec + st.st_size};
-    if (strcmp(field(&c), "GBL1")) fail(S_PDEATH, EINVAL);
+    if (strcmp(field(&c), "GBL2")) fail(S_PDEATH, EINVAL);
     pid_t parent = (pid_t)num(&c);
     int notify = (int)num(&c), new_session = (int)num(&c);
     char *uid_s = field(&c), *gid_s = field(&c), *groups_s = field(&c);
+    char *caps_s = field(&c), *caps_end;
+    errno = 0;
+    unsigned long long drop_caps = strtoull(caps_s, &caps_end, 10);
+    if (!*caps_s || *caps_end || errno) fail(S_PDEATH, EINVAL);
+    long nl = num(&c);
+    if (nl < 0 || nl > MAX_LANDLOCK) fail(S_PDEATH, EINVAL);
+    unsigned ll_flags[MAX_LANDLOCK];
+    for (long i = 0; i < nl; i++) ll_flags[i] = (unsigned)num(&c);
     char *cwd = field(&c), *exe = field(&c);
     long argc = num(&c);
     if (argc < 1 || argc > 1 << 20) fail(S_PDEATH, EINVAL);
@@ -137,6 +182,8 @@ int main(void) {
     /* 4 stdio: in place (posix_spawn file actions) */
     if (chdir(cwd) != 0) fail(S_CHDIR, errno);
     /* 5 privileges */
+    int was_root = geteuid() == 0;
+    if (drop_caps && was_root) drop_bounding(drop_caps);
     if (*uid_s || *gid_s || strcmp(groups_s, "-")) {
         if (strcmp(groups_s, "-") || *uid_s) {
             gid_t *gl = calloc(MAX_GROUPS, sizeof *gl);
@@ -156,6 +203,7 @@ int main(void) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(S_PRIVS, errno);
         if (getppid() != parent) _exit(125);
     }
+    if (drop_caps && was_root && geteuid() == 0) drop_sets(drop_caps);
     if (new_session) setsid();
     /* 6 default dispositions, empty mask */
     /* the raw syscall: glibc refuses its internal signals (32, 33), which posix_spawn leaves
@@ -169,16 +217,29 @@ int main(void) {
     sigset_t none;
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) != 0) fail(S_SIGNALS, errno);
-    /* 7 only 0-2 and the report socket (close-on-exec) stay open; the spec stays mapped */
+    /* 7 only 0-2, the report socket (close-on-exec) and the rulesets stay open; the spec stays
+     * mapped */
     if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) != 0) fail(S_CLOSE, errno);
-    if (syscall(SYS_close_range, SPEC_FD, ~0U, 0) != 0) {
-        for (int fd = SPEC_FD; fd < 65536; fd++) close(fd);
+    for (long i = 0; i < nl; i++)
+        if (fcntl(LANDLOCK_FD + (int)i, F_SETFD, FD_CLOEXEC) != 0) fail(S_CLOSE, errno);
+    unsigned first_free = nl ? (unsigned)(LANDLOCK_FD + nl) : SPEC_FD;
+    if (nl && syscall(SYS_close_range, SPEC_FD, LANDLOCK_FD - 1, 0) != 0) {
+        for (int fd = SPEC_FD; fd < LANDLOCK_FD; fd++) close(fd);
+    }
+    if (syscall(SYS_close_range, first_free, ~0U, 0) != 0) {
+        for (int fd = (int)first_free; fd < 65536; fd++) close(fd);
     }
     /* 8 no_new_privs; the run's top process is the subreaper of its tree (see child.py) */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
         fail(S_NNP, errno);
-    /* 9 seccomp: stacked extras first, then the main filter */
+    /* 9 Landlock: the static layer, then the run's layer (each a new, narrower domain) */
+    for (long i = 0; i < nl; i++) {
+        if (syscall(SYS_LANDLOCK_RESTRICT_SELF, LANDLOCK_FD + (int)i, ll_flags[i]) != 0)
+            fail(S_LANDLOCK, errno);
+        close(LANDLOCK_FD + (int)i);
+    }
+    /* 10 seccomp: stacked extras first, then the main filter */
     int lfd = -1;
     for (long i = 0; i < nf; i++) {
         int main_filter = i == nf - 1;
@@ -187,7 +248,7 @@ int main(void) {
         if (r < 0) fail(S_SECCOMP, errno);
         if (main_filter && notify) lfd = (int)r;
     }
-    /* 10 the listener goes to the parent; the program never holds it */
+    /* 11 the listener goes to the parent; the program never holds it */
     int ok[2] = {OK, 0};
     struct iovec iov = {.iov_base = ok, .iov_len = sizeof ok};
     char cbuf[CMSG_SPACE(sizeof(int))];
@@ -204,7 +265,7 @@ int main(void) {
     }
     if (sendmsg(REPORT_FD, &m, MSG_NOSIGNAL) < 0) fail(S_SEND, errno);
     if (lfd >= 0) close(lfd);
-    /* 11 exec */
+    /* 12 exec */
     execve(exe, argv, envp);
     fail(S_EXEC, errno);
     return 125;

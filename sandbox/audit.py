@@ -7,6 +7,10 @@ fsync'd on their own: a host crash can lose at most the exec events of runs stil
 
 Lines are written with O_APPEND in one write() each, so concurrent writers (several runs, the
 daemon) never interleave inside a line.
+
+Secrets in argv stay out of the log: every event's `argv` is written with the escalation
+record's redaction (escalation.redact.redact_argv: `--api-token=VALUE` values and URL
+passwords masked). The run's own stderr/JSON output (the caller's own command) is unchanged.
 """
 
 from __future__ import annotations
@@ -61,8 +65,28 @@ def event_json(event: object) -> str:
     return json.dumps(event, separators=(",", ":"), default=str)
 
 
+def redacted(event: object) -> object:
+    """The event as the audit log keeps it: its argv (if any) redacted like the escalation
+    record's (docs/escalation.md, "Redaction rule")."""
+    argv = event.get("argv") if isinstance(event, dict) else getattr(event, "argv", None)
+    if not isinstance(argv, list) or not argv:
+        return event
+    if not any(isinstance(a, str) and ("@" in a or (a[:1] == "-" and "=" in a)) for a in argv):
+        return event  # the common case: nothing redact_argv could mask (hot path: every exec)
+    from escalation.redact import redact_argv
+
+    masked = redact_argv([a if isinstance(a, str) else str(a) for a in argv])
+    if masked == argv:
+        return event
+    if isinstance(event, dict):
+        return {**event, "argv": masked}
+    if hasattr(event, "model_copy"):
+        return event.model_copy(update={"argv": masked})
+    return event
+
+
 def _line(event: object) -> bytes:
-    return event_json(event).encode() + b"\n"
+    return event_json(redacted(event)).encode() + b"\n"
 
 
 def read_events(path: Path | None = None, run_id: str | None = None) -> Iterator[dict[str, object]]:

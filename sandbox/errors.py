@@ -81,3 +81,10 @@ class EscalationError(GlassbreakError):
 
     kind = "escalation"
     exit_code = 1
+
+
+class IdentityError(GlassbreakError):
+    """A caller asked for an identity or a policy it does not have (another agent, a relaxed
+    profile by name, a profile file, someone else's approver name). Recorded in the audit log."""
+
+    kind = "identity"

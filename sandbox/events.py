@@ -35,6 +35,23 @@ class RunStarted(_Event):
     )
     uid: int | None = None
     pid: int | None = None
+    user: str | None = None
+    agent_source: str | None = Field(default=None, description="how the agent was derived")
+
+
+class RunRefused(_Event):
+    """A caller asked for what it does not have (another agent, a relaxed profile by name, a
+    profile file, an untrusted config...): nothing ran."""
+
+    type: Literal["run_refused"] = "run_refused"
+    uid: int
+    user: str | None = None
+    agent: str | None = Field(default=None, description="as asked (--agent)")
+    profile: str | None = Field(default=None, description="as asked (-p)")
+    argv: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+    via: Literal["daemon", "in-process"] = "daemon"
+    why: str
 
 
 class ExecObserved(_Event):
@@ -65,6 +82,10 @@ class ExecBlocked(_Event):
     profile: str
     escalation_id: str | None = None
     enforced: bool = True
+    path: str | None = Field(default=None, description="layer filesystem: the path refused")
+    access: list[str] | None = Field(
+        default=None, description="layer filesystem/landlock: the Landlock rights refused, "
+        "e.g. fs.write_file, fs.read_file, fs.execute, scope.signal")
     destination: str | None = Field(
         default=None, description="network blocks: the destination as a network.allow entry "
         "(host:port, udp:host:port, name:*) or unix:PATH")
@@ -128,11 +149,26 @@ class GrantUsed(_Event):
     expires_at: float
 
 
+class GrantRejected(_Event):
+    """A grant in the store that this runner does not honour (no or a bad signature, another
+    key, fields that do not match the run): treated as absent."""
+
+    type: Literal["grant_rejected"] = "grant_rejected"
+    grant_id: str
+    escalation_id: str | None = None
+    agent: str | None = None
+    profile: str | None = None
+    approver: str | None = None
+    why: str
+
+
 class GrantEnded(_Event):
     type: Literal["grant_ended"] = "grant_ended"
     grant_id: str
     why: Literal["expired", "revoked"]
     killed_pids: list[int] = Field(default_factory=list)
+    by: str | None = Field(default=None, description="who revoked it")
+    authn: str | None = None
 
 
 class EscalationRaised(_Event):
@@ -150,6 +186,8 @@ class EscalationDecided(_Event):
     state: str
     by: str
     why: str | None = None
+    authn: str | None = Field(default=None, description="how the decider was proven")
+    grant_id: str | None = None
 
 
 class DecisionRefused(_Event):
@@ -157,6 +195,17 @@ class DecisionRefused(_Event):
     escalation_id: str | None = None
     by: str | None = None
     why: str
+    caller: str | None = Field(default=None, description="who really asked (kernel uid, token)")
+
+
+class ConsoleSession(_Event):
+    """The console (`glassbreak serve`): an approver signed in or out, or a sign-in refused."""
+
+    type: Literal["console_session"] = "console_session"
+    action: Literal["signed_in", "signed_out", "refused", "throttled"]
+    approver: str | None = None
+    client: str | None = Field(default=None, description="the client's address")
+    why: str | None = None
 
 
 class WebhookDelivery(_Event):
@@ -167,6 +216,35 @@ class WebhookDelivery(_Event):
     status: Literal["delivered", "retrying", "failed"]
     attempts: int
     error: str | None = None
+
+
+class CredentialIssued(_Event):
+    """A credential of the run's profile was handed to the run (never its value)."""
+
+    type: Literal["credential_issued"] = "credential_issued"
+    name: str
+    source: Literal["file", "daemonEnv", "mint"]
+    deliver: Literal["file", "env"]
+    env: str
+    profile: str
+    grant_id: str | None = None
+    cached: bool = Field(default=False, description="a mint of this grant reused")
+    expires_at: float | None = Field(default=None, description="a minted one: its grant's end")
+    mint_ms: float | None = None
+
+
+class CredentialFailed(_Event):
+    """A credential could not be issued: the run failed closed (125), nothing ran."""
+
+    type: Literal["credential_failed"] = "credential_failed"
+    name: str
+    source: Literal["file", "daemonEnv", "mint"]
+    profile: str
+    grant_id: str | None = None
+    exit_code: int | None = Field(default=None, description="the mint command's (None: it "
+                                  "did not exit by itself)")
+    why: str
+    stderr_tail: str | None = Field(default=None, description="the mint's stderr, redacted")
 
 
 class Degraded(_Event):
@@ -191,8 +269,9 @@ class RunExited(_Event):
 
 
 Event = Annotated[
-    RunStarted | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed | GrantEnded
-    | EscalationRaised | EscalationDecided | DecisionRefused | WebhookDelivery | Degraded
+    RunStarted | RunRefused | ExecObserved | ExecBlocked | SyscallKilled | EventsLost | GrantUsed
+    | GrantRejected | GrantEnded | EscalationRaised | EscalationDecided | DecisionRefused
+    | ConsoleSession | WebhookDelivery | CredentialIssued | CredentialFailed | Degraded
     | RunExited | NetConnect | DnsLookup,
     Field(discriminator="type"),
 ]

@@ -19,9 +19,24 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# 0. The demo and the tests run glassbreak from this checkout as other users (approvers,
+# `nobody`), so they must be able to reach it. In a directory they cannot traverse (root's
+# home, /root, is 0700) they fail much later with "cannot start the Python CLI ...".
+if ! setpriv --reuid=65534 --regid=65534 --clear-groups test -r "$PWD/pyproject.toml"; then
+  echo "[setup] ERROR: other users cannot reach $PWD (a directory above it is private, e.g. /root)." >&2
+  echo "[setup] the demo and the tests run glassbreak as other users: clone the repository where" >&2
+  echo "[setup] they can read it, e.g. /opt/glassbreak or /srv/glassbreak." >&2
+  exit 1
+fi
+
 # 1. Debian packages. python3-bpfcc gives bcc's Python bindings (the PyPI 'bcc' is NOT BPF).
+# chromium: the console's browser tests drive Debian's build through Playwright (PyPI
+# `playwright`, a dev dependency); no browser is ever downloaded (`playwright install` is never
+# run). fonts-dejavu-core: readable text in the screenshots.
+# systemd: its systemd-analyze checks deploy/glassbreak.service (minimal images lack it).
 PKGS="python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc libseccomp2 redis-server \
-      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps"
+      bubblewrap firejail busybox-static iproute2 gcc libc6-dev make procps git strace \
+      chromium fonts-dejavu-core systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -31,10 +46,19 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt_install $missing
 fi
-# vagrant (only its 'validate' is used by the tests); without recommends it stays small.
-if ! command -v vagrant >/dev/null 2>&1; then
-  say "installing vagrant (for 'vagrant validate' of vagrant/Vagrantfile)"
-  apt_install vagrant || say "WARNING: vagrant could not be installed; the Vagrantfile test will fail"
+# vagrant (only its 'validate' is used by the tests) and the provider Debian recommends with it.
+# `vagrant validate` refuses to run without a usable provider ("No usable default provider could
+# be found"): VirtualBox is not in Debian and docker's needs a running engine, but vagrant-libvirt
+# is usable without libvirtd, so validate works offline and also checks the Vagrantfile's libvirt
+# block. Without recommends both stay small (vagrant-libvirt adds ~14 MiB).
+vmissing=""
+command -v vagrant >/dev/null 2>&1 || vmissing=" vagrant"
+dpkg-query -W -f='${Status}' vagrant-libvirt 2>/dev/null | grep -q "install ok installed" ||
+  vmissing="$vmissing vagrant-libvirt"
+if [ -n "$vmissing" ]; then
+  say "installing$vmissing (for 'vagrant validate' of vagrant/Vagrantfile)"
+  # shellcheck disable=SC2086
+  apt_install $vmissing || say "WARNING:$vmissing could not be installed; the Vagrantfile tests will fail"
 fi
 
 # 2. Kernel headers where bcc looks: /lib/modules/$(uname -r)/build and source. These machines
@@ -112,5 +136,25 @@ if ! grep -q ' cgroup2 ' /proc/mounts; then
   say "mounting cgroup2 on /sys/fs/cgroup/unified"
   mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 none /sys/fs/cgroup/unified || \
     say "WARNING: could not mount cgroup2"
+fi
+# 6. The real-workload suite's one input from outside (bench/workloads.py, the `pytest`
+# workload): a small pure-Python package's sdist with its own test suite, pinned by version and
+# sha256, downloaded once into .cache/ (never at test or bench time). Without it that workload
+# is n/a (and its test fails under GLASSBREAK_REQUIRE_KERNEL=1).
+WL_CACHE=.cache/workloads
+WL_PKG=toolz WL_VER=1.2.0
+WL_SHA=9667a038e9d6ecba37995e26cb2f59ec6420b6ad8dd9677de59db9b956b08490
+WL_FILE="$WL_CACHE/$WL_PKG-$WL_VER.tar.gz"
+if ! echo "$WL_SHA  $WL_FILE" | sha256sum -c --status 2>/dev/null; then
+  say "downloading the $WL_PKG $WL_VER sdist into $WL_CACHE (bench/workloads.py)"
+  mkdir -p "$WL_CACHE"
+  tmp=$(mktemp -d)
+  if "$VENV/bin/pip" download -q --no-deps --no-binary :all: -d "$tmp" "$WL_PKG==$WL_VER" \
+      >/dev/null 2>&1 && echo "$WL_SHA  $tmp/$WL_PKG-$WL_VER.tar.gz" | sha256sum -c --status; then
+    mv -f "$tmp/$WL_PKG-$WL_VER.tar.gz" "$WL_FILE"
+  else
+    say "WARNING: could not download $WL_PKG==$WL_VER with sha256 $WL_SHA; the pytest workload will be n/a"
+  fi
+  rm -rf "$tmp"
 fi
 say "ready: $VENV/bin/glassbreak ($("$VENV/bin/python" --version))"

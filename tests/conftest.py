@@ -143,6 +143,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
     )
 
 
+def grant_keypair(d: Path) -> tuple[Path, Path]:
+    """An Ed25519 grant signing keypair in d: (private key, root 0600; public key, 0644)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    k = Ed25519PrivateKey.generate()
+    key, pub = d / "grant-signing.key", d / "grant-signing.pub"
+    key.write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    key.chmod(0o600)
+    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.chmod(0o644)
+    return key, pub
+
+
 STUB = "#!/bin/sh\necho \"stub-kubectl $*\"\n"
 
 

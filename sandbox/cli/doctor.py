@@ -2,8 +2,10 @@
 
 Each probe does the real thing, cheaply: a forked child loads a seccomp filter with a
 user-notification listener and checks that the filter answers; bpf(2) loads a trivial program,
-creates a ring buffer and loads a tracepoint program that calls bpf_send_signal (the verifier
-refuses it when the helper is missing). One line per check:
+creates a ring buffer, loads a raw tracepoint program that calls bpf_send_signal (the verifier
+refuses it when the helper is missing), attaches one to sched_process_exec, loads one that runs
+a bpf_loop callback (the exec verifier hashes the argv with it), and the struct offsets the
+verifier reads come out of the running kernel's BTF. One line per check:
     ok|MISSING  name  detail  (fix: ...)
 Exit 1 when a required check is missing.
 """
@@ -24,10 +26,11 @@ from typing import Any
 ARCH = platform.machine()
 SYS = {"x86_64": {"bpf": 321, "seccomp": 317, "getppid": 110},
        "aarch64": {"bpf": 280, "seccomp": 277, "getppid": 173}}.get(ARCH, {})
-BPF_MAP_CREATE, BPF_PROG_LOAD = 0, 5
+BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
 BPF_MAP_TYPE_RINGBUF = 27
-BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_TRACEPOINT = 1, 5
+BPF_PROG_TYPE_SOCKET_FILTER, BPF_PROG_TYPE_RAW_TRACEPOINT = 1, 17
 BPF_FUNC_send_signal = 109
+BPF_FUNC_loop = 181
 PROBE_ERRNO = 99
 
 
@@ -38,12 +41,14 @@ class Check:
     required: bool
     detail: str
     fix: str = ""
+    warn: bool = False  # a risky setting rather than a missing feature
 
     def line(self) -> str:
-        text = f"{'ok' if self.ok else 'MISSING':8} {self.name:22} {self.detail}"
+        word = "ok" if self.ok else "WARNING" if self.warn else "MISSING"
+        text = f"{word:8} {self.name:22} {self.detail}"
         if not self.ok and self.fix:
             text += f"  (fix: {self.fix})"
-        if not self.ok and not self.required:
+        if not self.ok and not self.required and not self.warn:
             text += "  [optional]"
         return text
 
@@ -56,12 +61,12 @@ def _libc() -> ctypes.CDLL:
     return lib
 
 
-def _bpf(cmd: int, attr: bytes) -> tuple[int, int]:
+def _bpf(cmd: int, attr: bytes, keep: bool = False) -> tuple[int, int]:
     lib = _libc()
     buf = ctypes.create_string_buffer(attr.ljust(128, b"\0"), 128)
     fd = lib.syscall(SYS["bpf"], cmd, buf, 128)
     err = ctypes.get_errno()
-    if fd >= 0:
+    if fd >= 0 and not keep:
         os.close(fd)
     return fd, err
 
@@ -70,12 +75,12 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
-def _prog_load(prog_type: int, insns: bytes) -> tuple[int, int]:
+def _prog_load(prog_type: int, insns: bytes, keep: bool = False) -> tuple[int, int]:
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     attr = struct.pack("<IIQQIIQII", prog_type, len(insns) // 8, ctypes.addressof(code),
                        ctypes.addressof(lic), 0, 0, 0, 0, 0)
-    return _bpf(BPF_PROG_LOAD, attr)
+    return _bpf(BPF_PROG_LOAD, attr, keep)
 
 
 MOV_R0_0 = _insn(0xB7)
@@ -102,13 +107,82 @@ def check_ringbuf() -> Check:
 
 def check_send_signal() -> Check:
     insns = _insn(0xB7, dst=1, imm=0) + _insn(0x85, imm=BPF_FUNC_send_signal) + MOV_R0_0 + EXIT
-    fd, err = _prog_load(BPF_PROG_TYPE_TRACEPOINT, insns)
+    fd, err = _prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, insns)
     if fd >= 0:
         return Check("bpf_send_signal", True, True,
-                     "a tracepoint program calling bpf_send_signal() passed the verifier")
+                     "a raw tracepoint program calling bpf_send_signal() passed the verifier")
     return Check("bpf_send_signal", False, True,
                  f"the verifier refused bpf_send_signal(): {os.strerror(err)}",
                  "needs Linux >= 5.3 (or the VM in vagrant/)")
+
+
+def check_raw_tracepoint() -> Check:
+    """The exec verifier is a raw tracepoint on sched_process_exec (a classic one can be
+    skipped under concurrent map updates)."""
+    fd, err = _prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, MOV_R0_0 + EXIT, keep=True)
+    if fd < 0:
+        return Check("raw tracepoint", False, True,
+                     f"a raw tracepoint program was refused: {os.strerror(err)}",
+                     "needs Linux >= 4.17 with CONFIG_BPF_EVENTS (or the VM in vagrant/)")
+    try:
+        name = ctypes.create_string_buffer(b"sched_process_exec")
+        lfd, err = _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", ctypes.addressof(name), fd))
+    finally:
+        os.close(fd)
+    if lfd < 0:
+        return Check("raw tracepoint", False, True,
+                     f"cannot attach to sched_process_exec: {os.strerror(err)}",
+                     "needs a kernel with the sched_process_exec tracepoint (CONFIG_TRACEPOINTS)")
+    return Check("raw tracepoint", True, True, "a raw tracepoint attached to sched_process_exec")
+
+
+def check_bpf_loop() -> Check:
+    """A program whose bpf_loop callback runs (with the BTF func_info the verifier wants)."""
+    from sandbox.kernel import bpfload
+
+    main = (_insn(0xB7, dst=1, imm=1)                       # r1 = 1 iteration
+            + _insn(0x18, dst=2, src=bpfload.BPF_PSEUDO_FUNC, imm=6) + _insn(0)  # r2 = cb (+6)
+            + _insn(0xB7, dst=3, imm=0) + _insn(0xB7, dst=4, imm=0)
+            + _insn(0x85, imm=BPF_FUNC_loop) + MOV_R0_0 + EXIT)
+    cb = MOV_R0_0 + EXIT
+    try:
+        blob, main_tid, cb_tid = bpfload.func_btf("gb_probe", "gb_probe_cb")
+        btf_fd = bpfload.load_btf(blob)
+        try:
+            fd = bpfload.prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, main + cb, "gb_probe", btf_fd,
+                                   [(0, main_tid), (len(main) // 8, cb_tid)])
+        finally:
+            os.close(btf_fd)
+    except (OSError, bpfload.LoadError) as e:
+        return Check("bpf_loop", False, True, f"a bpf_loop callback was refused: "
+                     f"{str(e).splitlines()[0]}", "needs Linux >= 5.17 with BTF "
+                     "(CONFIG_DEBUG_INFO_BTF) (or the VM in vagrant/)")
+    os.close(fd)
+    return Check("bpf_loop", True, True, "a raw tracepoint program with a bpf_loop callback "
+                 "passed the verifier")
+
+
+def check_btf() -> Check:
+    from sandbox.kernel import btf
+
+    try:
+        offs = btf.exec_offsets()
+    except (OSError, btf.BtfError) as e:
+        return Check("kernel BTF", False, True, f"no struct offsets from "
+                     f"/sys/kernel/btf/vmlinux: {e}", "needs CONFIG_DEBUG_INFO_BTF=y "
+                     "(Linux >= 5.4) (or the VM in vagrant/)")
+    return Check("kernel BTF", True, True, f"{len(offs)} struct offsets for the exec verifier "
+                 "(task_struct.mm, mm_struct.exe_file, arg_start ...)")
+
+
+def check_pid_namespace() -> Check:
+    from sandbox.kernel.ebpf import in_initial_pid_namespace
+
+    ok = in_initial_pid_namespace()
+    return Check("pid namespace", ok, True, "in the initial pid namespace" if ok else
+                 "not in the initial pid namespace: seccomp notifications and the exec verifier "
+                 "would number threads differently",
+                 "run glassbreak (the daemon) in the host's pid namespace (hostPID: true)")
 
 
 def _seccomp_probe() -> int:
@@ -365,6 +439,41 @@ def _check_sock_destroy() -> Check:
                  "needs CONFIG_INET_DIAG_DESTROY (and CONFIG_INET_UDP_DIAG)")
 
 
+def check_landlock() -> Check:
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version, errata
+
+    fix = ("boot a kernel >= 6.12 with Landlock in its LSM list (CONFIG_SECURITY_LANDLOCK, "
+           "lsm=...,landlock), or use the VM in vagrant/; `glassbreak run --degraded landlock` "
+           "runs without it (root only, recorded)")
+    try:
+        abi = abi_version()
+    except LandlockUnavailable as e:
+        return Check("landlock", False, True, str(e), fix)
+    ok = abi >= 6
+    return Check("landlock", ok, True, f"Landlock ABI {abi} (errata {errata():#x})"
+                 + ("" if ok else ": runs need 6 (signal and abstract-socket scopes)"), fix)
+
+
+def check_landlock_audit() -> Check:
+    """Can denials be reported? (kernel audit records over the multicast group, ABI 7)"""
+    from sandbox.kernel import landlock_audit as A
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version
+
+    fix = "run glassbreak as root in the host's network namespace (docs/filesystem.md)"
+    try:
+        if abi_version() < 7:
+            return Check("landlock denials", False, False, "Landlock ABI < 7 has no audit "
+                         "records: denials are enforced, not reported", fix)
+        st = A.status()
+    except (LandlockUnavailable, OSError, A.AuditUnavailable) as e:
+        return Check("landlock denials", False, False, f"kernel audit unreachable: {e}", fix)
+    who = f"audit daemon pid {st['pid']}" if st["pid"] else "no audit daemon"
+    state = {0: "off (glassbreak switches it on at the first run)", 1: "on", 2: "on, locked"}
+    return Check("landlock denials", st["enabled"] != 0 or not st["pid"], False,
+                 f"kernel audit {state.get(st['enabled'], '?')}, {who}, backlog limit "
+                 f"{st['backlog_limit']}, lost {st['lost']}", fix)
+
+
 def check_root() -> Check:
     ok = os.geteuid() == 0
     return Check("root", ok, True, "running as root" if ok else f"uid {os.geteuid()}",
@@ -378,11 +487,61 @@ def check_redis() -> Check:
                  "apt-get install redis-server")
 
 
+def check_config() -> Check:
+    from sandbox.config import load_config
+    from sandbox.errors import GlassbreakError
+
+    try:
+        cfg = load_config()
+    except GlassbreakError as e:
+        return Check("config", False, True, e.message, e.hint or "")
+    agents = "no agents: bindings (each user is its own agent)" if cfg.agents is None else \
+        f"{len(cfg.agents)} agent binding(s)"
+    return Check("config", True, True, f"{cfg.path}: {agents}, "
+                 f"{len(cfg.all_approvers())} approver(s)")
+
+
+def check_store_auth() -> Check:
+    """GLASSBREAK_STORE=redis://... without a password, or in clear text to another host."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("GLASSBREAK_STORE", "")
+    if not url.startswith(("redis://", "rediss://")):
+        return Check("store auth", True, False,
+                     "local store (SQLite in the state dir, or a unix socket)" if not url
+                     else f"{url.split(':', 1)[0]} store")
+    u = urlsplit(url)
+    safe = f"{u.scheme}://{u.hostname}:{u.port or 6379}"
+    has_password = bool(u.password)
+    if not has_password:
+        try:
+            from sandbox.config import load_config
+
+            has_password = load_config().redis.has_password()
+        except Exception:  # noqa: BLE001, S110 - check_config reports a broken config
+            pass
+    fix = ("give Redis a password or an ACL user (requirepass / ACL SETUSER) and use "
+           "redis://USER:PASSWORD@host or `redis: {username, passwordFile}` in the glassbreak "
+           "config; rediss:// for TLS (docs/identity.md)")
+    if not has_password:
+        return Check("store auth", False, False,
+                     f"{safe} has no password: anyone who reaches it can delete or rewrite "
+                     "escalations and grants (forged grants are ignored: they are signed)",
+                     fix, warn=True)
+    if u.scheme == "redis" and u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return Check("store auth", False, False, f"{safe}: password sent in clear text to "
+                     "another host", "use rediss:// (TLS)", warn=True)
+    return Check("store auth", True, False, f"{safe} with a password"
+                 + (" over TLS" if u.scheme == "rediss" else ""))
+
+
 def run_checks() -> list[Check]:
     probes: list[Callable[[], Check | list[Check]]] = [
         check_arch, check_root, check_libseccomp, check_seccomp, check_bpf, check_ringbuf,
-        check_send_signal, check_tracefs, check_headers, check_bcc, check_cgroup,
-        check_socket_hooks, check_kill_logging, check_redis,
+        check_send_signal, check_raw_tracepoint, check_bpf_loop, check_btf, check_pid_namespace,
+        check_tracefs, check_headers, check_bcc, check_cgroup, check_landlock,
+        check_landlock_audit, check_socket_hooks, check_kill_logging, check_redis, check_config,
+        check_store_auth,
     ]
     out: list[Check] = []
     for probe in probes:

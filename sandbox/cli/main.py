@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "escalations": ("escalation.cli", "escalations", "List, show, approve, deny escalations."),
     "grants": ("escalation.cli", "grants", "List and revoke grants."),
     "serve": ("escalation.cli", "serve", "Run the daemon / approval API."),
+    "mcp": ("sandbox.cli.mcp", "mcp", "Serve glassbreak's tools over MCP (stdio or HTTP)."),
 }
 
 
@@ -86,15 +87,22 @@ OUTPUT = click.option("--output", "-o", type=click.Choice(["text", "json"]), def
                       show_default=True, help="json: glassbreak's own stderr is JSON lines.")
 
 
-def _default_profile() -> str:
+def _default_profile() -> str | None:
+    return os.environ.get("GLASSBREAK_PROFILE")
+
+
+def _check_profile() -> str:
     return os.environ.get("GLASSBREAK_PROFILE", "readonly")
 
 
 @main.command(epilog=EXIT_CODES_HELP, context_settings={"allow_interspersed_args": False})
-@click.option("--profile", "-p", default=_default_profile, show_default="readonly",
-              help="Profile name or path ($GLASSBREAK_PROFILE).")
+@click.option("--profile", "-p", default=_default_profile,
+              show_default="your agent's first bound profile, else readonly",
+              help="Profile name ($GLASSBREAK_PROFILE); one of your agent's bound profiles. "
+              "A file path: root only (use `check` to try a file).")
 @click.option("--agent", "-a", default=lambda: os.environ.get("GLASSBREAK_AGENT"),
-              help="The agent's id ($GLASSBREAK_AGENT); grants are per agent.")
+              help="Which of your agents ($GLASSBREAK_AGENT); only among the agents the "
+              "operator binds to your user (root: any). Grants are per agent.")
 @click.option("--reason", "-r", help="Why the agent runs this (shown to approvers).")
 @click.option("--mode", type=click.Choice(["enforce", "monitor"]), default="enforce",
               show_default=True, help="monitor: enforce nothing, record every would-be block.")
@@ -102,11 +110,11 @@ def _default_profile() -> str:
               metavar="[DURATION]",
               help="On a block, raise the escalation and wait (default 30m) for the decision.")
 @click.option("--degraded", multiple=True,
-              type=click.Choice(["exec-gate", "ebpf", "network"]),
+              type=click.Choice(["exec-gate", "ebpf", "landlock", "network"]),
               help="Run without this layer (explicit, recorded in the audit log).")
 @OUTPUT
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: str | None,
+def run(profile: str | None, agent: str | None, reason: str | None, mode: str, wait: str | None,
         degraded: tuple[str, ...], output: str, command: tuple[str, ...]) -> None:
     """Run COMMAND under a profile: glassbreak run -p k8s-readonly -- kubectl get pods."""
     from sandbox.policy.profile import parse_duration
@@ -124,7 +132,8 @@ def run(profile: str, agent: str | None, reason: str | None, mode: str, wait: st
 
 
 @main.command(epilog=EXIT_CODES_HELP, context_settings={"allow_interspersed_args": False})
-@click.option("--profile", "-p", default=_default_profile, show_default="readonly")
+@click.option("--profile", "-p", default=_check_profile, show_default="readonly",
+              help="Profile name or path (any file: nothing runs).")
 @OUTPUT
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def check(profile: str, output: str, command: tuple[str, ...]) -> None:

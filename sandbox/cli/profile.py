@@ -135,7 +135,8 @@ def _steps(result: Any) -> list[str]:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @OUTPUT
 @click.option("--lenient", is_flag=True,
-              help="match programs missing on this machine by name (as examples are checked)")
+              help="judge programs missing on this machine, or found only outside the trusted "
+              "directories, by name (as examples are checked)")
 def explain(name: str, command: tuple[str, ...], output: str, lenient: bool) -> None:
     """How profile NAME decides COMMAND: glassbreak profile explain k8s-readonly -- kubectl ...
 

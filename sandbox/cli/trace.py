@@ -5,11 +5,11 @@ the audit log (compact text, or JSON)."""
 from __future__ import annotations
 
 import json
-import shlex
 from collections import defaultdict
 from typing import Any
 
 from sandbox.audit import read_events
+from sandbox.cli.render import quote_argv, show_destination, visible
 from sandbox.errors import GlassbreakError
 
 
@@ -84,8 +84,8 @@ def render_trace(run_id: str, output: str = "text") -> str:
             mark = {"allow": "+", "block": "x", "deny": "X"}.get(e["decision"], "?")
             if e.get("would_block"):
                 mark = "~"
-            argv = shlex.join(e["argv"] or [])
-            lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({e['binary']}; "
+            argv = quote_argv(e["argv"] or [])
+            lines.append(f"{'  ' * depth}{mark} [{n['pid']}] {argv}   ({visible(e['binary'])}; "
                          f"{e['decision']} by {e['layer']}: {e['rule_id']})")
         for c in n.get("network", []):
             lines.append(f"{'  ' * (depth + 1)}{_net_line(c)}")
@@ -103,11 +103,11 @@ def render_trace(run_id: str, output: str = "text") -> str:
         if d.get("would_block"):
             mark = "~"
         got = " -> " + ", ".join(d["addresses"]) if d.get("addresses") else ""
-        lines.append(f"dns {mark} {d['qtype']} {d['qname']}{got}   ({d['action']}: "
-                     f"{d['rule_id']}{'; ' + d['reason'] if d.get('reason') else ''})")
+        lines.append(f"dns {mark} {d['qtype']} {visible(d['qname'])}{got}   ({d['action']}: "
+                     f"{d['rule_id']}{'; ' + visible(d['reason']) if d.get('reason') else ''})")
     for b in tree["blocked"]:
-        lines.append(f"blocked [{b['layer']}] {shlex.join(b['argv'] or [])}: {b['rule_id']} "
-                     f"({b['reason']}) escalation={b['escalation_id'] or '-'}")
+        lines.append(f"blocked [{b['layer']}] {quote_argv(b['argv'] or [])}: {b['rule_id']} "
+                     f"({visible(b['reason'])}) escalation={b['escalation_id'] or '-'}")
     return "\n".join(lines)
 
 
@@ -115,7 +115,8 @@ def _net_line(c: dict[str, Any]) -> str:
     mark = {"allow": "+", "block": "x", "deny": "X"}.get(c.get("decision") or "", "?")
     if c.get("would_block"):
         mark = "~"
-    name = f" ({c['name']})" if c.get("name") else ""
+    name = f" ({visible(c['name'])})" if c.get("name") else ""
     esc = f" escalation={c['escalation_id']}" if c.get("escalation_id") else ""
-    return (f"{mark} net {c.get('kind')} {c.get('destination')}{name}   ({c.get('decision')}: "
+    dest = show_destination(str(c.get("destination") or "?"))
+    return (f"{mark} net {c.get('kind')} {dest}{name}   ({c.get('decision')}: "
             f"{c.get('rule_id')}{esc})")

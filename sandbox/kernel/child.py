@@ -1,14 +1,19 @@
-"""Spawn the sandboxed child with os.fork: cgroup, stdio, privileges, no_new_privs, seccomp, exec.
+"""Spawn the sandboxed child with os.fork: cgroup, stdio, privileges, no_new_privs, Landlock,
+seccomp, exec.
 
 In the child, in this order (every failure is reported to the parent, never a traceback):
   1 PR_SET_PDEATHSIG(SIGKILL), then getppid() must still be the parent (else _exit)
   2 enter the run's leaf cgroup (write "0" to its cgroup.procs, opened by the parent)
-  3 stdio (dup2), 4 chdir, 5 drop privileges (setgroups, setgid, setuid; PDEATHSIG is cleared by
-  a credential change, so it is set and checked again), 6 default signal dispositions and an
-  empty mask, 7 close every other fd, 8 PR_SET_NO_NEW_PRIVS and PR_SET_CHILD_SUBREAPER,
-  9 seccomp(SET_MODE_FILTER) with the raw BPF compiled by the parent
-  (SECCOMP_FILTER_FLAG_NEW_LISTENER when notify), 10 send the listener fd to the parent over
-  SCM_RIGHTS and close it (the sandboxed program never holds its own listener), 11 execve.
+  3 stdio (dup2), 4 chdir, 5 drop privileges (the capabilities in `drop_caps` from the bounding
+  set while still root, the ambient set cleared, setgroups, setgid, setuid, then those
+  capabilities from the effective, permitted and inheritable sets of a process that stays root;
+  PDEATHSIG is cleared by a credential change, so it is set and checked again), 6 default
+  signal dispositions and an empty mask, 7 close every other fd (not the Landlock rulesets),
+  8 PR_SET_NO_NEW_PRIVS and PR_SET_CHILD_SUBREAPER, 9 landlock_restrict_self() with each
+  ruleset the parent built (static layer, then the run's layer), closing them, 10 seccomp(
+  SET_MODE_FILTER) with the raw BPF compiled by the parent (SECCOMP_FILTER_FLAG_NEW_LISTENER
+  when notify), 11 send the listener fd to the parent over SCM_RIGHTS and close it (the
+  sandboxed program never holds its own listener), 12 execve.
 
 Reports go over a SOCK_SEQPACKET socketpair whose child end is O_CLOEXEC: a successful execve
 closes it (EOF), a failed step sends (step, errno).
@@ -49,12 +54,29 @@ SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(platform.machine(), -1)
 SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}.get(platform.machine(), -1)
+SYS_LANDLOCK_RESTRICT_SELF = 446  # the generic number (x86_64, aarch64)
+SYS_CAPGET, SYS_CAPSET = {"x86_64": (125, 126), "aarch64": (90, 91)}.get(platform.machine(),
+                                                                        (-1, -1))
+PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 23, 24, 47, 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+LANDLOCK_FD = 6  # the launcher's fixed fd numbers for the rulesets: 6, 7, ...
+# What a run never holds, root included (the supervisor's runs; docs/filesystem.md says what root
+# loses): admin of the host, its kernel, its network stack, audit and MAC, other processes'
+# memory and environment (CAP_SYS_ADMIN reads /proc/PID/environ past Landlock), file capabilities
+# and the immutable flag, the kernel log, the clock.
+DROPPED_CAPS = {
+    "linux_immutable": 9, "net_admin": 12, "net_raw": 13, "sys_module": 16, "sys_rawio": 17,
+    "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21, "sys_boot": 22, "sys_time": 25,
+    "audit_write": 29, "audit_control": 30, "setfcap": 31, "mac_override": 32, "mac_admin": 33,
+    "syslog": 34, "audit_read": 37, "perfmon": 38, "bpf": 39, "checkpoint_restore": 40,
+}
+DROP_MASK = sum(1 << c for c in DROPPED_CAPS.values())
 
 STEPS = ("set PDEATHSIG", "check parent", "enter cgroup", "set up stdio", "chdir",
-         "drop privileges", "reset signals", "close fds", "set no_new_privs", "load seccomp filter",
-         "send seccomp listener", "execve")
-S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP, S_SECCOMP, \
-    S_SEND, S_EXEC = range(len(STEPS))
+         "drop privileges", "reset signals", "close fds", "set no_new_privs",
+         "enter its Landlock domain", "load seccomp filter", "send seccomp listener", "execve")
+S_PDEATH, S_PARENT, S_CGROUP, S_STDIO, S_CHDIR, S_PRIVS, S_SIGNALS, S_CLOSE, S_NNP, S_LANDLOCK, \
+    S_SECCOMP, S_SEND, S_EXEC = range(len(STEPS))
 OK = -1
 PID_REPORT = -2  # the launcher's first report: (PID_REPORT, the sandboxed child's pid)
 _REPORT = struct.Struct("ii")
@@ -92,6 +114,7 @@ class Child:
     argv: list[str] = field(default_factory=list)
     _sock: socket.socket | None = field(default=None, repr=False)
     status: int | None = None
+    landlock: bool = False  # the child entered a Landlock domain (EACCES at exec: the envelope)
 
     def poll(self) -> int | None:
         """The wait status if the child has exited (reaps it), else None."""
@@ -135,7 +158,7 @@ class Child:
         if len(data) != _REPORT.size:
             return None
         step, err = _REPORT.unpack(data)
-        return _error(step, err, self.argv) if step != OK else None
+        return _error(step, err, self.argv, self.landlock) if step != OK else None
 
     def close(self) -> None:
         for fd in (self.pidfd, self.listener_fd):
@@ -150,12 +173,18 @@ class Child:
             self._sock = None
 
 
-def _error(step: int, err: int, argv: list[str]) -> GlassbreakError:
+def _error(step: int, err: int, argv: list[str], landlock: bool = False) -> GlassbreakError:
     what = STEPS[step] if 0 <= step < len(STEPS) else f"step {step}"
     cmd = argv[0] if argv else "?"
     if step == S_EXEC and err == errno.ENOENT:
         return CommandNotFound(f"command not found: {cmd}",
                                hint="check the spelling and PATH, or give an absolute path")
+    if step == S_EXEC and err == errno.EACCES and landlock:
+        return RunnerError(f"{cmd} is not in the exec envelope: Landlock refused to execute it "
+                           "(only the profile's exec.allow and safeBins programs, their "
+                           "interpreters and the loader can run)",
+                           hint="add the program to the profile's exec.allow, or run an allowed "
+                           "program; a copy of an allowed program elsewhere cannot run")
     if step == S_EXEC:
         return RunnerError(f"cannot execute {cmd}: {os.strerror(err)}",
                            hint="check that the file is an executable the sandbox may run")
@@ -165,6 +194,8 @@ def _error(step: int, err: int, argv: list[str]) -> GlassbreakError:
         S_PRIVS: "dropping to another uid/gid needs root",
         S_SECCOMP: "the kernel refused the seccomp filter; run `glassbreak doctor`",
         S_NNP: "the kernel refused no_new_privs; run `glassbreak doctor`",
+        S_LANDLOCK: "the kernel refused the Landlock domain; run `glassbreak doctor` "
+        "(`--degraded landlock` runs without it, root only)",
     }
     return RunnerError(f"the sandboxed child failed to {what}: {os.strerror(err)} "
                        f"(errno {err})", hint=hints.get(step, "run `glassbreak doctor`"))
@@ -189,6 +220,9 @@ class ChildSpec:
     gid: int | None = None
     groups: list[int] | None = None
     new_session: bool = False
+    # Landlock rulesets to enter, in order, with each one's restrict_self flags
+    landlock: list[tuple[int, int]] = field(default_factory=list)
+    drop_caps: int = 0  # capability bits dropped from every set (bounding too)
 
     def spawn(self) -> Child:
         return spawn(self.argv, executable=self.executable, env=self.env, cwd=self.cwd,
@@ -196,17 +230,21 @@ class ChildSpec:
                      bpf=self.filters[-1] if self.filters else None, notify=self.notify,
                      stdin=self.stdin, stdout=self.stdout, stderr=self.stderr, uid=self.uid,
                      gid=self.gid, groups=self.groups, new_session=self.new_session,
-                     extra_bpf=tuple(self.filters[:-1]))
+                     extra_bpf=tuple(self.filters[:-1]), landlock=tuple(self.landlock),
+                     drop_caps=self.drop_caps)
 
 
 def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
           cgroup_procs: str | None, bpf: bytes | None, notify: bool,
           stdin: int = 0, stdout: int = 1, stderr: int = 2,
           uid: int | None = None, gid: int | None = None, groups: list[int] | None = None,
-          new_session: bool = False, extra_bpf: tuple[bytes, ...] = ()) -> Child:
+          new_session: bool = False, extra_bpf: tuple[bytes, ...] = (),
+          landlock: tuple[tuple[int, int], ...] = (), drop_caps: int = 0) -> Child:
     """Fork the sandboxed child; returns once it holds the filter (see the module doc)."""
     if not argv:
         raise RunnerError("empty command", hint="give the command after `--`")
+    if len(landlock) > 8:
+        raise RunnerError("too many Landlock layers", hint="internal error")
     if notify and not bpf:
         raise RunnerError("notify=True needs a seccomp filter", hint="internal error")
     libc = _get_libc()
@@ -236,6 +274,12 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
     dfl_action = ctypes.create_string_buffer(64)  # a zeroed kernel sigaction: SIG_DFL
     ok_msg = _REPORT.pack(OK, 0)
     parent = os.getpid()
+    ll_fds = [fd for fd, _ in landlock]
+    cap_bits = [c for c in range(64) if drop_caps >> c & 1]
+    cap_mask = (~drop_caps) & 0xFFFFFFFF, (~drop_caps >> 32) & 0xFFFFFFFF
+    cap_hdr = struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0)
+    cap_data = ctypes.create_string_buffer(24)  # two {effective, permitted, inheritable}
+    am_root = os.geteuid() == 0
 
     try:
         cg_fd = os.open(cgroup_procs, os.O_WRONLY | os.O_CLOEXEC) if cgroup_procs else -1
@@ -268,7 +312,7 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                 launcher, parent=parent, notify=notify, new_session=new_session, uid=uid,
                 gid=gid, groups=groups, cwd_b=cwd_b, exe_b=exe_b, argv_b=argv_b, env_b=env_b,
                 filters=[*extra_bpf, *([bpf] if bpf else [])], stdio=(stdin, stdout, stderr),
-                csock=cfd, cg_fd=cg_dir)
+                csock=cfd, cg_fd=cg_dir, landlock=landlock, drop_caps=drop_caps)
         except OSError as e:
             if cg_dir >= 0:
                 os.close(cg_dir)
@@ -281,7 +325,8 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                               "GLASSBREAK_NO_LAUNCHER=1 to spawn in Python") from e
         if cg_dir >= 0:
             os.close(cg_dir)
-        return _parent(pid, psock, csock, cg_fd, argv, notify, launcher=True)
+        return _parent(pid, psock, csock, cg_fd, argv, notify, launcher=True,
+                       landlock=bool(landlock))
     try:
         pid = os.fork()
     except OSError as e:
@@ -312,6 +357,19 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
             step = S_CHDIR
             os.chdir(cwd_b)
             step = S_PRIVS
+            if cap_bits and am_root:
+                for c in cap_bits:  # needs CAP_SETPCAP: before any setuid
+                    if libc.prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1 and \
+                            libc.prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0 and \
+                            ctypes.get_errno() != errno.EPERM:
+                        report(step, ctypes.get_errno())
+                        os._exit(125)
+                    # EPERM: a supervisor without CAP_SETPCAP (deploy/) cannot shrink the
+                    # bounding set; the sets below are still cleared, and no_new_privs keeps
+                    # an exec from regaining anything
+                if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
             if uid is not None or gid is not None or groups is not None:
                 if groups is not None or uid is not None:
                     os.setgroups(groups if groups is not None else ([gid] if gid is not None
@@ -325,6 +383,17 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                     os._exit(125)
                 if os.getppid() != parent:
                     os._exit(125)
+            if cap_bits and am_root and os.geteuid() == 0:  # still root: drop them for good
+                if libc.syscall(SYS_CAPGET, cap_hdr, cap_data) != 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
+                words = list(struct.unpack("6I", cap_data.raw))
+                for i in range(6):
+                    words[i] &= cap_mask[i // 3]
+                ctypes.memmove(cap_data, struct.pack("6I", *words), 24)
+                if libc.syscall(SYS_CAPSET, cap_hdr, cap_data) != 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
             if new_session:
                 os.setsid()
             step = S_SIGNALS
@@ -336,8 +405,11 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                     libc.signal(s, None)  # SIG_DFL
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
             step = S_CLOSE
-            os.closerange(3, cfd)
-            os.closerange(cfd + 1, 0x7FFFFFFF)
+            lo = 3
+            for keep in sorted({cfd, *ll_fds}):
+                os.closerange(lo, keep)
+                lo = keep + 1
+            os.closerange(lo, 0x7FFFFFFF)
             step = S_NNP
             # The run's top-level process is the subreaper of its tree: orphans stay in the
             # run's session, so no process group of the tree becomes orphaned while a member
@@ -347,6 +419,12 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
                     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 report(step, ctypes.get_errno())
                 os._exit(125)
+            step = S_LANDLOCK
+            for lfd_, lflags in landlock:
+                if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, lfd_, lflags) != 0:
+                    report(step, ctypes.get_errno())
+                    os._exit(125)
+                os.close(lfd_)
             step = S_SECCOMP
             for _ebuf, eprog in extras:
                 if libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0,
@@ -380,11 +458,11 @@ def spawn(argv: list[str], *, executable: str, env: dict[str, str], cwd: str,
 
     # ---- the parent -------------------------------------------------------------------------
     del buf, prog
-    return _parent(pid, psock, csock, cg_fd, argv, notify)
+    return _parent(pid, psock, csock, cg_fd, argv, notify, landlock=bool(landlock))
 
 
 def _parent(pid: int, psock: socket.socket, csock: socket.socket, cg_fd: int, argv: list[str],
-            notify: bool, launcher: bool = False) -> Child:
+            notify: bool, launcher: bool = False, landlock: bool = False) -> Child:
     csock.close()
     if cg_fd >= 0:
         os.close(cg_fd)
@@ -396,21 +474,22 @@ def _parent(pid: int, psock: socket.socket, csock: socket.socket, cg_fd: int, ar
         psock.close()
         _reap(pid)
         raise RunnerError(f"pidfd_open failed: {e.strerror}", hint="needs Linux >= 5.3") from e
-    child = Child(pid=pid, pidfd=pidfd, listener_fd=None, argv=list(argv), _sock=psock)
+    child = Child(pid=pid, pidfd=pidfd, listener_fd=None, argv=list(argv), _sock=psock,
+                  landlock=landlock)
     try:
         first, lfd = _recv(psock, pidfd, pid)
         if first is None:
             raise RunnerError("the sandboxed child died before it was ready",
                               hint="run `glassbreak doctor`; the kernel may lack a feature")
         if first[0] != OK:
-            raise _error(first[0], first[1], argv)
+            raise _error(first[0], first[1], argv, landlock)
         child.listener_fd = lfd
         if notify and lfd is None:
             raise RunnerError("the child did not pass its seccomp listener", hint="internal error")
         if not notify:  # nothing waits on us: the exec result comes now (EOF = exec'd)
             nxt, _ = _recv(psock, pidfd, pid)
             if nxt is not None and nxt[0] != OK:
-                raise _error(nxt[0], nxt[1], argv)
+                raise _error(nxt[0], nxt[1], argv, landlock)
         return child
     except BaseException:
         child.send_signal(signal.SIGKILL)
@@ -465,13 +544,15 @@ def _spawn_launcher(launcher: str, *, parent: int, notify: bool, new_session: bo
                     uid: int | None, gid: int | None, groups: list[int] | None, cwd_b: bytes,
                     exe_b: bytes, argv_b: list[bytes], env_b: dict[bytes, bytes],
                     filters: list[bytes], stdio: tuple[int, int, int], csock: int,
-                    cg_fd: int) -> int:
+                    cg_fd: int, landlock: tuple[tuple[int, int], ...] = (),
+                    drop_caps: int = 0) -> int:
     """posix_spawn (vfork) the launcher with the spec in a sealed memfd; see
     native/glassbreak_launch.c for the fd layout and the spec format."""
-    fields = [b"GBL1", b"%d" % parent, b"1" if notify else b"0", b"1" if new_session else b"0",
+    fields = [b"GBL2", b"%d" % parent, b"1" if notify else b"0", b"1" if new_session else b"0",
               b"" if uid is None else b"%d" % uid, b"" if gid is None else b"%d" % gid,
-              b"-" if groups is None else b",".join(b"%d" % g for g in groups), cwd_b, exe_b,
-              b"%d" % len(argv_b), *argv_b, b"%d" % len(env_b),
+              b"-" if groups is None else b",".join(b"%d" % g for g in groups),
+              b"%d" % drop_caps, b"%d" % len(landlock), *(b"%d" % f for _, f in landlock),
+              cwd_b, exe_b, b"%d" % len(argv_b), *argv_b, b"%d" % len(env_b),
               *(k + b"=" + v for k, v in env_b.items()), b"%d" % len(filters)]
     if any(b"\0" in f for f in fields):
         raise RunnerError("the command, its environment or cwd contains a NUL byte",
@@ -483,11 +564,15 @@ def _spawn_launcher(launcher: str, *, parent: int, notify: bool, new_session: bo
         _write_all(mfd, spec)
         fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW |
                     fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-        # every source above the targets 0-5, so the dup2 actions cannot clobber each other
-        srcs = [*stdio, csock, mfd] + ([cg_fd] if cg_fd >= 0 else [])
-        for fd in srcs:
-            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
-        actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(high)]
+        # every source above the targets 0-5 and the rulesets' 6, 7, ..., so the dup2 actions
+        # cannot clobber each other
+        srcs = [(fd, i) for i, fd in enumerate([*stdio, csock, mfd])]
+        srcs += [(cg_fd, 5)] if cg_fd >= 0 else []
+        srcs += [(fd, LANDLOCK_FD + i) for i, (fd, _) in enumerate(landlock)]
+        actions = []
+        for fd, target in srcs:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 16))
+            actions.append((os.POSIX_SPAWN_DUP2, high[-1], target))
         return os.posix_spawn(launcher, [launcher], {}, file_actions=actions)
     finally:
         for fd in (*high, mfd):

@@ -7,18 +7,22 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   SECCOMP_RET_USER_NOTIF (only meaningful with a listener, i.e. exec_notify=True).
 - several rules naming the same syscall: the strictest action wins
   (kill_process > trap > errno > notify > log > allow). An unconditional rule covers every
-  argument, so a weaker unconditional rule never hides a stricter argument rule: glassbreak's own
-  guards then go into a second, stacked filter (CompiledFilter.extra; the kernel runs every
-  filter and takes the strictest answer); a profile's own conflicting pair is a ProfileError.
-- exec_notify: execve and execveat answer SECCOMP_RET_USER_NOTIF (the supervisor decides) unless
+  argument, so a weaker unconditional rule next to a stricter argument rule is a ProfileError.
+- `notify`: the supervisor answers (sandbox.run.execjudge): for a syscall other than an exec it
+  refuses it with EPERM and records a `blocked` event (layer seccomp, rule seccomp.<rule id>),
+  the way the base profile refuses chroot and pidfd_getfd. Without a listener (exec_notify=False)
+  a notify rule is plain errno:EPERM (refused, not recorded).
+- exec_notify: execve and execveat answer SECCOMP_RET_USER_NOTIF (the exec gate decides) unless
   the profile is stricter for them.
-- guard_sigcont: nothing inside the sandbox may send SIGCONT (it would release a process that the
-  eBPF tracer holds with SIGSTOP): kill/tkill/tgkill/rt_sigqueueinfo/rt_tgsigqueueinfo/
-  pidfd_send_signal with SIGCONT, fcntl(F_SETSIG, SIGCONT), prctl(PR_SET_PDEATHSIG, SIGCONT),
-  prctl(PR_SET_CHILD_SUBREAPER, 0) (see sandbox.kernel.child: the kernel SIGCONTs newly
-  orphaned process groups that have a stopped member) and clone() with SIGCONT as exit signal
-  all fail with EPERM; clone3 fails with ENOSYS (its flags are behind a pointer that seccomp
-  cannot read, so libc falls back to clone).
+- clone3 fails with ENOSYS (its flags are behind a pointer that seccomp cannot read, so libc falls
+  back to clone, whose flags are filtered).
+- guard_root (runs as uid 0): the file-attribute syscalls Landlock has no right for fail with
+  EPERM: chmod, chown, extended-attribute writes, and utime with explicit times (root in a
+  Landlock domain could otherwise chmod /etc/shadow, set security.capability on a system binary
+  or forge timestamps; setting the current time, `touch`, stays: the kernel allows that to any
+  writer). The ones newer than libseccomp (setxattrat, removexattrat, file_setattr) are added
+  by number. Where the profile has its own rules on one of them, the guard goes into a second,
+  stacked filter (CompiledFilter.extra: the kernel runs both and takes the stricter answer).
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -29,7 +33,6 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import os
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,31 +42,19 @@ from sandbox.errors import ProfileError
 if TYPE_CHECKING:
     from sandbox.policy.profile import ArgCondition, SeccompPolicy
 
-SIGCONT = int(signal.SIGCONT)
-F_SETSIG = 10
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-LOW32 = 0xFFFFFFFF
-
 RANK = {"allow": 0, "log": 1, "notify": 2, "errno": 3, "trap": 4, "kill_process": 5}
 OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
 
-# (syscall, [(arg index, mask, value), ...]): the call is refused when every condition holds.
-SIGCONT_GUARDS: tuple[tuple[str, tuple[tuple[int, int, int], ...]], ...] = (
-    ("kill", ((1, LOW32, SIGCONT),)),
-    ("tkill", ((1, LOW32, SIGCONT),)),
-    ("tgkill", ((2, LOW32, SIGCONT),)),
-    ("rt_sigqueueinfo", ((1, LOW32, SIGCONT),)),
-    ("rt_tgsigqueueinfo", ((2, LOW32, SIGCONT),)),
-    ("pidfd_send_signal", ((1, LOW32, SIGCONT),)),
-    ("fcntl", ((1, LOW32, F_SETSIG), (2, LOW32, SIGCONT))),
-    ("prctl", ((0, LOW32, PR_SET_PDEATHSIG), (1, LOW32, SIGCONT))),
-    # the run's top-level process is a child subreaper (sandbox.kernel.child): clearing it
-    # would let a process group with a held (stopped) member become orphaned, and the kernel
-    # SIGCONTs those
-    ("prctl", ((0, LOW32, PR_SET_CHILD_SUBREAPER), (1, LOW32, 0))),
-    ("clone", ((0, 0xFF, SIGCONT),)),
-)
+
+ROOT_GUARDS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown",
+               "fchownat", "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr",
+               "lremovexattr", "fremovexattr", "removexattrat", "file_setattr")
+# utime family: refused when the times argument (index) is not NULL (NULL = now, like touch)
+ROOT_TIME_GUARDS = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}
+# the generic syscall table (x86_64 and aarch64 share numbers from 424 on)
+ROOT_GUARD_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+ROOT_GUARD_REASON = "root in a run may not change modes, owners, extended attributes or times " \
+    "(Landlock has no right for them)"
 
 
 @dataclass(frozen=True)
@@ -73,7 +64,7 @@ class SyscallRule:
     syscall: str
     action: str
     condition: str = ""
-    source: str = "profile"  # profile | exec-gate | sigcont-guard | clone3
+    source: str = "profile"  # the profile rule id | exec-gate | clone3
     reason: str | None = None
 
 
@@ -83,8 +74,7 @@ class CompiledFilter:
     notify: bool
     default_action: str
     syscalls: tuple[SyscallRule, ...] = field(default_factory=tuple)
-    # filters stacked under the main one (loaded first): glassbreak's guards where a profile's
-    # unconditional rule on the same syscall would hide them in one libseccomp filter
+    # filters stacked under the main one (loaded first); none today (the child still loads them)
     extra: tuple[bytes, ...] = ()
     _build: Any = field(default=None, repr=False, compare=False)
 
@@ -213,7 +203,6 @@ class _Cond:
     text: str
     source: str
     reason: str | None
-    guard: tuple[tuple[int, int, int], ...] | None = None
 
 
 def _cond_text(conds: list[ArgCondition]) -> str:
@@ -227,14 +216,15 @@ def _cond_text(conds: list[ArgCondition]) -> str:
 
 
 def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
-                   guard_sigcont: bool = True) -> CompiledFilter:
+                   guard_root: bool = False) -> CompiledFilter:
     """SeccompPolicy -> CompiledFilter (raw BPF for the native arch). Pure apart from libseccomp."""
     sc = _lib()
-    dkey, dval = _action(policy.defaultAction, sc)
+    dkey, dval = _action(_listened(policy.defaultAction, exec_notify), sc)
     uncond: dict[str, tuple[str, int, str, str, str | None]] = {}
     conds: dict[str, list[_Cond]] = {}
 
     def put_uncond(name: str, text: str, source: str, reason: str | None) -> None:
+        text = _listened(text, exec_notify)
         key, val = _action(text, sc)
         cur = uncond.get(name)
         if cur is None or RANK[key] > RANK[cur[0]]:
@@ -247,27 +237,41 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
             if not rule.args:
                 put_uncond(name, rule.action, rule.id or "profile", rule.reason)
                 continue
-            key, val = _action(rule.action, sc)
+            action = _listened(rule.action, exec_notify)
+            key, val = _action(action, sc)
             args = [sc.Arg(c.arg, OPS[c.op], c.value & 0xFFFFFFFFFFFFFFFF,
                            (c.mask or 0) & 0xFFFFFFFFFFFFFFFF) if c.op != "masked_eq"
                     else sc.Arg(c.arg, OPS[c.op], c.mask & 0xFFFFFFFFFFFFFFFF,  # type: ignore[operator]
                                 c.value & 0xFFFFFFFFFFFFFFFF)
                     for c in rule.args]
             conds.setdefault(name, []).append(
-                _Cond(key, val, rule.action, args, _cond_text(rule.args), rule.id or "profile",
+                _Cond(key, val, action, args, _cond_text(rule.args), rule.id or "profile",
                       rule.reason))
     if exec_notify:
         for name in ("execve", "execveat"):
             put_uncond(name, "notify", "exec-gate", "every exec is checked by the supervisor")
-    if guard_sigcont:
-        for name, guard in SIGCONT_GUARDS:
-            text = " and ".join(
-                f"arg{a} == {v}" if m == LOW32 else f"arg{a} & {m:#x} == {v}" for a, m, v in guard)
-            conds.setdefault(name, []).append(_Cond(
-                "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM",
-                [sc.Arg(a, sc.MASKED_EQ, m, v) for a, m, v in guard], text, "sigcont-guard",
-                "nothing in the sandbox may continue a process held by the exec tracer",
-                guard=guard))
+    by_number: list[tuple[str, int]] = []
+    # root guards on syscalls the profile has its own rules for: a second, stacked filter
+    stacked: list[tuple[str, list[Any], str]] = []
+    if guard_root:
+        for name in ROOT_GUARDS:
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                if name in ROOT_GUARD_NUMBERS:
+                    by_number.append((name, ROOT_GUARD_NUMBERS[name]))
+            elif name in conds:
+                stacked.append((name, [], ""))
+            else:
+                put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
+        for name, idx in ROOT_TIME_GUARDS.items():
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                continue
+            args, text = [sc.Arg(idx, sc.NE, 0, 0)], f"arg{idx} != NULL (explicit times)"
+            if name in conds or name in uncond:
+                stacked.append((name, args, text))
+            else:
+                conds.setdefault(name, []).append(_Cond(
+                    "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM", args, text, "root-guard",
+                    ROOT_GUARD_REASON))
     # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
     # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
     # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.
@@ -276,10 +280,7 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
         uncond["clone3"] = ("errno", sc.ERRNO(_errno.ENOSYS), "errno:ENOSYS", "clone3",
                             "clone3 flags cannot be filtered; libc falls back to clone")
 
-    guard_rows: list[tuple[str, _Cond]] = []
-
     def build() -> tuple[Any, list[SyscallRule]]:
-        guard_rows.clear()
         flt = sc.SyscallFilter(dval)
         flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
         rows: list[SyscallRule] = []
@@ -303,19 +304,13 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                     rows.append(SyscallRule(name, utext, "", usrc, ureason))
                     continue
                 for c in stricter:
-                    if ukey != dkey and c.guard is None:
+                    if ukey != dkey:
                         raise ProfileError(
                             f"seccomp rules for {name} conflict: the unconditional action "
                             f"{utext} would hide the stricter {c.label} when {c.text}",
                             hint="drop the unconditional rule or make it the default action")
                     rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
-                    if ukey == dkey:
-                        add(c.value, name, *c.args)
-                    else:
-                        # libseccomp would let the unconditional rule below hide this argument
-                        # rule; the kernel runs every stacked filter and takes the strictest
-                        # answer, so glassbreak's guard goes into a second filter instead
-                        guard_rows.append((name, c))
+                    add(c.value, name, *c.args)
                 if ukey != dkey:
                     add(uval, name)
                 rows.append(SyscallRule(name, utext, "otherwise", usrc, ureason))
@@ -325,20 +320,29 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                     continue
                 add(c.value, name, *c.args)
                 rows.append(SyscallRule(name, c.label, c.text, c.source, c.reason))
+        if RANK[dkey] < RANK["errno"]:
+            for name, nr in by_number:
+                flt.add_rule(sc.ERRNO(_errno.EPERM), nr)
+                rows.append(SyscallRule(name, "errno:EPERM", "", "root-guard", ROOT_GUARD_REASON))
         return flt, rows
 
     flt, rows = build()
     bpf = _export(flt, pfc=False)
     extra: tuple[bytes, ...] = ()
-    if guard_rows:
+    if stacked:
         gflt = sc.SyscallFilter(sc.ALLOW)
         gflt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
-        for name, c in guard_rows:
-            gflt.add_rule(c.value, name, *c.args)
+        for name, args, text in stacked:
+            gflt.add_rule(sc.ERRNO(_errno.EPERM), name, *args)
+            rows.append(SyscallRule(name, "errno:EPERM", text, "root-guard", ROOT_GUARD_REASON))
         extra = (_export(gflt, pfc=False),)
     return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
-                          extra=extra,
-                          syscalls=tuple(rows), _build=lambda: build()[0])
+                          extra=extra, syscalls=tuple(rows), _build=lambda: build()[0])
+
+
+def _listened(action: str, listener: bool) -> str:
+    """`notify` needs the supervisor's listener; without one it is a plain refusal."""
+    return action if listener or action != "notify" else "errno:EPERM"
 
 
 def _export(flt: Any, *, pfc: bool) -> bytes:

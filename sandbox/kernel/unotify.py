@@ -6,8 +6,9 @@ The kernel side (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER):
   the listener fd closes (then the kernel fails the syscall with ENOSYS);
 - the receive buffer must be zeroed before every SECCOMP_IOCTL_NOTIF_RECV (else EINVAL);
 - strings read from the caller's memory are racy (another thread can rewrite them after we read
-  them): check NOTIF_ID_VALID after reading, and never make CONTINUE the only check (the eBPF hold
-  at sched_process_exec verifies the image that really runs).
+  them): check NOTIF_ID_VALID after reading, and never make CONTINUE the only check (the
+  in-kernel verification at sched_process_exec compares the image and the argv the kernel really
+  copied with what was judged, and kills a difference before the first instruction).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import os
-import re
-import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
+from itertools import accumulate, repeat
+from operator import add
 
 # ioctls (include/uapi/linux/seccomp.h, x86_64 / aarch64 share the generic encoding)
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
@@ -35,9 +37,6 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 
 PATH_MAX = 4096
-MAX_ARGS = 4096  # argv (and envp) entries read at most
-MAX_ARG_BYTES = 1 << 20  # total bytes of argv strings read at most
-MAX_ENV_BYTES = 1 << 20
 PAGE = 4096
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -171,122 +170,200 @@ class Listener:
 
 # -- reading the caller's memory --------------------------------------------------------------
 
+# The kernel's own limits on what an exec may pass (fs/exec.c, include/uapi/linux/binfmts.h):
+# each string at most MAX_ARG_STRLEN bytes with its NUL, and all argv + envp strings plus their
+# pointers within 3/4 of _STK_LIM (less when RLIMIT_STACK is smaller: the kernel then refuses
+# with E2BIG itself). There is no limit on the number of entries beyond that.
+MAX_ARG_STRLEN = 32 * 4096
+ARG_MAX_KERNEL = 6 << 20
+
 
 class TooLarge(Exception):
-    """argv/envp beyond the sane bounds: the exec is denied (rule exec.argv-too-large)."""
+    """More than the kernel accepts: the exec would fail with E2BIG (the gate says so)."""
 
 
 class MemReader:
-    """pread over /proc/PID/mem, one page at a time, pages cached for this one notification
-    (argv and envp strings and their pointer arrays usually share a few pages)."""
+    """pread over /proc/PID/mem in blocks of up to 64 KiB starting at the page of the address
+    asked for (argv and envp strings and their pointer arrays are contiguous on the caller's
+    stack, usually), cached for one notification; a block that runs into an unmapped page ends
+    there."""
+
+    BLOCK = 1 << 16
 
     def __init__(self, pid: int) -> None:
         self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        self._pages: dict[int, bytes] = {}
+        self._blocks: dict[int, bytes] = {}
+        self._last = (0, b"")
 
     def close(self) -> None:
         os.close(self.fd)
 
-    def _page(self, base: int) -> bytes:
-        data = self._pages.get(base)
-        if data is None:
+    def _block(self, addr: int) -> tuple[int, bytes]:
+        """(base, bytes) of a cached block that holds addr."""
+        base, data = self._last
+        if base <= addr < base + len(data):
+            return base, data
+        base = addr - addr % PAGE
+        data = self._blocks.get(base, b"")
+        if not data:
             try:
-                data = os.pread(self.fd, PAGE, base)
+                data = os.pread(self.fd, self.BLOCK, base)
             except OSError:
                 data = b""
+            if not data:  # the block runs into an unmapped page: up to it, page by page
+                parts: list[bytes] = []
+                for off in range(0, self.BLOCK, PAGE):
+                    try:
+                        p = os.pread(self.fd, PAGE, base + off)
+                    except OSError:
+                        break
+                    if not p:
+                        break
+                    parts.append(p)
+                data = b"".join(parts)
             if not data:
-                raise OSError(errno_mod.EFAULT, f"cannot read the caller's memory at {base:#x}")
-            if len(self._pages) > 512:
-                self._pages.clear()
-            self._pages[base] = data
-        return data
+                raise OSError(errno_mod.EFAULT, f"cannot read the caller's memory at {addr:#x}")
+            if len(self._blocks) >= 256:  # 16 MiB: more than the kernel's own limit
+                self._blocks.clear()
+            self._blocks[base] = data
+        self._last = (base, data)
+        return base, data
 
-    def cstring(self, addr: int, limit: int = PATH_MAX) -> bytes:
+    def read(self, addr: int, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            base, blk = self._block(addr)
+            piece = blk[addr - base: addr - base + n - len(out)]
+            out += piece
+            addr += len(piece)
+        return bytes(out)
+
+    def cstring(self, addr: int, limit: int = MAX_ARG_STRLEN) -> bytes:
+        """The NUL-terminated string at addr, without its NUL (at most limit - 1 bytes)."""
         if addr == 0:
             raise OSError(errno_mod.EFAULT, "NULL string pointer")
-        out = b""
+        base, blk = self._block(addr)
+        off = addr - base
+        end = blk.find(b"\0", off, off + limit)
+        if end >= 0:
+            return blk[off:end]
+        out = bytearray(blk[off:off + limit])
+        addr = base + len(blk)
         while len(out) < limit:
-            base = addr - addr % PAGE
-            data = self._page(base)
-            off = addr - base
-            end = data.find(b"\0", off)
+            base, blk = self._block(addr)
+            end = blk.find(b"\0", 0, limit - len(out))
             if end >= 0:
-                out += data[off:end]
-                if len(out) > limit:
-                    break
-                return out
-            out += data[off:]
-            addr = base + len(data)
-        raise TooLarge(f"a string longer than {limit} bytes")
+                return bytes(out + blk[:end])
+            out += blk[: limit - len(out)]
+            addr = base + len(blk)
+        raise TooLarge(f"a string longer than {limit - 1} bytes (MAX_ARG_STRLEN)")
 
     def pointers(self, addr: int, max_n: int) -> list[int]:
-        """A NULL-terminated array of 8-byte pointers (without the NULL)."""
+        """A NULL-terminated array of 8-byte pointers (without the NULL); more than max_n
+        entries raises TooLarge."""
         out: list[int] = []
         while True:
-            base = addr - addr % PAGE
-            data = self._page(base)
-            off = addr - base
-            n = (len(data) - off) // 8
-            if n <= 0:  # a pointer straddling pages
-                out.append(int.from_bytes(self.read(addr, 8), "little"))
-                n, chunk = 1, out[-1:]
+            if addr % 8 == 0:
+                base, blk = self._block(addr)
+                off = addr - base
+                n = (len(blk) - off) // 8
+                chunk = list(struct.unpack_from(f"<{n}Q", blk, off)) if n > 0 else []
             else:
-                chunk = list(struct.unpack_from(f"<{n}Q", data, off))
-                out.extend(chunk)
-            if 0 in chunk:
-                return out[: out.index(0)]
+                n = 0
+                chunk = []
+            if n <= 0:  # unaligned, or a pointer straddling blocks
+                n, chunk = 1, [int.from_bytes(self.read(addr, 8), "little")]
+            try:
+                end = chunk.index(0)
+            except ValueError:
+                end = -1
+            if end >= 0:
+                out.extend(chunk[:end])
+                return out
+            out.extend(chunk)
             if len(out) > max_n:
                 raise TooLarge(f"more than {max_n} entries")
             addr += 8 * n
 
-    def read(self, addr: int, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            base = addr - addr % PAGE
-            piece = self._page(base)[addr - base : addr - base + n - len(out)]
-            out += piece
-            addr += len(piece)
-        return out
-
-    def string_array(self, addr: int, max_n: int, max_bytes: int) -> list[bytes]:
-        """A NULL-terminated char*[] (argv/envp). NULL pointer -> []."""
+    def string_array(self, addr: int, budget: list[int]) -> list[bytes]:
+        """A NULL-terminated char*[] (argv/envp). NULL pointer -> []. `budget` ([bytes left])
+        is shared by argv and envp: strings with their NULs and the pointers count against
+        the kernel's own limit."""
         if addr == 0:
             return []
-        out: list[bytes] = []
-        total = 0
-        for ptr in self.pointers(addr, max_n):
-            s = self.cstring(ptr, limit=min(max_bytes - total, 128 * 1024) + 1)
-            total += len(s) + 1
-            if total > max_bytes:
-                raise TooLarge(f"more than {max_bytes} bytes")
+        ptrs = self.pointers(addr, budget[0] // 8)
+        budget[0] -= 8 * len(ptrs)
+        out = self._contiguous(ptrs, budget[0])
+        if out is not None:
+            budget[0] -= ptrs[-1] - ptrs[0] + len(out[-1]) + 1  # the region, NULs included
+            return out
+        out = []
+        for ptr in ptrs:
+            s = self.cstring(ptr)
+            budget[0] -= len(s) + 1
+            if budget[0] < 0:
+                raise TooLarge(f"argv and envp larger than the kernel's {ARG_MAX_KERNEL} bytes")
             out.append(s)
         return out
+
+    def _contiguous(self, ptrs: list[int], budget: int) -> list[bytes] | None:
+        """The strings, when they lie back to back in ascending order (xargs, execv from a
+        built argv): one read of the region and one split instead of a read per string. None
+        when they do not (then each is read on its own)."""
+        if len(ptrs) < 64:
+            return None
+        first, last = ptrs[0], ptrs[-1]
+        if last < first or last - first > budget:
+            return None  # (a region larger than the budget: read one by one, to say why)
+        try:
+            head = self.read(first, last - first)
+            tail = self.cstring(last)
+        except (OSError, TooLarge):
+            return None
+        parts = head.split(b"\0")
+        if len(parts) != len(ptrs) or parts[-1] != b"":
+            return None
+        parts[-1] = tail
+        # where each string starts if they are back to back (C-level iteration only)
+        starts = list(accumulate(map(add, map(len, parts[:-1]), repeat(1)), initial=first))
+        if starts != ptrs:
+            return None
+        if len(head) + len(tail) >= MAX_ARG_STRLEN and max(map(len, parts)) >= MAX_ARG_STRLEN:
+            return None  # one string too long: read one by one, to say which
+        if len(head) + len(tail) + 1 > budget:
+            raise TooLarge(f"argv and envp larger than the kernel's {ARG_MAX_KERNEL} bytes")
+        return parts
 
 
 # -- what an exec asks for --------------------------------------------------------------------
 
 
-_FD_PATH = re.compile(r"^/proc/\d+(?:/task/\d+)?/fd/\d+$")
-_PROC_SELF = re.compile(r"^/proc/(self|thread-self)(?=/|$)")
-
-
 @dataclass
 class ExecRequest:
-    """An execve/execveat as the caller asked for it (strings decoded with surrogateescape)."""
+    """An execve/execveat as the caller asked for it (bytes, exactly as in its memory)."""
 
-    pid: int
+    pid: int  # the calling thread
     syscall: str  # execve | execveat
-    path: str  # as given
-    argv: list[str]
-    envp: list[str]
-    binary: str | None  # resolved absolute path (symlinks followed), None if fileless
-    cwd: str | None
-    abspath: str | None = None  # the path made absolute (cwd / dirfd), symlinks kept
-    fileless: str | None = None  # why this is a fileless / fd exec (memfd, AT_EMPTY_PATH, ...)
-    fd_target: str | None = None  # what the fd points to (readlink), for the message
+    dirfd: int
+    path: bytes
+    argv: list[bytes]
+    envp: list[bytes]
+    flags: int = 0
+    cwd: str | None = None  # the caller's cwd in our view (readlink), for messages
     error: str | None = None  # could not be read: the reason (the exec is then refused)
-    too_large: bool = False
-    env_names: set[str] = field(default_factory=set)
+    too_large: bool = False  # more than the kernel accepts: E2BIG
+
+    @cached_property
+    def argv_str(self) -> list[str]:
+        return [_dec(a) for a in self.argv]
+
+    @cached_property
+    def envp_str(self) -> list[str]:
+        return [_dec(e) for e in self.envp]
+
+    @property
+    def path_str(self) -> str:
+        return _dec(self.path)
 
 
 def _dec(b: bytes) -> str:
@@ -300,105 +377,64 @@ def _readlink(p: str) -> str | None:
         return None
 
 
-def resolve_path(pid: int, path: str, base: str | None) -> tuple[str | None, str | None]:
-    """Resolve `path` as process `pid` sees it -> (absolute real path, fd target if the path
-    goes through a /proc/.../fd/N or /dev/fd/N magic link). /proc/self means `pid`, not us."""
-    if not path.startswith("/"):
-        if base is None:
-            return None, None
-        path = base.rstrip("/") + "/" + path
-    seen = 0
-    parts = [p for p in path.split("/") if p]
-    done = ""
-    while parts:
-        comp = parts.pop(0)
-        if comp == ".":
-            continue
-        if comp == "..":
-            done = done.rsplit("/", 1)[0]
-            continue
-        cand = done + "/" + comp
-        m = _PROC_SELF.match(cand)
-        if m:
-            cand = f"/proc/{pid}"
-        if _FD_PATH.match(cand):
-            return None, _readlink(cand) or "?"
-        try:
-            st = os.lstat(cand)
-        except OSError:
-            done = cand
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            seen += 1
-            if seen > 40:
-                return None, None
-            link = os.readlink(cand)
-            if link.startswith("/"):
-                done = ""
-            parts = [p for p in link.split("/") if p] + parts
-            continue
-        done = cand
-    return done or "/", None
-
-
-def read_exec(listener: Listener, n: Notif) -> ExecRequest:
-    """Read path, argv and envp of an execve/execveat notification from /proc/PID/mem."""
+def read_exec(listener: Listener, n: Notif, *, args: bool = True) -> ExecRequest:
+    """Read path, argv and envp of an execve/execveat notification from /proc/PID/mem.
+    args=False reads the path only (read_args() reads the rest): the kernel opens the file
+    before it looks at argv (alloc_bprm, Linux >= 6.7), so an exec of a missing path (every
+    PATH entry execvp tries) is answered without reading megabytes of argv."""
     names = SYSCALLS.get(n.arch)
     is_at = names is not None and n.nr == names[1]
-    req = ExecRequest(pid=n.pid, syscall="execveat" if is_at else "execve", path="", argv=[],
-                      envp=[], binary=None, cwd=None)
+    req = ExecRequest(pid=n.pid, syscall="execveat" if is_at else "execve", dirfd=AT_FDCWD,
+                      path=b"", argv=[], envp=[])
     if names is None or n.nr not in names[:2]:
         req.error = f"unexpected syscall nr {n.nr} arch {n.arch:#x} at the exec gate"
         return req
     a = n.args
-    path_p, argv_p, envp_p = (a[1], a[2], a[3]) if is_at else (a[0], a[1], a[2])
+    path_p = a[1] if is_at else a[0]
+    if is_at:
+        req.dirfd = ctypes.c_int32(a[0] & 0xFFFFFFFF).value
+        req.flags = a[4] & 0xFFFFFFFF
+    req.cwd = _readlink(f"/proc/{n.pid}/cwd")
     try:
         mem = MemReader(n.pid)
     except OSError as e:
         req.error = f"cannot open /proc/{n.pid}/mem: {e.strerror}"
         return req
     try:
-        req.path = _dec(mem.cstring(path_p, PATH_MAX)) if path_p else ""
-        req.argv = [_dec(s) for s in mem.string_array(argv_p, MAX_ARGS, MAX_ARG_BYTES)]
-        req.envp = [_dec(s) for s in mem.string_array(envp_p, MAX_ARGS, MAX_ENV_BYTES)]
+        req.path = mem.cstring(path_p, PATH_MAX) if path_p else b""
+        if args:
+            _read_args(req, n, mem)
     except TooLarge as e:
         req.too_large = True
-        req.error = f"argv/envp too large: {e}"
+        req.error = str(e)
     except OSError as e:
         req.error = f"cannot read the exec arguments: {e.strerror or e}"
     finally:
         mem.close()
-    req.env_names = {e.split("=", 1)[0] for e in req.envp}
-    req.cwd = _readlink(f"/proc/{n.pid}/cwd")
-    if req.error:
-        return req
-    base = req.cwd
-    if is_at:
-        dirfd = ctypes.c_int32(a[0] & 0xFFFFFFFF).value
-        flags = a[4]
-        if dirfd != AT_FDCWD:
-            base = _readlink(f"/proc/{n.pid}/fd/{dirfd}")
-            if flags & AT_EMPTY_PATH and req.path == "":
-                req.fileless = "execveat(fd, \"\", AT_EMPTY_PATH)"
-                req.fd_target = base or "?"
-                return req
-            if base is None or not base.startswith("/") or base.endswith(" (deleted)"):
-                req.fileless = f"execveat relative to fd {dirfd}"
-                req.fd_target = base or "?"
-                return req
-    binary, fd_target = resolve_path(n.pid, req.path, base)
-    if fd_target is not None:
-        req.fileless = f"exec through a file descriptor ({req.path})"
-        req.fd_target = fd_target
-        return req
-    if binary is None:
-        req.error = f"cannot resolve the exec path {req.path!r} (cwd {req.cwd!r})"
-        return req
-    if binary.startswith("/memfd:") or binary.endswith(" (deleted)"):
-        req.fileless = f"exec of an unlinked or anonymous file ({req.path})"
-        req.fd_target = binary or "?"
-        return req
-    req.binary = binary
-    req.abspath = os.path.normpath(req.path if req.path.startswith("/") else
-                                   os.path.join(base or "/", req.path))
     return req
+
+
+def read_args(req: ExecRequest, n: Notif) -> None:
+    """The argv and envp of a request read with args=False (req.error / too_large on failure)."""
+    try:
+        mem = MemReader(n.pid)
+    except OSError as e:
+        req.error = f"cannot open /proc/{n.pid}/mem: {e.strerror}"
+        return
+    try:
+        _read_args(req, n, mem)
+    except TooLarge as e:
+        req.too_large = True
+        req.error = str(e)
+    except OSError as e:
+        req.error = f"cannot read the exec arguments: {e.strerror or e}"
+    finally:
+        mem.close()
+
+
+def _read_args(req: ExecRequest, n: Notif, mem: MemReader) -> None:
+    a = n.args
+    argv_p, envp_p = (a[2], a[3]) if req.syscall == "execveat" else (a[1], a[2])
+    budget = [ARG_MAX_KERNEL]
+    req.argv = mem.string_array(argv_p, budget)
+    req.envp = mem.string_array(envp_p, budget)

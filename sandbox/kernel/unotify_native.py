@@ -1,15 +1,17 @@
 """The native seccomp user-notification responder (native/gbresp.c, built by
-scripts/setup.sh into $VENV/lib/libgbresp.so; GLASSBREAK_NATIVE_LIB=PATH names another build),
-driven from Python.
+scripts/setup.sh into $VENV/lib/libgbresp.so with native/siphash.c; GLASSBREAK_NATIVE_LIB=PATH
+names another build), driven from Python.
 
 It runs in a thread of the supervisor (a ctypes call releases the GIL) and owns the RECV side of
 one run's listener. It answers CONTINUE itself only for a plain execve of a path in the run's
-fast-allow set (the same set the eBPF hold trusts) with argv/envp within bounds and no injection
-variable, and queues a record of it ('F', before answering) that `take()` collects without any
-wake-up per exec; everything else it forwards unchanged ('N' on `fileno()`, a SOCK_SEQPACKET
-socket) for Python to judge and answer on the same listener fd. When the library is missing,
-`load()` returns None and the exec gate does everything in Python (same decisions, slower).
-GLASSBREAK_NO_NATIVE=1 forces that.
+fast-allow set that names, in the caller's own root, the same file (device, inode, ctime) the
+entry was learned from, with argv/envp read completely and no injection variable; before it
+answers it writes the exec's expectation for the in-kernel verifier (`set_verify`). It queues a
+record of each such exec ('F', before answering) that `take()` collects without any wake-up per
+exec; everything else it forwards unchanged ('N' on `fileno()`, a SOCK_SEQPACKET socket) for
+Python to judge and answer on the same listener fd. When the library is missing, `load()`
+returns None and the exec gate does everything in Python (same decisions, slower; the SipHash
+falls back to sandbox.kernel.siphash's Python twin). GLASSBREAK_NO_NATIVE=1 forces that.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HDR = struct.Struct("<c3xIQII")  # type, pid, notification id, argc, errno
+IDENT = struct.Struct("<QQ")  # record F: st_dev, st_ino of the file it resolved
 DATA = struct.Struct("<iIQ6Q")  # seccomp_data: nr, arch, instruction pointer, args
 _LIB: Any = None
 _TRIED = False
@@ -44,6 +47,9 @@ def load() -> Any:
         lib.gb_new.restype = ctypes.c_void_p
         lib.gb_set_allow.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
         lib.gb_set_allow.restype = ctypes.c_int
+        lib.gb_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
+                                      ctypes.c_uint64]
+        lib.gb_set_verify.restype = ctypes.c_int
         lib.gb_serve.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.gb_serve.restype = ctypes.c_int
         lib.gb_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -54,6 +60,9 @@ def load() -> Any:
         lib.gb_queue_size.restype = ctypes.c_size_t
         lib.gb_free.argtypes = [ctypes.c_void_p]
         lib.gb_free.restype = None
+        from sandbox.kernel.siphash import declare
+
+        declare(lib)
         _LIB = lib
     return _LIB
 
@@ -80,6 +89,7 @@ class Record:
     arch: int = 0
     args: tuple[int, ...] = ()
     err: int = 0
+    ident: tuple[int, int] = (0, 0)  # F: (st_dev, st_ino) of the file, in the caller's root
 
 
 def _dec(b: bytes) -> str:
@@ -91,9 +101,11 @@ def parse(msg: bytes) -> Record | None:
         return None
     kind_b, pid, nid, argc, err = HDR.unpack_from(msg)
     kind = kind_b.decode("ascii", "replace")
-    if kind == "F":
-        parts = msg[HDR.size:].split(b"\0")
-        return Record("F", pid, nid, _dec(parts[0]), tuple(_dec(p) for p in parts[1:1 + argc]))
+    if kind == "F" and len(msg) >= HDR.size + IDENT.size:
+        dev, ino = IDENT.unpack_from(msg, HDR.size)
+        parts = msg[HDR.size + IDENT.size:].split(b"\0")
+        return Record("F", pid, nid, _dec(parts[0]), tuple(_dec(p) for p in parts[1:1 + argc]),
+                      ident=(dev, ino))
     if kind == "N" and len(msg) >= HDR.size + DATA.size:
         nr, arch, _ip, *args = DATA.unpack_from(msg, HDR.size)
         return Record("N", pid, nid, nr=nr, arch=arch, args=tuple(args))
@@ -125,10 +137,18 @@ class Responder:
     def fileno(self) -> int:
         return self._py.fileno()
 
-    def set_allow(self, paths: Any) -> None:
-        blob = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in sorted(paths))
+    def set_allow(self, entries: Any) -> None:
+        """The fast-allow set: (path, st_dev, st_ino, st_ctime_ns) per entry."""
+        blob = b"".join(f"{dev} {ino} {ctime} ".encode() + p.encode("utf-8", "surrogateescape")
+                        + b"\0" for p, dev, ino, ctime in sorted(entries))
         if self._h:
             self._lib.gb_set_allow(self._h, blob, len(blob))
+
+    def set_verify(self, map_fd: int, key: bytes, cgroup_id: int) -> None:
+        """The in-kernel verifier's expectation map and key: without them nothing is
+        continued natively."""
+        if self._h:
+            self._lib.gb_set_verify(self._h, map_fd, key, cgroup_id)
 
     def take(self) -> list[Record]:
         """The execs continued natively since the last take ('F' records, in order)."""

@@ -6,9 +6,9 @@ Order of evaluation for `argv` under a resolved profile:
    run directly judges argv[1:] instead (any loader option blocks: `loader.option`); a multi-call
    binary (busybox) judges its applet as the program it names (see sandbox.policy.resolve);
 1. `exec.deny` patterns -> deny (matched against the path as found AND the realpath);
-2. the safeBins rules that apply to the binary (by path, name in a trusted dir, or content hash;
-   see sandbox.policy.resolve) -> the strictest violation blocks or denies; a ruled binary
-   that passes its rule is allowed without an exec.allow entry;
+2. the safeBins rules that apply to the binary (by path, name in a trusted dir judged by the
+   symlink's target, or content hash; see sandbox.policy.resolve) -> the strictest violation
+   blocks or denies; a ruled binary that passes its rule is allowed without an exec.allow entry;
 3. `exec.block` patterns -> block;
 4. `exec.allow` patterns -> allow (matched against the realpath; exact entries are compared after
    realpath, so "/bin/sh" also allows /usr/bin/dash when it points there);
@@ -16,17 +16,20 @@ Order of evaluation for `argv` under a resolved profile:
 
 Patterns are fnmatch globs over absolute paths (the directory part of a pattern is also tried
 after realpath, so "/bin/*grep" matches /usr/bin/grep), or bare names matched against the
-binary's name (for exec.allow only when the binary lies in a trusted directory).
+binary's name. exec.deny and exec.block match every name (the path's as found, the target's);
+exec.allow matches only a binary whose real path lies in a trusted directory, by the target's
+name, or by the symlink's name when the symlink lies in a trusted directory too (a symlink
+named `cat` in /tmp pointing to /usr/bin/rm is rm).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sandbox.errors import CommandNotFound
-from sandbox.policy.argv import Violation, parse
+from sandbox.policy.argv import DIALECT_NAMES, Violation, parse
 from sandbox.policy.decision import Decision, Verdict
 from sandbox.policy.profile import ResolvedProfile
 from sandbox.policy.resolve import (
@@ -57,8 +60,9 @@ class _Subject:
 
     deny_paths: tuple[str, ...]
     allow_paths: tuple[str, ...]
-    names: tuple[str, ...]
-    trusted: bool
+    names: tuple[str, ...]  # every name it goes by (exec.deny / exec.block)
+    allow_names: tuple[str, ...]  # the names a bare exec.allow entry may match
+    trusted: bool  # its real path lies in a trusted directory
     identities: tuple[Identity, ...]
     binary: str | None
     path_as_found: str | None
@@ -87,7 +91,7 @@ def _match_deny(pattern: str, s: _Subject) -> bool:
 
 def _match_allow(pattern: str, s: _Subject) -> bool:
     if "/" not in pattern:
-        return s.trusted and any(fnmatch_(n, pattern) for n in s.names)
+        return s.trusted and any(fnmatch_(n, pattern) for n in s.allow_names)
     if not _has_glob(pattern):
         return pattern in s.allow_paths or realpath_cached(pattern) in s.allow_paths
     return any(fnmatch_(p, v) for v in _variants(pattern) for p in s.allow_paths)
@@ -103,12 +107,14 @@ def _subject(profile: ResolvedProfile, prog: ResolvedProgram,
              extra_deny: tuple[str, ...] = ()) -> _Subject:
     dirs = profile.exec.trustedDirs
     ids = identify(tuple(profile.safeBins), dirs, prog)
+    ts = trusted_set(dirs)
+    found, real = prog.path_as_found.rpartition("/")[2], prog.realpath.rpartition("/")[2]
     return _Subject(
         deny_paths=(prog.path_as_found, prog.realpath, *extra_deny),
         allow_paths=(prog.realpath,),
-        names=(prog.path_as_found.rpartition("/")[2], prog.realpath.rpartition("/")[2]),
-        trusted=in_trusted_dir(prog.realpath, trusted_set(dirs))
-        or in_trusted_dir(prog.path_as_found, trusted_set(dirs)),
+        names=(found, real),
+        allow_names=(real, found) if in_trusted_dir(prog.path_as_found, ts) else (real,),
+        trusted=in_trusted_dir(prog.realpath, ts),  # judged by the target, never the link
         identities=tuple(ids), binary=prog.realpath, path_as_found=prog.path_as_found,
     )
 
@@ -126,7 +132,7 @@ def _virtual_subject(profile: ResolvedProfile, name: str, cwd: str, trusted_code
         ids = [Identity(i.key, i.how, False) for i in ids]
     return _Subject(
         deny_paths=(*paths, *extra_deny), allow_paths=paths if trusted_code else (),
-        names=(os.path.basename(name),),
+        names=(os.path.basename(name),), allow_names=(os.path.basename(name),),
         trusted=trusted_code and in_trusted_dir(paths[0], trusted_set(dirs)),
         identities=tuple(ids), binary=paths[0], path_as_found=paths[0],
     )
@@ -178,6 +184,15 @@ class _Checker:
                 prog = None
                 if self.trace is not None:
                     self.note(f"program: `{argv[0]}` not found here; judged by name (lenient)")
+            if lenient and prog is not None and "/" not in argv[0] and not in_trusted_dir(
+                    prog.realpath, trusted_set(self.p.exec.trustedDirs)):
+                # examples describe the policy, not this machine's installs: a program found
+                # only outside the trusted dirs (or through a symlink to there) is judged as
+                # the program of that name in a trusted dir, as a missing one is
+                prog = None
+                if self.trace is not None:
+                    self.note(f"program: `{argv[0]}` lies outside the trusted directories here; "
+                              "judged by name (lenient)")
         if prog is None:
             return self.judge(_virtual_subject(self.p, argv[0], cwd, True), argv)
         if self.p.grantedCommands and depth == 0:
@@ -253,16 +268,13 @@ class _Checker:
                 self.note(f"applet `{applet}` is judged as {namesake.realpath}")
             s = _subject(self.p, namesake, extra)
             if not trusted_code:
-                s = _Subject(s.deny_paths, (), s.names, False,
-                             tuple(Identity(i.key, i.how, False) for i in s.identities),
-                             prog.realpath, s.path_as_found)
+                s = replace(s, allow_paths=(), trusted=False, identities=tuple(
+                    Identity(i.key, i.how, False) for i in s.identities), binary=prog.realpath)
             else:
-                s = _Subject(s.deny_paths, s.allow_paths, s.names, s.trusted, s.identities,
-                             prog.realpath, s.path_as_found)
+                s = replace(s, binary=prog.realpath)
         else:
             s = _virtual_subject(self.p, applet, cwd, trusted_code, extra)
-            s = _Subject(s.deny_paths, s.allow_paths, s.names, s.trusted, s.identities,
-                         prog.realpath, s.path_as_found)
+            s = replace(s, binary=prog.realpath)
         d = self.judge(s, sub)
         return Decision(d.verdict, d.rule_id, f"{mc} applet `{applet}`: {d.reason}",
                         tuple(argv), d.binary, {**d.details, "applet": applet})
@@ -280,11 +292,15 @@ class _Checker:
         for ident in s.identities:
             if self.trace is not None:
                 self.note(f"safeBins.{ident.key} applies: the binary {ident.describe()}")
-            res = parse(self.p.safeBins[ident.key], argv[1:], ident.key,
-                        trace=self.trace is not None)
-            if self.trace is not None and res.violation is None:
-                self.note(f"  parsed: flags {list(res.flags)}, operands {list(res.operands)} "
-                          f"({res.readings} parser states)")
+            rule = self.p.safeBins[ident.key]
+            res = parse(rule, argv[1:], ident.key, trace=self.trace is not None)
+            if self.trace is not None:
+                self.note("  argv model: " + (f"dialect {rule.dialect}" if rule.dialect else
+                                              "no dialect named, every model must pass"))
+                for r in res.models if res.violation is None else ():
+                    cmd = f"subcommand `{' '.join(r.command)}`, " if r.command else ""
+                    self.note(f"  parsed as {DIALECT_NAMES[r.model]}: {cmd}flags {list(r.flags)}"
+                              f", operands {list(r.operands)} ({r.states} parser states)")
             v = res.violation
             if v is not None and (worst is None or v.rank > worst[1].rank):
                 worst = (ident.key, v)
@@ -308,8 +324,16 @@ class _Checker:
                                    f"by the exec.allow entry `{pat}`", argv, s)
         verdict = Verdict(ex.default)
         what = {"allow": "allows", "block": "blocks (escalatable)", "deny": "denies"}[ex.default]
+        why = ""
+        named = [i.key for i in s.identities if i.how == "untrusted-name"]
+        if named and verdict is not Verdict.ALLOW:
+            where = f"is a symlink to {s.binary}, which lies" if s.binary and \
+                s.binary != s.path_as_found else "lies"
+            why = (f"; it passes the safeBins rule `{named[0]}` but {where} outside the trusted "
+                   "directories (exec.trustedDirs), so the rule restricts it without allowing "
+                   "it: trust that directory in the root profile, or key the rule by the path")
         return self.decide(verdict, "exec.default", f"`{shown}` matches no exec.allow entry "
-                           f"and the profile's exec.default {what} other programs", argv, s)
+                           f"and the profile's exec.default {what} other programs{why}", argv, s)
 
 
 def _granted(profile: ResolvedProfile, argv: Sequence[str], prog: ResolvedProgram) -> str | None:
@@ -339,8 +363,10 @@ def check_argv(profile: ResolvedProfile, argv: Sequence[str], *, cwd: str | None
 
     `binary`: the absolute path the kernel is about to exec (exec gate); otherwise argv[0] is
     resolved like execvp with `env_path` (default: this process's PATH) from `cwd`.
-    `lenient`: a program missing on this machine is judged by name (profile examples) instead of
-    raising CommandNotFound. Pure apart from cached, read-only file-system look-ups."""
+    `lenient`: a program named by a bare name that is missing on this machine, or found only
+    outside the trusted directories, is judged by name as if it were in one (profile examples)
+    instead of raising CommandNotFound / being judged as found. Pure apart from cached,
+    read-only file-system look-ups."""
     path = os.environ.get("PATH") if env_path is None else env_path
     return _Checker(profile, None).check(argv, cwd or os.getcwd(), path, binary, lenient)
 

@@ -19,8 +19,10 @@ class Verdict(StrEnum):
 class Layer(StrEnum):
     PRECHECK = "pre-check"
     EXEC_GATE = "exec-gate"  # seccomp user-notification on execve/execveat
-    EXEC_TRACE = "exec-trace"  # eBPF hold at sched_process_exec
+    EXEC_TRACE = "exec-trace"  # in-kernel verification at sched_process_exec
     SECCOMP = "seccomp"
+    FILESYSTEM = "filesystem"  # Landlock: a read, write or execute the profile does not allow
+    LANDLOCK = "landlock"  # Landlock scopes: a signal or socket outside the run, ptrace
     NETWORK = "network"  # cgroup socket hooks and glassbreak's DNS resolver
 
 

@@ -230,18 +230,29 @@ def _resolve(path: Path, ctx: _Ctx) -> ResolvedProfile:
         ctx.stack.pop()
     _note_examples(prof, src, ctx, reset=prof.relax)
     if not parents:
+        for name, c in (prof.credentials or {}).items():
+            if c is None:
+                raise ProfileError(f"{src.where(('credentials', name))}: credentials.{name}: "
+                                   "null removes an inherited credential, but this profile "
+                                   "extends none", hint="remove the line")
         res = _root(prof)
-        return res.model_copy(update={"sources": [str(path)]})
+        return res.model_copy(update={"sources": [str(path)], "credentialOrigins": {
+            k: str(path) for k in res.credentials}})
     acc = parents[0]
     for extra in parents[1:]:
         merged = merge(acc, _as_child(extra), Source(Path(extra.sources[0]), {}))
+        origins = dict(merged.credentialOrigins)  # a co-parent's credential: where it was
+        origins.update({k: v for k, v in extra.credentialOrigins.items()  # really defined
+                        if k in extra.credentials and merged.credentials.get(k) ==
+                        extra.credentials[k] and acc.credentials.get(k) != extra.credentials[k]})
         acc = merged.model_copy(update={"chain": [*acc.chain, *extra.chain],
-                                        "sources": [*acc.sources, *extra.sources]})
+                                        "sources": [*acc.sources, *extra.sources],
+                                        "credentialOrigins": origins})
     return merge(acc, prof, src)
 
 
 def content_hash(p: ResolvedProfile) -> str:
-    data = p.model_dump(mode="json", exclude={"sources", "content_hash"})
+    data = p.model_dump(mode="json", exclude={"sources", "content_hash", "credentialOrigins"})
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

@@ -7,8 +7,9 @@ to right the same way, as if each later one extended the earlier):
     valueFlags: union. Allowlists (allowedValueFlags, allowedFlags, allowedCommands): intersect
     when both define them (an entry `--f=v` or `cmd sub` narrows `--f` or `cmd`); a child may
     introduce an allowlist where its parent had none. min/maxPositional: the stricter.
-    onViolation: the stricter (deny > block). A new binary is fine unless the parent has an
-    exec.allow list that does not cover it (error).
+    onViolation: the stricter (deny > block). dialect: the parent's; a child naming another
+    one (or one where the parent named none) gets every argv model. A new binary is fine unless
+    the parent has an exec.allow list that does not cover it (error).
   - exec.allow: the first profile of a chain that lists programs defines the allowlist; below
     it a child's list replaces it, and every child entry must be covered by a parent entry
     (equal, a literal matched by a parent glob, or narrower than a parent `prefix*`), else an
@@ -18,8 +19,19 @@ to right the same way, as if each later one extended the earlier):
     wins (kill_process > kill_thread > trap > errno > notify > log > allow; equal rank: the
     child's), conditional rules on a syscall with an equal-or-stricter unconditional rule are
     dropped. defaultAction: the stricter.
+  - filesystem: read, write, execute: the first profile of a chain that lists one defines it
+    (until then the defaults apply: read ["/"], write ["$CWD", "$TMPDIR"], execute none); below
+    it a child's list replaces it, and every child entry must be covered by a parent entry (the
+    same path or beneath it; a read entry may also be covered by a parent write entry), else an
+    error. hidden: union. default: the stricter (deny > block). The one way a child re-opens
+    something: a read or write entry beneath a parent's hidden entry (the deepest entry wins),
+    which is how a profile grants e.g. ~/.kube/config that base hides (docs/profiles.md).
   - owners: union. escalation: inherited field-wise (the child's given fields win), except
     maxTtl, which can only shrink (ttl is clamped to it).
+  - credentials: a child adds credentials; replacing one its parent defines (same name, other
+    definition) needs `relax: true` (the escalated tier lives in the relaxed profile);
+    `NAME: null` removes an inherited one. Two credentials may not set the same variable or
+    file. Each remembers the file that defined it (only trusted files may carry sources).
   - examples (profile, exec and per-safeBin): union; all are checked against the final profile.
   - network.default: the stricter (deny > block > allow). network.allow / network.unix: the
     first profile of a chain that lists entries defines the list; below it a child's list
@@ -44,16 +56,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import ProfileError
+from sandbox.policy.filesystem import DEFAULT_WRITE, covers
 from sandbox.policy.profile import (
+    Credential,
     EscalationPolicy,
     Examples,
     ExecPolicy,
+    FilesystemPolicy,
     NetworkPolicy,
     Profile,
     ResolvedProfile,
     SafeBin,
     SeccompPolicy,
     SeccompRule,
+    _check_credential_set,
     parse_duration,
 )
 
@@ -115,6 +131,8 @@ def _merge_safebin(parent: SafeBin, child: SafeBin, relax: bool) -> SafeBin:
     upd2["minPositional"] = max(mins) if mins else None
     upd2["maxPositional"] = min(maxs) if maxs else None
     upd2["onViolation"] = "deny" if "deny" in (parent.onViolation, child.onViolation) else "block"
+    if _given(child, "dialect") and child.dialect != parent.dialect:
+        upd2["dialect"] = None  # naming another (or a first) dialect would drop readings
     upd2["description"] = child.description or parent.description
     ex = parent.examples
     upd2["examples"] = ex.model_copy(update={
@@ -217,6 +235,35 @@ def _merge_seccomp(parent: SeccompPolicy, child: SeccompPolicy, relax: bool) -> 
     return SeccompPolicy(defaultAction=default, rules=out)
 
 
+def _merge_filesystem(parent: FilesystemPolicy, child: FilesystemPolicy, relax: bool,
+                      src: Source) -> FilesystemPolicy:
+    if relax:
+        return parent.model_copy(update={k: getattr(child, k) for k in child.model_fields_set})
+    upd: dict[str, Any] = {}
+    for key in ("read", "write", "execute"):
+        mine: list[str] | None = getattr(child, key)
+        if mine is None:
+            continue
+        theirs: list[str] | None = getattr(parent, key)
+        if theirs is not None:
+            cover = theirs + (list(DEFAULT_WRITE if parent.write is None else parent.write)
+                              if key == "read" else [])
+            for i, e in enumerate(mine):
+                if not any(covers(p, e) for p in cover):
+                    raise ProfileError(
+                        f"{src.where(('filesystem', key, i))}: filesystem.{key}[{i}]: {e!r} is "
+                        f"not covered by the profile this one extends (its filesystem.{key}: "
+                        f"{', '.join(theirs) or 'none'})",
+                        hint="a child can only narrow filesystem rules: name a path beneath "
+                        "one of the parent's, or set `relax: true` if this profile is meant to "
+                        "loosen its parent")
+        upd[key] = list(mine)
+    upd["hidden"] = _union(parent.hidden, child.hidden)
+    if _given(child, "default") and child.default == "deny":
+        upd["default"] = "deny"
+    return parent.model_copy(update=upd)
+
+
 def _merge_escalation(parent: EscalationPolicy, child: EscalationPolicy, relax: bool,
                       src: Source) -> EscalationPolicy:
     upd = {k: getattr(child, k) for k in child.model_fields_set}
@@ -231,6 +278,42 @@ def _merge_escalation(parent: EscalationPolicy, child: EscalationPolicy, relax: 
         raise ProfileError(f"{src.where(('escalation',))}: escalation: "
                            f"{e.errors()[0]['msg']} (after merging with the parent)",
                            hint="make ttl <= maxTtl") from None
+
+
+def _merge_credentials(parent: ResolvedProfile, child: Profile, src: Source
+                       ) -> tuple[dict[str, Credential], dict[str, str]]:
+    creds = dict(parent.credentials)
+    origins = dict(parent.credentialOrigins)
+    for name, c in (child.credentials or {}).items():
+        where = src.where(("credentials", name))
+        if c is None:
+            if name not in creds:
+                raise ProfileError(
+                    f"{where}: credentials.{name}: null removes an inherited credential, but "
+                    f"the profile this one extends has none named {name}"
+                    + (f" (it has: {', '.join(creds)})" if creds else ""),
+                    hint="remove the line, or fix the name")
+            del creds[name]
+            origins.pop(name, None)
+            continue
+        if name in creds and creds[name] == c:
+            continue  # the same definition: the parent's stays (and its origin)
+        if name in creds and not child.relax:
+            raise ProfileError(
+                f"{where}: credentials.{name}: replaces the credential {name} of the profile "
+                "this one extends",
+                hint="give it another name, or set `relax: true` if this profile is meant to "
+                "loosen its parent (the escalated tier belongs in the relaxed profile)")
+        creds[name] = c
+        origins[name] = str(src.path)
+    try:
+        _check_credential_set(creds)
+    except ValueError as e:
+        raise ProfileError(f"{src.where(('credentials',))}: credentials: {e} (after merging "
+                           "with the parent)",
+                           hint="use another variable or fileName, or remove one with "
+                           "`NAME: null`") from None
+    return creds, origins
 
 
 def _merge_network(parent: NetworkPolicy, child: NetworkPolicy, relax: bool,
@@ -287,6 +370,8 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
             "examples": child.exec.examples if child.exec else Examples()})
     seccomp = parent.seccomp if child.seccomp is None else _merge_seccomp(
         parent.seccomp, child.seccomp, relax)
+    fs = parent.filesystem if child.filesystem is None else _merge_filesystem(
+        parent.filesystem, child.filesystem, relax, src)
     esc = parent.escalation if child.escalation is None else _merge_escalation(
         parent.escalation, child.escalation, relax, src)
     network = parent.network if child.network is None else _merge_network(
@@ -300,16 +385,19 @@ def merge(parent: ResolvedProfile, child: Profile, src: Source) -> ResolvedProfi
     ex = parent.examples
     examples = child.examples if relax else ex.model_copy(update={
         k: _union(getattr(ex, k), getattr(child.examples, k)) for k in ("allow", "block", "deny")})
+    creds, origins = _merge_credentials(parent, child, src)
     return ResolvedProfile(
         name=child.name, description=child.description or parent.description,
         chain=[child.name, *parent.chain], sources=[str(src.path), *parent.sources],
-        owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, escalation=esc,
-        examples=examples, network=network)
+        owners=owners, safeBins=bins, exec=exec_, seccomp=seccomp, filesystem=fs,
+        escalation=esc, examples=examples, credentials=creds, credentialOrigins=origins,
+        network=network)
 
 
 def _as_child(r: ResolvedProfile) -> Profile:
     """A resolved co-parent, seen as a child whose given fields are its non-default ones."""
-    data = r.model_dump(exclude={"chain", "sources", "content_hash"}, exclude_defaults=True)
+    data = r.model_dump(exclude={"chain", "sources", "content_hash", "credentialOrigins"},
+                        exclude_defaults=True)
     return Profile.model_validate({"name": r.name, **data})
 
 
@@ -317,5 +405,8 @@ def _root(p: Profile) -> ResolvedProfile:
     return ResolvedProfile(name=p.name, description=p.description, chain=[p.name],
                            owners=list(p.owners), safeBins=dict(p.safeBins),
                            exec=p.exec or ExecPolicy(), seccomp=p.seccomp or SeccompPolicy(),
+                           filesystem=p.filesystem or FilesystemPolicy(),
                            escalation=p.escalation or EscalationPolicy(), examples=p.examples,
+                           credentials={k: c for k, c in (p.credentials or {}).items()
+                                        if c is not None},
                            network=p.network or NetworkPolicy())

@@ -7,17 +7,20 @@ How glassbreak knows which safeBins rule applies to a binary (the identity rule)
 
 1. **Path.** A safeBins key that is an absolute path rules the file at that path, reached by any
    path or symlink (compared after realpath).
-2. **Name in a trusted directory.** A key that is a name (`kubectl`) rules a binary whose name is
-   `kubectl` in one of the profile's `exec.trustedDirs` (compared after realpath, so /bin and
-   /usr/bin are the same directory on merged-/usr systems). Both the name as found and the name of
-   the symlink target count: `/usr/bin/k -> kubectl` is kubectl. Symlinks in a trusted directory
-   are trusted like its files (`/usr/bin/kubectl -> /usr/lib/google-cloud-sdk/bin/kubectl`):
-   whoever can write a trusted directory is trusted.
-3. **Content.** The sha256 of every ruled binary found in the trusted directories (and of every
-   absolute-path key) is computed and cached by (st_dev, st_ino, st_mtime_ns, st_size). A binary
-   anywhere, under any name, whose content equals one of them is that ruled binary: a copy, hard
-   link, rename or symlink of kubectl is still kubectl. Only files whose size equals a ruled
-   binary's are hashed, so unrelated binaries cost one stat().
+2. **Name in a trusted directory, judged by the target.** A key that is a name (`kubectl`) rules
+   a binary whose REAL path (every symlink resolved) is a file named `kubectl` in one of the
+   profile's `exec.trustedDirs` (directories compared after realpath, so /bin and /usr/bin are
+   the same directory on merged-/usr systems). A symlink's own name counts too, but only when the
+   symlink and its target both lie in trusted directories (`/usr/bin/awk ->
+   /etc/alternatives/awk -> /usr/bin/mawk` is awk). A symlink in a trusted directory whose target
+   lies elsewhere (`/usr/bin/kubectl -> /usr/lib/google-cloud-sdk/bin/kubectl`) is judged as that
+   target: whoever can write the target's tree could swap the binary, so the rule restricts it
+   but does not allow it (4.) unless the target's directory is itself trusted.
+3. **Content.** The sha256 of every ruled binary whose real path lies in a trusted directory (and
+   of every absolute-path key) is computed and cached by (st_dev, st_ino, st_mtime_ns, st_size).
+   A binary anywhere, under any name, whose content equals one of them is that ruled binary: a
+   copy, hard link, rename or symlink of kubectl is still kubectl. Only files whose size equals a
+   ruled binary's are hashed, so unrelated binaries cost one stat().
 4. **Name outside the trusted directories.** A file named like a ruled binary but found elsewhere
    (`/tmp/kubectl`) with different content still gets the rule's restrictions, but passing the rule
    does not allow it: it must also be allowed by `exec.allow` like any unknown program.
@@ -247,6 +250,21 @@ def in_trusted_dir(path: str, trusted: frozenset[str]) -> bool:
     return (path.rpartition("/")[0] or "/") in trusted
 
 
+def _trusted_files(names: Iterable[str], dirs: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, path) of each file `name` in a trusted dir whose real path is in a trusted dir
+    too: a symlink from a trusted dir to elsewhere is not trusted content."""
+    trusted = trusted_set(dirs)
+    names = tuple(names)
+    out: list[tuple[str, str]] = []
+    for d in unique_trusted_dirs(dirs):
+        for n in names:
+            path = os.path.join(d, n)
+            if os.path.islink(path) and not in_trusted_dir(os.path.realpath(path), trusted):
+                continue
+            out.append((n, path))
+    return out
+
+
 def _hash_table(files: Iterable[tuple[str, str]]) -> dict[int, dict[str, list[str]]]:
     """(label, path) -> {size: {sha256: [labels]}} for the files that exist."""
     table: dict[int, dict[str, list[str]]] = {}
@@ -283,15 +301,8 @@ def _content_labels(table: dict[int, dict[str, list[str]]], prog: ResolvedProgra
 def ruled_hashes(keys: Sequence[str], dirs: Sequence[str]) -> dict[int, dict[str, list[str]]]:
     """Content table of the ruled binaries: the key's file in each trusted dir, or the path."""
     def build() -> dict[int, dict[str, list[str]]]:
-        files: list[tuple[str, str]] = []
-        tdirs = unique_trusted_dirs(dirs)
-        for key in keys:
-            if key.startswith("/"):
-                files.append((key, key))
-            elif "/" not in key:
-                # symlinks in a trusted dir are trusted (/usr/bin/kubectl -> /usr/lib/sdk/...):
-                # whoever can write a trusted dir is trusted anyway
-                files.extend((key, os.path.join(d, key)) for d in tdirs)
+        files = [(key, key) for key in keys if key.startswith("/")]
+        files += _trusted_files((k for k in keys if "/" not in k), dirs)
         return _hash_table(files)
     return ttl_cached(("ruled", tuple(keys), tuple(dirs)), build)
 
@@ -303,7 +314,8 @@ def identify(keys: Sequence[str], dirs: Sequence[str], prog: ResolvedProgram) ->
     found_dir, _, found_name = prog.path_as_found.rpartition("/")
     real_dir, _, real_name = prog.realpath.rpartition("/")
     real_trusted = (real_dir or "/") in trusted
-    found_trusted = (found_dir or "/") in trusted
+    # a symlink's own name counts only when its target is trusted too (judged by the target)
+    found_trusted = real_trusted and (found_dir or "/") in trusted
     for key in keys:
         if key[0] == "/":
             if prog.path_as_found == key or prog.realpath == realpath_cached(key):
@@ -325,8 +337,7 @@ def identify(keys: Sequence[str], dirs: Sequence[str], prog: ResolvedProgram) ->
 # -- multi-call binaries -----------------------------------------------------------------------
 def _multicall_table(dirs: Sequence[str]) -> dict[int, dict[str, list[str]]]:
     def build() -> dict[int, dict[str, list[str]]]:
-        tdirs = unique_trusted_dirs(dirs)
-        return _hash_table((n, os.path.join(d, n)) for n in MULTICALL_NAMES for d in tdirs)
+        return _hash_table(_trusted_files(MULTICALL_NAMES, dirs))
     return ttl_cached(("multicall", tuple(dirs)), build)
 
 

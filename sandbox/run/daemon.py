@@ -6,13 +6,26 @@ Protocol (unix SOCK_STREAM, JSON lines):
                     stderr fds attached (SCM_RIGHTS); then any number of {"signal": N} lines.
   daemon -> client  {"exit_code": N}, then the daemon closes the connection.
 
-Permission model: the socket is 0666 in a 0755 directory, so any local user may run. The caller's
-identity comes from the kernel (SO_PEERCRED), never from the request: the command runs as the
-caller's uid, gid and supplementary groups (a non-root caller never runs anything as root), in
-the caller's real cwd (checked against /proc/PID/cwd). Named profiles come from the daemon's
-profile search path; a non-root caller may also name a profile file it owns or that is world
-readable. Only root may switch layers off (--degraded). The caller picks the profile for its own
-commands, exactly as it could in process; the daemon adds no privilege but speed.
+Permission model: the socket is 0666 in a 0755 directory, so any local user may run. The daemon
+is the enforcement point for non-root callers. The caller's identity comes from the kernel
+(SO_PEERCRED), never from the request: the command runs as the caller's uid, gid and
+supplementary groups (a non-root caller never runs anything as root), in the caller's real cwd
+(checked against /proc/PID/cwd). Its agent and profile come from the operator's bindings
+(sandbox.run.caller, sandbox.policy.identity): `--agent` only picks among the caller's own
+agents, `-p` only among their bound profiles, never a relaxed profile (a grant switches to it)
+nor a profile file (root only). Profiles come from the daemon's own search path. Only root may
+switch layers off (--degraded). Every refusal is written to the audit log.
+
+Decisions (`glassbreak escalations approve|deny`, `grants revoke` by a non-root user) come as
+{"op": "decide"|"revoke", ...} without fds: the daemon holds the grant signing key, proves the
+approver from SO_PEERCRED (or the approver token sent), and answers {"exit_code", "result"}.
+An agent's questions (`glassbreak mcp`: whoami, check, profile, escalation status and wait,
+agent_token) are ops too, answered for the caller's own agents only (sandbox.run.ops).
+
+For programs that capture a run's output (`glassbreak mcp`), a run request may say
+"report": "socket" (glassbreak's own events come back on the connection as {"event": ...} and
+{"error": ...} lines instead of on the caller's stderr) and "cwd_fd": true (a 4th fd, a
+directory the caller opened, is the run's cwd instead of the caller's own cwd).
 
 If the daemon dies its runs die with it: each child has PDEATHSIG (it is forked from the run's
 thread, which lives until the child is reaped) and the cgroup watchdog kills the rest.
@@ -209,13 +222,22 @@ class Daemon:
             except OSError:
                 return
             conn.settimeout(None)
-            if len(fds) != 3:
+            if body.get("op") in ("decide", "revoke"):
+                self._serve_decision(conn, body, uid)
+                return
+            if body.get("op") is not None:
+                self._serve_op(conn, body, fds, pid, uid)
+                return
+            want = 4 if body.get("cwd_fd") is True else 3
+            if len(fds) != want:
                 _reply(conn, EXIT_USAGE, error=f"the request carried {len(fds)} file "
                        "descriptors; it must carry the caller's stdin, stdout and stderr "
-                       "(SCM_RIGHTS)", hint=HINT_PROTOCOL)
+                       "(SCM_RIGHTS)" + (", then the cwd's" if want == 4 else ""),
+                       hint=HINT_PROTOCOL)
                 return
-            code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups)
-            _reply(conn, code)
+            ended: list[int] = []
+            code = self._serve_run(conn, body, fds, rest, pid, uid, gid, groups, ended)
+            _reply(conn, code, ended_by=ended[0] if ended else None)
         except Exception as e:  # noqa: BLE001 - one bad connection never ends the daemon
             print(f"glassbreak daemon: connection failed: {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
@@ -229,15 +251,26 @@ class Daemon:
             self._slots.release()
 
     def _serve_run(self, conn: socket.socket, body: dict[str, Any], fds: list[int],
-                   rest: bytes, pid: int, uid: int, gid: int, groups: list[int]) -> int:
+                   rest: bytes, pid: int, uid: int, gid: int, groups: list[int],
+                   ended: list[int] | None = None) -> int:
         from sandbox.run.runclient import make_emit
 
         output = "json" if body.get("output") == "json" else "text"
-        emit = make_emit(output, fds[2])
+        report = _SocketReport(conn) if body.get("report") == "socket" else None
+        emit = report.event if report is not None else make_emit(output, fds[2])
+
+        def say(e: GlassbreakError) -> None:
+            if report is not None:
+                report.error(e)
+            else:
+                _write_error(fds[2], e, output)
+
         try:
             req = self._request(body, fds, pid, uid, gid, groups)
         except GlassbreakError as e:
-            _write_error(fds[2], e, output)
+            say(e)
+            if e.exit_code != EXIT_USAGE:
+                self._audit_refusal(e, body, pid, uid)
             return e.exit_code
         ignored = _ignored_state_vars(req.env or {})
         if ignored:
@@ -255,12 +288,12 @@ class Daemon:
             try:
                 result["code"] = self.sup.run(req, emit).exit_code
             except GlassbreakError as e:
-                _write_error(fds[2], e, output)
+                say(e)
                 result["code"] = e.exit_code
             except Exception as e:  # noqa: BLE001
-                _write_error(fds[2], GlassbreakError(
+                say(GlassbreakError(
                     f"internal error in the daemon: {type(e).__name__}: {e}",
-                    hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"), output)
+                    hint="see the daemon's log; rerun with GLASSBREAK_NO_DAEMON=1"))
                 result["code"] = EXIT_RUNNER_FAILED
             finally:
                 run.done.set()
@@ -279,9 +312,76 @@ class Daemon:
         if run.ended_by is not None and code != 0:
             sig = run.ended_by
             msg = f"glassbreak: glassbreak received signal {sig}; the run's process tree was ended"
-            _write_line(fds[2], msg)
+            if report is not None and ended is not None:
+                ended.append(sig)
+            else:
+                _write_line(fds[2], msg)
             return EXIT_SIGNAL_BASE + signal.SIGTERM
         return code
+
+    def _audit_refusal(self, e: GlassbreakError, body: dict[str, Any], pid: int,
+                       uid: int) -> None:
+        from sandbox.run.caller import refusal_event
+
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = None
+        try:
+            self.sup.audit.write(refusal_event(e, uid=uid, agent=body.get("agent"),
+                                               profile=body.get("profile"),
+                                               argv=body.get("argv"), cwd=cwd, via="daemon"))
+        except OSError as err:
+            print(f"glassbreak daemon: could not audit a refused run: {err}", file=sys.stderr,
+                  flush=True)
+
+    def _serve_decision(self, conn: socket.socket, body: dict[str, Any], uid: int) -> None:
+        """A decision by a local user: the approver is proven here (uid or token)."""
+        from sandbox.run.caller import username
+
+        try:
+            from escalation.decide import decide_request
+
+            result = decide_request(self.sup.escalations(), body, uid=uid, user=username(uid))
+        except GlassbreakError as e:
+            _reply(conn, e.exit_code, error=e.message, hint=e.hint)
+            return
+        except Exception as e:  # noqa: BLE001 - one bad request never ends the daemon
+            _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
+                   f"{type(e).__name__}: {e}", hint="see the daemon's log")
+            return
+        try:
+            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
+        except OSError:
+            pass
+
+    def _serve_op(self, conn: socket.socket, body: dict[str, Any], fds: list[int], pid: int,
+                  uid: int) -> None:
+        """An agent's question (sandbox.run.ops), answered for the caller's own agents; an
+        identity refusal is audited like a refused run."""
+        from sandbox.errors import EscalationError, IdentityError
+        from sandbox.run.ops import serve_op
+
+        try:
+            cwd = _fd_cwd(fds[0], body.get("cwd")) if len(fds) == 1 else \
+                _caller_cwd(pid, body.get("cwd"))
+            result = serve_op(self.sup, body, uid=uid, cwd=cwd)
+        except GlassbreakError as e:
+            # not yours: audited; a bad agent token is not (an unauthenticated HTTP client
+            # must not make the daemon fsync; the HTTP server logs it)
+            if isinstance(e, IdentityError | EscalationError) and body.get("op") != "agent_token":
+                self._audit_refusal(e, {**body, "argv": body.get("argv") or
+                                        [f"(op {body.get('op')})"]}, pid, uid)
+            _reply(conn, e.exit_code, error=e.message, hint=e.hint)
+            return
+        except Exception as e:  # noqa: BLE001 - one bad request never ends the daemon
+            _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
+                   f"{type(e).__name__}: {e}", hint="see the daemon's log")
+            return
+        try:
+            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
+        except OSError:
+            pass
 
     def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run) -> None:
         while True:
@@ -321,9 +421,14 @@ class Daemon:
                 f"--degraded {','.join(degraded)} is refused: only root may switch a layer off "
                 f"through the daemon (you are uid {uid})",
                 hint="run without --degraded, or ask an administrator to run it as root")
-        cwd = _caller_cwd(pid, body.get("cwd"))
-        profile = str(body.get("profile") or "readonly")
-        profile = _caller_profile(profile, cwd, uid)
+        cwd = _fd_cwd(fds[3], body.get("cwd")) if len(fds) == 4 else \
+            _caller_cwd(pid, body.get("cwd"))
+        from sandbox.run.caller import authorize_run
+
+        asked_agent, asked_profile = body.get("agent"), body.get("profile")
+        ident = authorize_run(uid, agent=asked_agent if isinstance(asked_agent, str) else None,
+                              profile=asked_profile if isinstance(asked_profile, str) else None,
+                              cwd=cwd)
         wait: float | None = None
         if body.get("wait") is not None:
             from sandbox.policy.profile import parse_duration
@@ -337,7 +442,9 @@ class Daemon:
             raise UsageError(f"unknown --mode {mode!r}", hint="choose enforce or monitor")
         root = uid == 0
         return RunRequest(
-            argv=list(argv), profile=profile, agent=body.get("agent"), reason=body.get("reason"),
+            argv=list(argv), profile=ident.profile, agent=ident.agent,
+            reason=body.get("reason") if isinstance(body.get("reason"), str) else None,
+            user=ident.user, agent_source=ident.how,
             mode=mode,  # type: ignore[arg-type]
             wait=wait, degraded=degraded, env=dict(env), cwd=cwd,
             stdin=fds[0], stdout=fds[1], stderr=fds[2],
@@ -355,44 +462,75 @@ def _ignored_state_vars(env: dict[str, str]) -> list[str]:
 
 
 def _caller_cwd(pid: int, claimed: Any) -> str:
-    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory."""
+    """The caller's real cwd (the kernel's view); a claimed cwd must be the same directory.
+    When the kernel's view cannot be read (the process that connected has exited, e.g. a
+    child that connected and left the socket to its parent) nothing is believed: a claimed
+    cwd would be entered by root, before the run drops privileges."""
     try:
         real = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         real = None
-    if isinstance(claimed, str) and claimed:
-        if real is None:
-            return claimed
+    if isinstance(claimed, str) and claimed and real is not None:
         try:
             if os.path.samefile(claimed, real):
                 return claimed
         except OSError:
             pass
     if real is None:
-        raise GlassbreakError("could not read the caller's working directory",
-                              hint="run from a directory that exists")
+        raise GlassbreakError(f"could not read the caller's working directory (/proc/{pid}/cwd: "
+                              "the process that connected is gone?)",
+                              hint="send the request from the process that connected, or pass "
+                              "the cwd as an fd (\"cwd_fd\", docs/daemon.md)")
     return real
 
 
-def _caller_profile(profile: str, cwd: str, uid: int) -> str:
-    """A profile path is resolved against the caller's cwd; a non-root caller may only name
-    files it owns or that are world readable (the daemon reads them as root)."""
-    from sandbox.policy.loader import _looks_like_path
+def _fd_cwd(fd: int, claimed: Any) -> str:
+    """The directory of an fd the caller opened (O_PATH is enough: opening `DIR/.` proved it
+    may search every component, as chdir needs). A claimed cwd must be the same directory."""
+    import stat as stat_
 
-    if not _looks_like_path(profile):
-        return profile
-    path = os.path.normpath(os.path.join(cwd, profile))
-    if uid != 0:
+    try:
+        st = os.fstat(fd)
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        raise GlassbreakError(f"the cwd the request carried is unusable ({e.strerror})",
+                              hint="pass an O_PATH fd of an existing directory") from None
+    if not stat_.S_ISDIR(st.st_mode) or not real.startswith("/") or real.endswith(" (deleted)"):
+        raise GlassbreakError("the cwd the request carried is not an existing directory",
+                              hint="pass an O_PATH fd of an existing directory")
+    if isinstance(claimed, str) and claimed.startswith("/"):
         try:
-            st = os.stat(path)
+            if os.path.samefile(claimed, real):
+                return real
         except OSError:
-            return path  # the loader reports a missing file clearly
-        if st.st_uid != uid and not st.st_mode & 0o004:
-            raise GlassbreakError(
-                f"profile file {path} is neither yours nor world readable",
-                hint="the daemon reads profiles as root; make the file readable or use a "
-                "named profile")
-    return path
+            pass
+        raise GlassbreakError(f"the claimed cwd {claimed} is not the directory the request "
+                              f"carried ({real})", hint=HINT_PROTOCOL)
+    return real
+
+
+class _SocketReport:
+    """glassbreak's own events and errors for one run, as JSON lines on the connection
+    ("report": "socket"): the caller's stderr then carries only the command's own output."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def _send(self, data: bytes) -> None:
+        with self.lock:
+            try:
+                self.conn.sendall(data)
+            except OSError:
+                pass  # the client went away; the signal reader ends the run
+
+    def event(self, ev: Any) -> None:
+        from sandbox.audit import event_json
+
+        self._send(b'{"event": ' + event_json(ev).encode("utf-8", "surrogateescape") + b"}\n")
+
+    def error(self, e: GlassbreakError) -> None:
+        self._send(json.dumps({"error": e.to_dict()}).encode() + b"\n")
 
 
 def _write_line(fd: int, text: str) -> None:
@@ -407,12 +545,15 @@ def _write_error(fd: int, e: GlassbreakError, output: str) -> None:
 
 
 def _reply(conn: socket.socket, code: int, *, error: str | None = None,
-           hint: str | None = None) -> None:
+           hint: str | None = None, ended_by: int | None = None) -> None:
     """The last line of every connection; `error` only when the request itself was refused
-    before a run could report on the caller's own stderr."""
+    before a run could report on the caller's own stderr; `ended_by` (with "report":
+    "socket"): the signal line that ended the run's tree."""
     msg: dict[str, Any] = {"exit_code": code}
     if error:
         msg.update(error=error, hint=hint)
+    if ended_by is not None:
+        msg["ended_by"] = ended_by
     try:
         conn.sendall(json.dumps(msg).encode() + b"\n")
     except OSError:

@@ -1,27 +1,42 @@
-"""The exec gate: every exec of a run's process tree judged by the run's profile, twice.
+"""The exec gate: every exec of a run's process tree judged by the run's profile, and verified
+by the kernel.
 
-1. seccomp user-notification (layer "exec-gate"): the caller's path, argv and envp are read from
-   /proc/PID/mem and judged before the exec happens: EPERM or CONTINUE. Racy by design (another
-   thread may rewrite the strings after the check), so:
-2. the eBPF hold (layer "exec-trace"): at sched_process_exec the new image is stopped before its
-   first instruction (unless its filename is in the run's in-kernel fast-allow set), and the
-   kernel-written /proc/PID/exe and /proc/PID/cmdline are judged: SIGCONT or SIGKILL.
+1. seccomp user-notification (layer "exec-gate", sandbox.run.execjudge): the caller's path,
+   argv and envp are read and judged before the exec happens: EPERM, or an expectation for the
+   in-kernel verifier and CONTINUE. The common case (a fast-allowed binary, by identity) is
+   answered by the native responder (native/gbresp.c) without Python.
+2. in-kernel verification (layer "exec-trace", native/bpf/exectrace.c): at sched_process_exec
+   the image that really runs (device + inode) and a keyed hash of the argv + envp the kernel
+   copied are compared with the expectation the gate wrote for the exec'ing thread; anything
+   else is killed before its first instruction. There is no hold, so nothing inside the run
+   (signals, an orphaned process group's SIGCONT, exits) can release an exec early.
+
+What the kernel guarantees for each exec of an enforced run: the image that runs is the file
+the gate judged (same device and inode; the content of that inode is the Landlock layer's to
+keep read-only), and its argv and environment are byte for byte the ones the gate judged.
+Writes into the new image's memory after exec (ptrace, process_vm_writev: seccomp baseline;
+/proc/PID/mem: the Landlock layer) are the remaining window.
 
 The supervisor drives one ExecGate per run from its selectors loop (`fds()`, `handle(fd)`).
-Every exec gives exactly one ExecObserved (from the trace when it ran, from the gate when it was
-refused); every block an ExecBlocked and an `on_block` call (the escalation).
+Every exec gives exactly one ExecObserved (when the kernel reports it, with the argv the gate
+judged: the hash proves it is the argv that ran; from the gate when it was refused); every block
+an ExecBlocked and an `on_block` call (the escalation).
 
-Rules the gate adds to the profile's own: fileless execs (memfd, execveat(AT_EMPTY_PATH),
-/proc/self/fd/N, unlinked files) block unless exec.allowFileless (rule exec.fileless); loader
-and interpreter environment injection (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH, BASH_ENV, ENV with
-a non-empty value in an exec's environment) blocks (rule env.injection:NAME); argv or envp over
-4096 entries or 1 MiB is denied (exec.argv-too-large); an exec whose arguments cannot be read is
-denied (exec.unreadable); an internal error answers EPERM (exec-gate.internal-error).
+Modes: enforce; monitor (nothing refused at the argv layers, the kernel kills nothing, every
+would-be block recorded); --degraded ebpf (the gate alone: its CONTINUE is racy by design);
+--degraded exec-gate (the kernel reports every exec with its identity and the supervisor judges
+the process after the fact from /proc, killing it on a block: it has already started).
+
+Why this module is ~490 lines: ExecGate is the one object the supervisor drives per run, and
+the order in which it reads its inputs is part of its correctness (the native responder's
+records before the kernel's reports, those before the forwarded notifications; an exec's
+judgement queued before the kernel reports it). The judge (execjudge.py), the meaning of a
+kernel report (exectrace.py) and fast-allow learning (fastallow.py) live elsewhere; what stays
+is that ordering, the process table and the events.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -33,17 +48,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sandbox.events import ExecBlocked, ExecObserved
 from sandbox.policy.decision import Decision, Layer, Verdict
+from sandbox.run.execjudge import Check, ExecJudge, Judged
+from sandbox.run.exectrace import judge_after_the_fact, kill_decision
+from sandbox.run.fastallow import FAST, Fast, fast_candidate, same_file
 
 if TYPE_CHECKING:
-    from sandbox.kernel.ebpf import ExecTracer, TraceView
-    from sandbox.kernel.unotify import ExecRequest, Notif
+    from sandbox.kernel.ebpf import ExecEvent, ExecTracer
+    from sandbox.kernel.unotify import Notif
     from sandbox.kernel.unotify_native import Responder
     from sandbox.policy.profile import ResolvedProfile
 
-INJECTION_VARS = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "BASH_ENV", "ENV")
 TABLE_MAX = 8192
-
-
 @dataclass
 class BlockInfo:
     decision: Decision
@@ -63,22 +78,21 @@ class GateStats:
     blocked: int = 0
     would_block: int = 0
     notifications: int = 0
-    held: int = 0
-    fast: int = 0
-    native: int = 0  # execs continued by the native responder (no Python on their path)
+    fast: int = 0  # execs continued by the native responder (no Python on their path)
+    native: int = 0
     native_ns: int = 0  # its total time from receipt to answer (or forward)
     first_block: tuple[str, str, str, str | None] | None = None  # rule, reason, layer, esc id
-    notify_ns: int = 0  # total time handling notifications
+    notify_ns: int = 0  # total time handling notifications in Python
     notify_max_ns: int = 0
-    hold_ns: int = 0  # total time judging held execs
-    hold_max_ns: int = 0
+    kernel: dict[str, int] = field(default_factory=dict)  # the verifier's counters at the end
 
     def timing(self) -> dict[str, float]:
-        n, h = max(self.notifications, 1), max(self.held, 1)
-        return {"notify_avg_us": self.notify_ns / n / 1e3, "notify_max_us":
-                self.notify_max_ns / 1e3, "hold_avg_us": self.hold_ns / h / 1e3,
-                "hold_max_us": self.hold_max_ns / 1e3,
-                "native_avg_us": self.native_ns / max(self.native, 1) / 1e3}
+        n = max(self.notifications, 1)
+        k = self.kernel
+        return {"notify_avg_us": self.notify_ns / n / 1e3,
+                "notify_max_us": self.notify_max_ns / 1e3,
+                "native_avg_us": self.native_ns / max(self.native, 1) / 1e3,
+                "kernel_avg_us": k.get("ns", 0) / max(k.get("execs", 0), 1) / 1e3}
 
 
 @dataclass
@@ -88,16 +102,6 @@ class _Proc:
     binary: str | None = None
     argv: list[str] = field(default_factory=list)
     exited: bool = False
-
-
-@dataclass
-class _Pending:  # the gate's decision on an exec that was let through, until the trace sees it
-    decision: Decision
-    argv: list[str]
-    binary: str | None
-
-
-Check = Callable[..., Decision]
 
 
 class ExecGate:
@@ -121,6 +125,7 @@ class ExecGate:
         self.lost = 0
         self.stats = GateStats()
         self._listener = None
+        self._judge: ExecJudge | None = None
         self._lpoll: select.poll | None = None
         self._listener_dead = False
         self._native: Responder | None = None
@@ -128,22 +133,26 @@ class ExecGate:
             from sandbox.kernel.unotify import Listener
 
             self._listener = Listener(listener_fd)
+            self._judge = ExecJudge(listener=self._listener, tracer=tracer,
+                                    cgroup_id=cgroup_id, mode=mode, check=check,
+                                    allowed=self._allowed, blocked=self._blocked_at,
+                                    stats=self.stats)
+            self._judge.set_profile(profile)
             self._lpoll = select.poll()
             self._lpoll.register(listener_fd, select.POLLIN)
-            if tracer is not None and mode == "enforce":  # fast only with the eBPF hold behind
+            if tracer is not None and mode == "enforce":  # fast only with the kernel behind
                 self._native = _native_responder(listener_fd)
+                if self._native is not None:
+                    self._native.set_verify(tracer.expect_map_fd, tracer.key, cgroup_id)
         self._procs: dict[int, _Proc] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=64)
-        # per pid, the gate's decisions on execs let through, oldest first, until the trace sees
-        # them (one process can exec several times before the trace is read: env -> true)
-        self._pending: dict[int, list[_Pending]] = {}
+        # per thread id, the judge's decisions on execs let through, oldest first, until the
+        # kernel reports them
+        self._pending: dict[int, list[Judged]] = {}
         self._deferred: list[Notif] = []  # forwarded by the native responder, to answer
         self._closed = False
-        self._fast: set[str] = set()
-        self._fast_dec: dict[str, Decision] = {}
-        self._memo: dict[tuple[Any, ...], Decision] = {}
+        self._fast: dict[str, Fast] = {}
         if tracer is not None:
-            tracer.watch(cgroup_id, hold=(mode == "enforce"))
             self._efd = tracer.event_fd(cgroup_id)
             self._refresh_fast()
 
@@ -160,22 +169,35 @@ class ExecGate:
 
     def handle(self, fd: int) -> None:
         if self._native is not None:
-            # native records first (an exec's argv before its trace event), then the trace (fork
-            # events: the caller's ppid; held execs at once), then the forwarded notifications
+            # native records first (an exec's argv before its kernel report), then the kernel's
+            # reports, then the forwarded notifications
             self._deferred += self._native_records()
             self._trace()
             self._answer_deferred()
             return
-        self._trace()  # fork events first (the caller's ppid), held execs at once
+        self._trace()  # fork events first (the caller's ppid)
         if self._listener is not None and fd == self._listener.fd:
             self._notification()
 
     def set_profile(self, profile: ResolvedProfile) -> None:
         """Later execs are judged by this profile (grant expiry: the strict one again)."""
         self.profile = profile
-        self._memo.clear()
-        self._fast_dec.clear()
+        if self._judge is not None:
+            self._judge.set_profile(profile)
         self._refresh_fast()
+
+    def catch_up(self) -> None:
+        """Read what is already queued (the native responder's records, the kernel's reports),
+        without waiting: another layer is about to name a process of the run, and a
+        fast-allowed exec's argv reaches the process table only through these."""
+        if self._closed:
+            return
+        if self._native is not None:
+            self._deferred += self._native_records()
+            self._trace()
+            self._answer_deferred()
+        else:
+            self._trace()
 
     def drain(self) -> None:
         """Consume every trace event still queued (the run is ending)."""
@@ -202,7 +224,7 @@ class ExecGate:
                 self.stats.native, _, self.stats.native_ns = self._native.counts()
                 self._native.close()
             if self.tracer is not None:
-                self.tracer.set_fast_allow(self.cgroup_id, ())
+                self.stats.kernel = self.tracer.counters(self.cgroup_id)
 
     def ancestry(self, pid: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -230,29 +252,35 @@ class ExecGate:
             p.ppid = ppid_of(pid)
         return p
 
+    # -- fast-allow: by path AND identity ------------------------------------------------------
     def _refresh_fast(self) -> None:
         if self.tracer is None:
             return
         key = (self.profile.name, self.profile.content_hash)
-        self._fast = _FAST.setdefault(key, set()) if self.mode == "enforce" else set()
-        self.tracer.set_fast_allow(self.cgroup_id, self._fast)
+        self._fast = FAST.setdefault(key, {}) if self.mode == "enforce" else {}
+        self._push_fast()
+
+    def _push_fast(self) -> None:
         if self._native is not None:
-            self._native.set_allow(self._fast)
+            self._native.set_allow([(p, f.dev, f.ino, f.ctime_ns) for p, f in self._fast.items()])
 
-    def _learn_fast(self, view: TraceView) -> None:
-        if (self.tracer is None or self.mode != "enforce" or view.script or not view.exe
-                or view.filename in self._fast or len(self._fast) >= 4096):
+    def _learn_fast(self, j: Judged) -> None:
+        if (self.tracer is None or self.mode != "enforce" or j.ident is None
+                or not j.decision.allowed or len(self._fast) >= 4096):
             return
-        if fast_candidate(self.profile, self._check, view.filename, view.exe):
-            self._fast.add(view.filename)
-            self.tracer.set_fast_allow(self.cgroup_id, self._fast)
-            if self._native is not None:
-                self._native.set_allow(self._fast)
+        dev, ino, ctime = j.ident
+        have = self._fast.get(j.path)
+        if have is not None and (have.dev, have.ino, have.ctime_ns) == j.ident:
+            return
+        exe = os.path.realpath(j.path)
+        if fast_candidate(self.profile, self._check, j.path, exe) and same_file(exe, j.ident):
+            self._fast[j.path] = Fast(dev, ino, ctime, j.decision)
+            self._push_fast()
 
-    # -- layer 1: seccomp user-notification -------------------------------------------------------
+    # -- layer 1: seccomp user-notification ---------------------------------------------------
     def _native_records(self) -> list[Notif]:
         """Read the native responder's records: execs it continued become pending (their argv
-        for the trace), forwarded notifications are returned for the Python judge."""
+        for the kernel's report), forwarded notifications are returned for the Python judge."""
         from sandbox.kernel.unotify import Notif
 
         assert self._native is not None
@@ -260,8 +288,12 @@ class ExecGate:
         msgs = self._native.read()
         for rec in self._native.take() + msgs:  # every F queued before an N was sent comes first
             if rec.kind == "F":
+                f = self._fast.get(rec.path)
+                d = f.decision if f is not None else Decision(
+                    Verdict.ALLOW, "exec.fast-allow", "allowed with no argv rule", (), rec.path)
                 self._pending.setdefault(rec.pid, []).append(
-                    _Pending(self._fast_decision(rec.path), list(rec.argv), rec.path))
+                    Judged(d, list(rec.argv), d.binary or rec.path, rec.path))
+                self.stats.fast += 1
             elif rec.kind == "N":
                 forwarded.append(Notif(rec.id, rec.pid, rec.nr, rec.arch, rec.args))
             elif rec.kind == "E":
@@ -272,18 +304,8 @@ class ExecGate:
                               "the run's execs can no longer be answered")
         return forwarded
 
-    def _fast_decision(self, path: str) -> Decision:
-        d = self._fast_dec.get(path)
-        if d is None:
-            d = self._check(self.profile, [path], cwd="/", env_path="", binary=path)
-            if not d.allowed:  # cannot happen for a fast path; never record it as blocked
-                d = Decision(Verdict.ALLOW, "exec.fast-allow", "allowed with no argv rule", (),
-                             path)
-            self._fast_dec[path] = d
-        return d
-
     def _notification(self, n: Notif | None = None) -> None:
-        assert self._listener is not None and self._lpoll is not None
+        assert self._listener is not None and self._lpoll is not None and self._judge is not None
         if n is None:
             if self._listener_dead:
                 return
@@ -295,100 +317,19 @@ class ExecGate:
             n = self._listener.recv()
             if n is None:
                 return
-        t0 = time.perf_counter_ns()
-        answered = False
-        try:
-            answered = self._judge_notification(n)
-        except Exception as e:  # noqa: BLE001 - fail closed, never leave it unanswered
-            if not answered:
-                self._listener.respond_errno(n.id, errno.EPERM)
-                answered = True
-            d = Decision(Verdict.DENY, "exec-gate.internal-error",
-                         f"the exec gate failed ({type(e).__name__}: {e}); refused (fail closed)")
-            self._blocked(d, Layer.EXEC_GATE, n.pid, None, None, enforced=True)
-        finally:
-            if not answered:
-                self._listener.respond_errno(n.id, errno.EPERM)
-            dt = time.perf_counter_ns() - t0
-            self.stats.notifications += 1
-            self.stats.notify_ns += dt
-            self.stats.notify_max_ns = max(self.stats.notify_max_ns, dt)
+        self._judge.handle(n)
 
-    def _judge_notification(self, n: Notif) -> bool:
-        """Returns True once the notification is answered."""
-        from sandbox.kernel.unotify import read_exec
+    def _allowed(self, tid: int, j: Judged) -> None:
+        if self.tracer is None:  # no kernel report will come: observed now
+            self._observed(tid, j.decision, Layer.EXEC_GATE, j.binary, j.argv)
+        else:
+            self._pending.setdefault(tid, []).append(j)
 
-        assert self._listener is not None
-        req = read_exec(self._listener, n)
-        if not self._listener.id_valid(n.id):
-            return True  # the caller is gone (or the syscall was interrupted): nothing to answer
-        d = self._decide_request(req)
-        if d is None:  # the path does not exist: the kernel would say ENOENT
-            self._listener.respond_errno(n.id, errno.ENOENT)
-            return True
-        if d.allowed or self.mode == "monitor":
-            self._listener.respond_continue(n.id)
-            if not d.allowed:
-                self.stats.would_block += 1
-            if self.tracer is None:
-                self._observed(n.pid, d, Layer.EXEC_GATE, req.binary, req.argv)
-            else:
-                self._pending.setdefault(n.pid, []).append(_Pending(d, req.argv, req.binary))
-            return True
-        self._listener.respond_errno(n.id, errno.EPERM)
-        self._blocked(d, Layer.EXEC_GATE, n.pid, req.binary, req.cwd, enforced=True)
-        return True
+    def _blocked_at(self, d: Decision, layer: Layer, pid: int, binary: str | None,
+                    cwd: str | None, observed: bool = True) -> None:
+        self._blocked(d, layer, pid, binary, cwd, enforced=True, observed=observed)
 
-    def _decide_request(self, req: ExecRequest) -> Decision | None:
-        argv = req.argv
-        if req.error:
-            rule = "exec.argv-too-large" if req.too_large else "exec.unreadable"
-            return Decision(Verdict.DENY, rule, req.error, tuple(argv[:64]), req.binary)
-        if req.fileless is not None:
-            d = self._fileless(req.fileless, req.fd_target, argv, req.cwd)
-            if d is not None:
-                return d
-        elif req.binary is None or not os.path.exists(req.binary):
-            return None
-        inj = _injection(req.envp, argv, req.binary)
-        if inj is not None:
-            return inj
-        binary = req.abspath if req.fileless is None else req.fd_target
-        path = next((e[5:] for e in req.envp if e.startswith("PATH=")), None)
-        return self._cached_check(argv or [req.path], req.cwd, path, binary)
-
-    def _cached_check(self, argv: list[str], cwd: str | None, env_path: str | None,
-                      binary: str | None) -> Decision:
-        """check_argv, memoised per run on the exact inputs and the binary's identity (dev,
-        inode, mtime, size): a replaced file is judged again. Cleared by set_profile."""
-        try:
-            st = os.stat(binary) if binary else None
-        except OSError:
-            st = None
-        ident = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) if st else None
-        key = (binary, ident, tuple(argv), cwd, env_path)
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._check(self.profile, argv, cwd=cwd, env_path=env_path, binary=binary)
-            if len(self._memo) >= 4096:
-                self._memo.clear()
-            self._memo[key] = hit
-        return hit
-
-    def _fileless(self, why: str, target: str | None, argv: list[str], cwd: str | None
-                  ) -> Decision | None:
-        real = target is not None and target.startswith("/") and not target.endswith(
-            " (deleted)") and not target.startswith("/memfd:") and os.path.isfile(target)
-        if not self.profile.exec.allowFileless:
-            return Decision(Verdict.BLOCK, "exec.fileless",
-                            f"{why} -> {target}: fileless execs are not allowed by this profile "
-                            "(exec.allowFileless)", tuple(argv), target)
-        if real:
-            return None  # judged as the file it points to
-        return Decision(Verdict.ALLOW, "exec.allowFileless", f"{why} (allowed by the profile)",
-                        tuple(argv), target)
-
-    # -- layer 2: the eBPF trace and hold ---------------------------------------------------------
+    # -- layer 2: the kernel's verdicts ------------------------------------------------------------
     def _trace(self, check_lost: bool = False) -> None:
         if self.tracer is None:
             return
@@ -409,83 +350,81 @@ class ExecGate:
                 self._pending.pop(ev.pid, None)
             elif isinstance(ev, LostEvent):
                 self.lost += ev.count
-                self.fatal = (f"the eBPF ring buffer dropped {self.lost} event(s): the run's "
-                              "execs can no longer all be verified")
+                what = {"kill failed": "the kernel could not kill an exec that differed from "
+                                       "its verdict",
+                        "verifier skipped": f"the kernel skipped the exec verifier {ev.count} "
+                                            "time(s)"}.get(ev.source, f"the eBPF ring buffer "
+                                                                      f"dropped {self.lost} "
+                                                                      "event(s)")
+                self.fatal = f"{what}: the run's execs can no longer all be verified"
 
-    def _take_pending(self, ev: Any) -> _Pending | None:
-        """The oldest pending decision of this exec's process (the exec's own, in order)."""
+    def _take_pending(self, ev: ExecEvent) -> Judged | None:
+        """The oldest pending decision of the thread that exec'd (the exec's own, in order)."""
         for pid in (ev.old_pid, ev.pid):
             queue = self._pending.get(pid)
             if queue:
-                pend = queue.pop(0)
+                j = queue.pop(0)
                 if not queue:
                     del self._pending[pid]
-                return pend
+                return j
         return None
 
-    def _exec_event(self, ev: Any) -> None:
-        pend = self._take_pending(ev)
-        if pend is None and not ev.held and self._native is not None:
+    def _exec_event(self, ev: ExecEvent) -> None:
+        j = self._take_pending(ev)
+        if j is None and self._native is not None:
             # the native responder queues an exec's record before it lets the exec go on, so
             # a record missing here was queued after our last read: read again
             self._deferred += self._native_records()
-            pend = self._take_pending(ev)
-        if not ev.held:
-            self.stats.fast += 1
-            d = pend.decision if pend is not None else Decision(
-                Verdict.ALLOW, "exec.fast-allow", "allowed with no argv rule", (), ev.filename)
-            argv = pend.argv if pend is not None else [ev.filename]
-            binary = pend.binary if pend is not None else ev.filename
-            self._observed(ev.pid, d, Layer.EXEC_GATE if pend else Layer.EXEC_TRACE, binary, argv)
-            return
-        self.stats.held += 1
-        t0 = time.perf_counter_ns()
-        try:
-            pidfd = os.pidfd_open(ev.pid)
-        except OSError:
-            return  # gone already (killed while held)
-        try:
-            from sandbox.kernel.ebpf import read_trace_view
+            j = self._take_pending(ev)
+        if self._listener is None:  # --degraded exec-gate: judged after the fact
+            self._after_the_fact(ev)
+        elif ev.ok and j is not None:
+            self._observed(ev.pid, j.decision, Layer.EXEC_GATE, j.binary, j.argv)
+            self._learn_fast(j)
+        elif ev.ok:  # cannot happen: verified means the gate wrote an expectation
+            d = Decision(Verdict.ALLOW, "exec.verified", "verified by the kernel", (),
+                         ev.filename)
+            self._observed(ev.pid, d, Layer.EXEC_TRACE, ev.filename, [ev.filename])
+        else:
+            self._killed(ev, j)
 
-            view = read_trace_view(ev.pid, ev.filename)
-            d = self._decide_view(view)
+    def _killed(self, ev: ExecEvent, j: Judged | None) -> None:
+        """The kernel's verdict differed from the gate's (killed unless monitor mode)."""
+        d = kill_decision(ev, j, self.mode)
+        if self.mode == "monitor":
+            self.stats.would_block += 1
+        self._blocked(d, Layer.EXEC_TRACE, ev.pid, d.binary, None, enforced=ev.killed)
+
+    def _after_the_fact(self, ev: ExecEvent) -> None:
+        """--degraded exec-gate: judge the process from /proc (or, when it has already exited,
+        from the kernel's copy of its argv); kill it on a block."""
+        try:
+            pidfd: int | None = os.pidfd_open(ev.pid)
+        except OSError:
+            pidfd = None  # gone already
+        try:
+            d, binary, argv, cwd = judge_after_the_fact(ev, self.profile, self._check)
             if d.allowed or self.mode == "monitor":
-                signal.pidfd_send_signal(pidfd, signal.SIGCONT)
                 if not d.allowed:
                     self.stats.would_block += 1
-                else:
-                    self._learn_fast(view)
-                self._observed(ev.pid, d, Layer.EXEC_TRACE, view.binary, view.argv)
+                self._observed(ev.pid, d, Layer.EXEC_TRACE, binary, argv)
             else:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                self._blocked(d, Layer.EXEC_TRACE, ev.pid, view.binary, view.cwd, enforced=True)
-        except Exception as e:  # noqa: BLE001 - fail closed: kill what we cannot verify
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                self._blocked(d, Layer.EXEC_TRACE, ev.pid, binary, cwd, enforced=True)
+        except Exception as e:  # noqa: BLE001 - fail closed: kill what we cannot judge
             try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             except OSError:
                 pass
             d = Decision(Verdict.DENY, "exec-trace.internal-error",
-                         f"the exec could not be verified ({type(e).__name__}: {e}); killed",
+                         f"the exec could not be judged ({type(e).__name__}: {e}); killed",
                          (), ev.filename)
             self._blocked(d, Layer.EXEC_TRACE, ev.pid, ev.filename, None, enforced=True)
         finally:
-            os.close(pidfd)
-            dt = time.perf_counter_ns() - t0
-            self.stats.hold_ns += dt
-            self.stats.hold_max_ns = max(self.stats.hold_max_ns, dt)
-
-    def _decide_view(self, v: TraceView) -> Decision:
-        if v.error:
-            return Decision(Verdict.DENY, "exec.unreadable", v.error, tuple(v.argv), v.binary)
-        if v.fileless is not None:
-            d = self._fileless(v.fileless, v.binary, v.argv, v.cwd)
-            if d is not None:
-                return d
-        inj = _injection(v.envp, v.argv, v.binary)
-        if inj is not None:
-            return inj
-        return self._check(self.profile, v.argv, cwd=v.cwd, env_path=v.env_path,
-                           binary=v.binary)
+            if pidfd is not None:
+                os.close(pidfd)
 
     # -- events -----------------------------------------------------------------------------------
     def _observed(self, pid: int, d: Decision, layer: Layer, binary: str | None,
@@ -494,7 +433,7 @@ class ExecGate:
         p.binary, p.argv, p.exited = binary, list(argv), False
         self.stats.execs += 1
         would = not d.allowed and self.mode == "monitor"
-        rec = {"pid": pid, "ppid": p.ppid, "binary": binary, "argv": list(argv),
+        rec = {"pid": pid, "ppid": p.ppid, "binary": binary, "argv": _head(argv),
                "decision": d.verdict.value, "layer": layer.value, "rule_id": d.rule_id,
                "ts": time.time()}
         self._recent.append(rec)
@@ -504,25 +443,28 @@ class ExecGate:
                                would_block=would))
 
     def _blocked(self, d: Decision, layer: Layer, pid: int, binary: str | None,
-                 cwd: str | None, *, enforced: bool) -> None:
+                 cwd: str | None, *, enforced: bool, observed: bool = True) -> None:
         binary = d.binary or binary
         sha = sha256_of(binary)
         argv = list(d.argv)
         p = self._proc(pid)
         self.stats.blocked += 1
-        self.stats.execs += 1
-        self._recent.append({"pid": pid, "ppid": p.ppid, "binary": binary, "argv": argv,
-                             "decision": d.verdict.value, "layer": layer.value,
-                             "rule_id": d.rule_id, "ts": time.time()})
-        self.emit(ExecObserved(run_id=self.run_id, pid=pid, ppid=p.ppid, binary=binary or "?",
-                               sha256=sha, argv=argv, decision=d.verdict.value,
-                               layer=layer.value, rule_id=d.rule_id))
+        if observed:
+            self.stats.execs += 1
+            self._recent.append({"pid": pid, "ppid": p.ppid, "binary": binary,
+                                 "argv": _head(argv), "decision": d.verdict.value,
+                                 "layer": layer.value, "rule_id": d.rule_id, "ts": time.time()})
+            self.emit(ExecObserved(run_id=self.run_id, pid=pid, ppid=p.ppid,
+                                   binary=binary or "?", sha256=sha, argv=argv,
+                                   decision=d.verdict.value, layer=layer.value,
+                                   rule_id=d.rule_id, would_block=not enforced))
         esc: str | None = None
         try:
-            esc = self.on_block(BlockInfo(d, layer.value, pid, argv, binary, sha, cwd,
-                                          self.ancestry(pid), self.recent_execs()))
+            if enforced:
+                esc = self.on_block(BlockInfo(d, layer.value, pid, argv, binary, sha, cwd,
+                                              self.ancestry(pid), self.recent_execs()))
         finally:
-            if self.stats.first_block is None:
+            if self.stats.first_block is None and enforced:
                 self.stats.first_block = (d.rule_id, d.reason, layer.value, esc)
             self.emit(ExecBlocked(run_id=self.run_id, layer=layer.value,
                                   verdict=d.verdict.value,  # type: ignore[arg-type]
@@ -544,14 +486,9 @@ def _native_responder(listener_fd: int) -> Responder | None:
         return None
 
 
-def _injection(envp: list[str], argv: list[str], binary: str | None) -> Decision | None:
-    for e in envp:
-        name, eq, value = e.partition("=")
-        if eq and value and name in INJECTION_VARS:
-            return Decision(Verdict.BLOCK, f"env.injection:{name}",
-                            f"{name} in the environment of an exec loads code into the program "
-                            "before it starts", tuple(argv), binary)
-    return None
+def _head(argv: list[str], n: int = 64) -> list[str]:
+    """The first arguments (the recent-execs context of an escalation stays small)."""
+    return list(argv[:n]) + ([f"... ({len(argv)} arguments)"] if len(argv) > n else [])
 
 
 def ppid_of(pid: int) -> int | None:
@@ -571,43 +508,3 @@ def sha256_of(path: str | None) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
-
-
-_FAST_PROBES = ((), ("--glassbreak-probe",), ("-Z", "glassbreak-probe", "--", "x"))
-# learned fast-allow sets per (profile name, content hash): a daemon's later runs start warm
-_FAST: dict[tuple[str, str], set[str]] = {}
-
-
-def fast_candidate(profile: ResolvedProfile, check: Check, filename: str, exe: str) -> bool:
-    """May `filename` be continued in the kernel without a hold from now on? Only a plain
-    absolute spelling in a trusted dir of a root-owned regular file (in a root-owned, not
-    group/world-writable dir), that is not a script, not the loader, has no safeBins rule, and is
-    allowed whatever its argv (so neither multi-call binaries nor ruled binaries qualify)."""
-    from sandbox.policy.resolve import is_loader_name, trusted_set
-
-    if (not filename.startswith("/") or os.path.normpath(filename) != filename
-            or os.path.realpath(filename) != exe or is_loader_name(exe)):
-        return False
-    d, name = os.path.split(filename)
-    keys = profile.safeBins
-    if name in keys or filename in keys or exe in keys or os.path.basename(exe) in keys:
-        return False
-    if os.path.realpath(d) not in trusted_set(profile.exec.trustedDirs) or not _root_owned(exe):
-        return False
-    try:
-        return all(check(profile, [filename, *probe], cwd="/", env_path="",
-                         binary=filename).allowed for probe in _FAST_PROBES)
-    except Exception:  # noqa: BLE001 - when in doubt, hold
-        return False
-
-
-def _root_owned(path: str) -> bool:
-    import stat as st_mod
-
-    try:
-        st = os.stat(path)
-        dst = os.stat(os.path.dirname(path))
-    except OSError:
-        return False
-    return (st_mod.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
-            and dst.st_uid == 0 and not dst.st_mode & 0o022)

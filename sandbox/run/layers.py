@@ -18,17 +18,26 @@ A layer is one object with one small interface:
 What each layer does in the CHILD is fixed by the child's step order (sandbox.kernel.child,
 STEPS): no_new_privs, then Landlock, then seccomp (always last: its filter also governs the
 child's own final execve), then execve. Layers only hand the child data; they never add steps.
+
+The supervisor prepares them in list order: CredentialsLayer (when the run has credentials),
+LandlockLayer, SeccompLayer, ExecGateLayer, NetworkLayer.
+(Over 400 lines on purpose: every layer of a run in one place, each one short; the mechanisms
+they drive live in sandbox.kernel and sandbox.run.execgate / sandbox.run.filesystem.)
 """
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sandbox.events import SyscallKilled
-from sandbox.policy.decision import Decision
+from sandbox.events import Degraded, ExecBlocked, SyscallKilled
+from sandbox.policy.decision import Decision, Verdict
 
 if TYPE_CHECKING:
     from sandbox.kernel.cgroup import RunCgroup
@@ -53,6 +62,12 @@ class RunContext:
     # raise an escalation for a block seen by a layer; returns its id (or None)
     on_block: Callable[[Any], str | None]
     uid: int | None = None
+    # the run's private credential directory (sandbox.run.credentials), once prepared: the
+    # filesystem layer lets the run read it (and no other run's)
+    credentials_dir: str | None = None
+    argv: list[str] = field(default_factory=list)
+    # the run's recent execs (the exec gate sets it), for the context of other layers' blocks
+    recent_execs: Callable[[], list[dict[str, Any]]] | None = None
     agent: str | None = None
     # the agent's active destination grants for the strict profile (network layer); raises
     # when the store is unreachable (then no destination grant is honoured)
@@ -69,6 +84,7 @@ class LayerResult:
     reason: str | None = None
     layer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None  # the top process's wait status, when it exited
 
 
 class EnforcementLayer:
@@ -113,20 +129,26 @@ class EnforcementLayer:
 class SeccompLayer(EnforcementLayer):
     """The profile's syscall filter (compiled once per exact policy, cached by the caller),
     plus execve/execveat as user-notifications when the exec gate is on. Reports the syscall
-    that killed a process (kernel log)."""
+    that killed a process (kernel log). What root loses in a run is here too (Landlock has no
+    right for it, and it holds with `--degraded landlock`): runs as uid 0 get the root guard
+    (chmod, chown, xattr writes, utime: EPERM), and every run loses the capabilities in
+    sandbox.kernel.child.DROPPED_CAPS (bounding, effective, permitted, inheritable, ambient)."""
 
     name = "seccomp"
 
-    def __init__(self, compile_filter: Callable[[ResolvedProfile], Any]) -> None:
+    def __init__(self, compile_filter: Callable[[ResolvedProfile, bool], Any]) -> None:
         self._compile = compile_filter
         self._kmsg: Any = None
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
+        from sandbox.kernel.child import DROP_MASK
         from sandbox.kernel.kmsg import KmsgWatcher
 
-        filt = self._compile(run.effective)
+        root = (run.uid if run.uid is not None else os.geteuid()) == 0
+        filt = self._compile(run.effective, root)
         spec.filters = [*filt.extra, filt.bpf]
         spec.notify = filt.notify
+        spec.drop_caps = DROP_MASK
         self._kmsg = KmsgWatcher()
 
     def explain_death(self, run: RunContext, pid: int, sig: int,
@@ -151,9 +173,9 @@ class SeccompLayer(EnforcementLayer):
 
 
 class ExecGateLayer(EnforcementLayer):
-    """Every exec of the tree: the seccomp user-notification gate and the eBPF exec trace
-    (sandbox.run.execgate). One escalation per distinct block, one stderr line per distinct
-    block."""
+    """Every exec of the tree: the seccomp user-notification gate and the in-kernel exec
+    verification (sandbox.run.execgate). One escalation per distinct block, one stderr line per
+    distinct block."""
 
     name = "exec-gate"
 
@@ -165,7 +187,11 @@ class ExecGateLayer(EnforcementLayer):
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
         if self._tracer is not None:
-            self._tracer.watch(run.cgroup.id)  # watching before the child can exec
+            # watching before the child can exec: from now on every exec in the run's cgroup
+            # needs the gate's expectation (enforce), or is only reported (monitor; trace: no
+            # gate, judged after the fact)
+            mode = "trace" if not self._notify else run.mode
+            self._tracer.watch(run.cgroup.id, mode)
             self._watching = run.cgroup.id
 
     def started(self, run: RunContext, child: Child) -> None:
@@ -194,6 +220,7 @@ class ExecGateLayer(EnforcementLayer):
                              listener_fd=child.listener_fd if self._notify else None,
                              tracer=self._tracer, cgroup_id=run.cgroup.id, emit=emit,
                              on_block=on_block)
+        run.recent_execs = self.gate.recent_execs
 
     def fds(self) -> list[int]:
         return self.gate.fds() if self.gate is not None else []
@@ -222,6 +249,8 @@ class ExecGateLayer(EnforcementLayer):
         first = getattr(self.gate.stats, "first_block", None)
         if first is not None and result.first_block is None:
             result.first_block = first
+        if self._tracer is not None and self._watching is not None:
+            result.extra["kernel"] = self._tracer.counters(self._watching)
 
     def close(self) -> None:
         try:
@@ -241,29 +270,39 @@ class NetworkLayer(EnforcementLayer):
 
     name = "network"
 
-    def __init__(self, service: Any, gate_layer: ExecGateLayer | None = None) -> None:
+    def __init__(self, service: Any, gate_layer: ExecGateLayer | None = None,
+                 landlock_layer: LandlockLayer | None = None) -> None:
         self._svc = service
         self._gate_layer = gate_layer
+        self._landlock = landlock_layer  # prepared before this one (the supervisor's order)
         self.net: Any = None
 
     def _procs(self, pid: int) -> list[dict[str, Any]]:
         gate = self._gate_layer.gate if self._gate_layer is not None else None
-        return gate.ancestry(pid) if gate is not None else []
+        if gate is None:
+            return []
+        # a fast-allowed exec's argv reaches the gate's table with its records and the
+        # kernel's report: read those first (the process may be a zombie by now: no /proc)
+        gate.catch_up()
+        return gate.ancestry(pid)  # type: ignore[no-any-return]
 
     def _recent(self) -> list[dict[str, Any]]:
         gate = self._gate_layer.gate if self._gate_layer is not None else None
         return gate.recent_execs() if gate is not None else []
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
-        import os
-
         from sandbox.run.network import RunNetwork, check_stdio
 
         check_stdio((spec.stdin, spec.stdout, spec.stderr))
         uid = run.uid if run.uid is not None else os.getuid()
+        # abstract unix names: where the run's Landlock domain scopes them (the default), the
+        # scope decides (the run's own names work, every name bound outside is refused); where
+        # it does not (a profile or grant names one, or no Landlock), the hooks refuse every
+        # name not listed or granted
+        scoped = self._landlock is not None and self._landlock.scopes_abstract
         self.net = RunNetwork(self._svc, run, run.effective.network, uid=uid,
                               procs=self._procs, recent=self._recent,
-                              grants=run.destination_grants)
+                              grants=run.destination_grants, abstract_deny=not scoped)
         self.net.start()
 
     def fds(self) -> list[int]:
@@ -289,6 +328,283 @@ class NetworkLayer(EnforcementLayer):
     def close(self) -> None:
         if self.net is not None:
             self.net.close()
+
+
+@dataclass
+class FsBlock:
+    """A Landlock denial the run's profile lets an operator approve (same shape as the exec
+    gate's BlockInfo, plus the path and what an approval grants on it)."""
+
+    decision: Decision
+    layer: str
+    cwd: str
+    ancestry: list[dict[str, Any]]
+    recent_execs: list[dict[str, Any]]
+    fs_path: str
+    fs_access: str
+    sha256: str | None = None
+
+
+class LandlockLayer(EnforcementLayer):
+    """The run's Landlock domain (sandbox.run.filesystem): a cached static layer (read, execute,
+    scopes) and a per-run layer (writes), glassbreak's trust anchors always protected. Denials
+    come back as kernel audit records (sandbox.kernel.landlock_audit): each distinct one is
+    reported (audit log, trace, one stderr line) and, under a `block` rule, raises an
+    escalation whose approval grants that path (`fs_grants` of later runs)."""
+
+    name = "landlock"
+    cache: Any = None  # the process's LayerCache (static layers of every profile in use)
+    _cache_lock = threading.Lock()
+    MAX_DISTINCT = 64  # denials itemized per run; more are counted
+    LINGER = 0.5  # s: denials that reach the reader after the run ended are still recorded
+
+    def __init__(self, abi: int, *, binary: str | None = None,
+                 fs_grants: Sequence[tuple[str, str]] = (), network: bool = False) -> None:
+        self.abi = abi
+        self.binary = binary
+        self.fs_grants = list(fs_grants)
+        self.network = network  # the network layer's hooks guard unix sockets in this run
+        self.scopes_abstract = False  # set by prepare: the domain scopes abstract unix sockets
+        self.tmp: str | None = None
+        self._release: Callable[[], None] | None = None
+        self._rulesets: list[Any] = []
+        self._router: Any = None
+        self._pid: int | None = None
+        self._child: Any = None
+        self._queue: deque[Any] = deque()
+        self._pipe: tuple[int, int] | None = None
+        self._rules: Any = None
+        self._protected: list[tuple[str, str, bool]] = []
+        self._seen: dict[str, int] = {}
+        self._overflow = 0
+        self._first: tuple[str, str, str, str | None] | None = None
+        self._cg: Any = None
+        self._run: RunContext
+        self._late = False
+        self._report_lock = threading.Lock()
+        self._spawned = 0.0
+        self._owner: tuple[int | None, int | None] = (None, None)
+
+    def prepare(self, run: RunContext, spec: ChildSpec) -> None:
+        from sandbox.kernel import landlock as L
+        from sandbox.run import filesystem as F
+
+        with self._cache_lock:
+            if LandlockLayer.cache is None:
+                LandlockLayer.cache = F.LayerCache()
+        self._run = run
+        monitor = run.mode == "monitor"
+        profiles = F.run_profiles(run.strict, run.effective)
+        anchors = F.trust_anchors(profiles)
+        own_creds = run.credentials_dir
+        if own_creds:  # the run reads its own credential directory (a third layer below)
+            anchors = F.without(anchors, os.path.dirname(own_creds))
+        self._cg = run.cgroup
+        self._owner = (spec.uid, spec.gid)
+        self.tmp = F.make_tmp(spec.uid, spec.gid)
+        tmp_parent = os.path.dirname(self.tmp)
+        variables = {"CWD": os.path.realpath(run.cwd), "HOME": F.home_of(spec.uid),
+                     "TMPDIR": self.tmp}
+        self._rules = F.rules_for(run.effective, variables)
+        self._protected = [*anchors.protected(), *F.BUILT_IN]
+        reads = [p for p, a in self.fs_grants if a == "read"]
+        writes = [p for p, a in self.fs_grants if a != "read"]
+        scope_abstract = not self._abstract_listed(run, profiles)
+        self.scopes_abstract = scope_abstract and self.abi >= 6
+        static = F.static_inputs(F.rules_for(run.effective, {**variables, "TMPDIR": tmp_parent}),
+                                 anchors, tmp_parent=tmp_parent, monitor=monitor,
+                                 exec_all=F.exec_all(profiles), read_grants=reads,
+                                 scope_abstract=scope_abstract)
+        binary = self.binary if any(p.grantedCommands for p in profiles) else None
+        rs, self._release = self.cache.acquire(
+            (static.key(), tuple(p.content_hash for p in profiles), binary, self.abi),
+            lambda: F.build_static(static, profiles, binary, self.abi, envelope=not monitor))
+        per_run = F.run_inputs(self._rules, anchors, tmp=self.tmp, monitor=monitor,
+                               write_grants=writes)
+        # cached too: an agent that keeps its cwd gets the same (pooled) temp dir back, and one
+        # ruleset serves any number of runs (each restrict_self makes a new domain)
+        run_rs, release2 = self.cache.acquire(
+            (per_run.key(), self.abi), lambda: F.build(per_run, self.abi, resolve=False))
+        first = self._release
+
+        def release_both() -> None:
+            first()
+            release2()
+        self._release = release_both
+        log = L.LOG_NEW_EXEC_ON if self.abi >= 7 else 0
+        # the run's layer is the youngest: nested domains a program makes below it stay silent
+        spec.landlock = [(rs.fd, log), (run_rs.fd, log | (L.LOG_SUBDOMAINS_OFF if log else 0))]
+        if own_creds:
+            # every file readable but the other runs' credentials: only runs that hold
+            # credentials pay for this layer (~40 rules, planned per run)
+            _, creds_rs = F.build(F.credentials_inputs(own_creds, anchors), self.abi)
+            self._rulesets.append(creds_rs)
+            spec.landlock.insert(1, (creds_rs.fd, log))
+        if "$TMPDIR" in (sp for sp, _ in self._rules.write):
+            spec.env = {**spec.env, "TMPDIR": self.tmp,
+                        "XDG_CACHE_HOME": os.path.join(self.tmp, "cache")}
+        self._router, why = F.denial_router(self.abi)
+        if self._router is None:
+            run.record(Degraded(what="filesystem denials", why=why), show=False)
+        else:
+            self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._spawned = time.monotonic()
+
+    def _abstract_listed(self, run: RunContext, profiles: Sequence[ResolvedProfile]) -> bool:
+        """Does the run need an abstract unix socket outside it: a profile of the run (the
+        relaxed one included) lists one in network.unix (`@name`), or an active destination
+        grant names one? Then the network layer's hooks guard abstract sockets (refused unless
+        listed or granted) and the static layer does not scope them (Landlock's scope would
+        refuse every one). Without the network layer the scope always stays."""
+        if not self.network:
+            return False
+        if any(u.startswith("@") for p in profiles for u in p.network.unix):
+            return True
+        if run.destination_grants is None or run.strict.network.default == "deny":
+            return False
+        try:  # the supervisor keeps the answer for the network layer's first poll
+            grants = run.destination_grants()
+        except Exception:  # noqa: BLE001 - no grant honoured: the scope stays (fail closed)
+            return False
+        return any(str(getattr(g, "destination", "") or "").startswith("unix:@") for g in grants)
+
+    def started(self, run: RunContext, child: Child) -> None:
+        self._child = child
+        for rs in self._rulesets:  # the child holds its domain now
+            rs.close()
+        if self._router is not None and self._pipe is not None:
+            self._pid = child.pid
+            w = self._pipe[1]
+
+            def sink(d: Any) -> None:
+                if self._late:  # the run is over: recorded and escalated from here
+                    self._report(d, late=True)
+                    return
+                self._queue.append(d)
+                try:
+                    os.write(w, b"d")
+                except OSError:
+                    pass
+            self._router.register(child.pid, sink, since=self._spawned)
+
+    def fds(self) -> list[int]:
+        return [self._pipe[0]] if self._pipe is not None else []
+
+    def handle(self, fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._queue:
+            self._report(self._queue.popleft())
+
+    def _report(self, d: Any, late: bool = False) -> None:
+        with self._report_lock:
+            self._report1(d, late)
+
+    def _report1(self, d: Any, late: bool) -> None:
+        from sandbox.policy.filesystem import Judgement
+
+        run = self._run
+        fs = [r for r in d.rights if r.startswith("fs.")]
+        if fs:
+            j = self._rules.judge(d.path, fs, protected=[
+                (p, why) for p, why, hidden in self._protected
+                if hidden or not set(fs) <= {"fs.read_file", "fs.read_dir", "fs.execute"}])
+            layer = "filesystem"
+        else:
+            # an abstract unix name starts with NUL: shown as "@name" (docs/network.md)
+            obj = {k: ("@" + v[1:] if k == "path" and str(v).startswith("\0") else v)
+                   for k, v in d.object.items()}
+            what = obj.get("ocomm") or obj.get("path") or "?"
+            hint = (" (list it in network.unix to let the run reach it)"
+                    if d.blockers == "scope.abstract_unix_socket" else "")
+            j = Judgement(f"landlock.{d.blockers}:{what}", "deny",
+                          f"{d.blockers} outside the run refused (Landlock scope): "
+                          f"{' '.join(f'{k}={v}' for k, v in obj.items())}{hint}", "")
+            layer = "landlock"
+        if j.rule_id in self._seen:
+            self._seen[j.rule_id] += 1
+            return
+        if len(self._seen) >= self.MAX_DISTINCT:
+            self._overflow += 1
+            return
+        self._seen[j.rule_id] = 1
+        esc = None
+        if j.verdict == "block" and run.mode == "enforce" and j.access in ("read", "write"):
+            recent = run.recent_execs() if run.recent_execs is not None else []
+            esc = run.on_block(FsBlock(
+                Decision(Verdict.BLOCK, j.rule_id, j.reason, tuple(run.argv), self.binary),
+                layer, run.cwd, [{"pid": self._pid, "argv": list(run.argv)}], recent, d.path,
+                j.access))
+        run.record(ExecBlocked(layer=layer, verdict=j.verdict,  # type: ignore[arg-type]
+                               rule_id=j.rule_id, reason=j.reason, argv=list(run.argv),
+                               binary=self.binary, pid=d.pid or d.domain_pid,
+                               profile=run.strict.name, escalation_id=esc, path=d.path or None,
+                               access=d.rights), sync=True, show=not late)
+        if self._first is None:
+            self._first = (j.rule_id, j.reason, layer, esc)
+
+    def finish(self, run: RunContext, result: LayerResult) -> None:
+        self._run = run
+        if self._router is not None and self._pid is not None:
+            # a failed command (a denial usually is why) waits until every denial the kernel
+            # queued before now is routed; a successful one only for what reached the reader
+            # (asking the kernel costs ~30-200 us; a later denial goes to the audit log only)
+            self._router.settle(ask_kernel=result.status is not None and result.status != 0)
+        self._drain()
+        result.blocked += len(self._seen)
+        if self._first is not None and result.first_block is None:
+            result.first_block = self._first
+        if self._overflow:
+            run.record(Degraded(what="filesystem denials", why=f"{self._overflow} more "
+                                f"distinct denials were not itemized (limit "
+                                f"{self.MAX_DISTINCT} a run)"), show=False)
+        err = self._child.exec_error() if self._child is not None else None
+        if err is not None and "exec envelope" in err.message:
+            result.reason, result.layer = err.message, "filesystem"
+
+    def close(self) -> None:
+        if self._router is not None and self._pid is not None:
+            # and what reached the reader while the other layers finished
+            self._router.settle(limit=0.01, ask_kernel=False)
+            self._drain()
+            # records still in flight: the audit log and escalations only, through a slim view
+            # of the run (not the exec gate, the child or the cgroup, which the run frees)
+            run = self._run
+            recent = run.recent_execs() if run.recent_execs is not None else []
+            self._run = RunContext(
+                run_id=run.run_id, mode=run.mode, strict=run.strict, effective=run.effective,
+                cgroup=None, env={}, cwd=run.cwd, record=run.record,  # type: ignore[arg-type]
+                on_block=run.on_block, uid=run.uid, argv=run.argv,
+                recent_execs=lambda: recent)
+            self._child = None
+            self._late = True
+            self._router.unregister(self._pid, linger=self.LINGER)
+            while self._queue:
+                self._report(self._queue.popleft(), late=True)
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+        for rs in self._rulesets:
+            rs.close()
+        if self._release is not None:
+            self._release()
+            self._release = None
+        if self.tmp is not None:
+            from sandbox.run.filesystem import release_tmp
+
+            empty = True
+            if self._cg is not None:  # nothing of the run may still write there
+                self._cg.kill()
+                empty = bool(self._cg.wait_empty(timeout=2.0))
+            release_tmp(self.tmp, *self._owner, keep=empty)
+            self.tmp = None
 
 
 def user_visible(ev: Any) -> bool:

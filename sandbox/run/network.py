@@ -73,10 +73,10 @@ def default_upstream() -> tuple[str, int]:
     if env:
         return parse_hostport(env)
     try:
-        from escalation.config import load_config
+        from sandbox.config import load_config
 
         cfg = load_config()
-        upstream = getattr(cfg, "dnsUpstream", None)
+        upstream = cfg.dnsUpstream
         if upstream:
             return parse_hostport(str(upstream))
     except Exception:  # noqa: BLE001, S110 - an unreadable config falls back to resolv.conf
@@ -208,8 +208,10 @@ class RunNetwork:
     def __init__(self, svc: NetworkService, run: RunContext, policy: NetworkPolicy, *,
                  uid: int, procs: Callable[[int], list[dict[str, Any]]] | None = None,
                  recent: Callable[[], list[dict[str, Any]]] | None = None,
-                 grants: Callable[[], list[Any]] | None = None) -> None:
+                 grants: Callable[[], list[Any]] | None = None,
+                 abstract_deny: bool = True) -> None:
         self.svc = svc
+        self.abstract_deny = abstract_deny  # False: abstract names left to Landlock's scope
         self.hooks = svc.hooks
         self.run = run
         self.cgid = run.cgroup.id
@@ -266,7 +268,9 @@ class RunNetwork:
     def _flags(self) -> int:
         from sandbox.kernel import sockhooks as sh
 
-        flags = sh.F_UNIX_ABSTRACT_DENY | sh.F_REPORT_CONNECT | sh.F_REPORT_DNS
+        flags = sh.F_REPORT_CONNECT | sh.F_REPORT_DNS
+        if self.abstract_deny:
+            flags |= sh.F_UNIX_ABSTRACT_DENY
         if self.policy.default == "allow":
             flags |= sh.F_DEFAULT_ALLOW
         if self.audit:

@@ -35,7 +35,7 @@ def make_emit(output: str, fd: int = 2) -> Callable[[Any], None]:
     return emit
 
 
-def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str | None,
+def run_command(argv: list[str], *, profile: str | None, agent: str | None, reason: str | None,
                 mode: str, wait: float | None, degraded: Sequence[str],
                 output: str) -> int:
     from sandbox.run import thinclient
@@ -68,7 +68,15 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
     # compile chdir()s the whole process into the kernel headers for a while, so a getcwd()
     # or a relative path during it would name the wrong directory (the run's cwd included).
     cwd = os.getcwd()
-    profile = _absolute_profile(profile, cwd)
+    if profile is not None:
+        profile = _absolute_profile(profile, cwd)
+    try:  # root in process is the operator; the same mapping as the daemon's (recorded)
+        from sandbox.run.caller import authorize_run
+
+        ident = authorize_run(os.geteuid(), agent=agent, profile=profile, cwd=cwd)
+    except GlassbreakError as e:
+        _refused(e, argv, agent, profile, cwd, output)
+        return e.exit_code
     for var in ("GLASSBREAK_STATE_DIR", "GLASSBREAK_PROFILE_PATH", "GLASSBREAK_CONFIG"):
         if os.environ.get(var):
             os.environ[var] = ":".join(os.path.join(cwd, p) if p else p
@@ -79,9 +87,10 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
     if "ebpf" not in degraded:
         sup.prewarm()  # compile the eBPF program while the profile loads (cold runs)
     emit = make_emit(output)
-    req = RunRequest(argv=argv, profile=profile, agent=agent, reason=reason,
+    req = RunRequest(argv=argv, profile=ident.profile, agent=ident.agent, reason=reason,
                      mode=mode,  # type: ignore[arg-type]
-                     wait=wait, degraded=tuple(degraded), cwd=cwd)
+                     wait=wait, degraded=tuple(degraded), cwd=cwd, user=ident.user,
+                     agent_source=ident.how)
     # The terminal's Ctrl-C / Ctrl-\ reach the command directly (same process group); the
     # supervisor must outlive it to account for the exit and end the tree.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
@@ -110,6 +119,27 @@ def run_command(argv: list[str], *, profile: str, agent: str | None, reason: str
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _refused(e: GlassbreakError, argv: list[str], agent: str | None, profile: str | None,
+             cwd: str, output: str) -> None:
+    """Say why, and write the refusal to the audit log (best effort: the run did not start)."""
+    if output == "json":
+        import json
+
+        print(json.dumps(e.to_dict()), file=sys.stderr)
+    else:
+        print(e.render(), file=sys.stderr)
+    try:
+        from sandbox.audit import AuditLog
+        from sandbox.run.caller import refusal_event
+
+        with AuditLog() as log:
+            log.write(refusal_event(e, uid=os.geteuid(), agent=agent, profile=profile,
+                                    argv=argv, cwd=cwd, via="in-process"))
+    except OSError as err:
+        print(f"glassbreak: the refusal could not be written to the audit log: {err}",
+              file=sys.stderr)
 
 
 def _absolute_profile(profile: str, cwd: str) -> str:

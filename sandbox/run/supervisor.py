@@ -4,7 +4,8 @@ One run, as data flows (DESIGN.md):
   1 load the profile                                   sandbox.policy.loader        (pure)
   2 an active grant for (agent, profile)? -> relaxed   escalation.service    (store)
   3 argv pre-check of the top-level command            sandbox.policy.check        (pure)
-  4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> seccomp -> execve
+  4 spawn: own cgroup v2 leaf, tracer watching it, child: no_new_privs -> Landlock -> seccomp
+    -> execve
   5 every exec in the tree checked again               sandbox.run.execgate (unotify + eBPF)
   6 events -> audit log, stderr (text or JSON lines)
   7 blocks -> escalation requests                      escalation.service
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from sandbox.policy.profile import ResolvedProfile
 
 Mode = Literal["enforce", "monitor"]
-DEGRADABLE = ("exec-gate", "ebpf", "network")
+DEGRADABLE = ("exec-gate", "ebpf", "landlock", "network")
 
 
 @dataclass
@@ -66,6 +67,8 @@ class RunRequest:
     uid: int | None = None
     gid: int | None = None
     groups: list[int] | None = None
+    user: str | None = None  # the caller's unix user (recorded)
+    agent_source: str | None = None  # how the agent was derived (sandbox.run.caller)
     # called with (child pid, RunCgroup) once the child exists: lets a caller (the daemon)
     # deliver signals to the run
     on_spawn: Callable[[int, Any], None] | None = None
@@ -112,6 +115,8 @@ class Supervisor:
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
         self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
+        # run id -> the SecretMask of a run that holds credentials: what it records is masked
+        self._masks: dict[str, Any] = {}
         self._network = network  # sandbox.run.network.NetworkService, once per process
         self._network_error: str | None = None
         self._network_lock = threading.Lock()
@@ -205,12 +210,22 @@ class Supervisor:
         started = time.monotonic()
         events: list[Any] = []
 
+        masked = [0]  # the mask version the recorded events were masked with
+        over = [False]  # after the run's result: the caller's stdio is no longer ours to write
+
         def record(ev: Any, *, show: bool = True, sync: bool = False) -> None:
             ev.run_id = ev.run_id or run_id
+            mask = self._masks.get(run_id)
+            if mask is not None:  # credential values never reach the audit log or stderr
+                mask.event(ev)
             events.append(ev)
-            if show:
+            if show and not over[0]:
                 emit(ev)
             if sync or len(events) >= 256:
+                if mask is not None and mask.version != masked[0]:
+                    for e in events:  # recorded before the run's credentials were known
+                        mask.event(e)
+                    masked[0] = mask.version
                 self._flush(events, sync=sync)
 
         try:
@@ -230,6 +245,8 @@ class Supervisor:
             ),
             sync=True,
         )
+        self._masks.pop(run_id, None)
+        over[0] = True  # a layer's late report (a denial in flight) goes to the audit log only
         return result
 
     def _flush(self, events: list[Any], sync: bool) -> None:
@@ -255,6 +272,11 @@ class Supervisor:
         cwd = req.cwd or os.getcwd()
         strict = load_profile(req.profile)
         effective, grant = self._apply_grants(strict, req, env, cwd, record)
+        if "landlock" in req.degraded and req.uid not in (None, 0):
+            from sandbox.errors import UsageError
+
+            raise UsageError("--degraded landlock is for root only",
+                             hint="run without it; a non-root run always gets its Landlock domain")
 
         # 3. the argv pre-check of the top-level command
         decision = check_argv(effective, req.argv, cwd=cwd, env_path=env.get("PATH"))
@@ -274,10 +296,41 @@ class Supervisor:
                     return RunResult(run_id, EXIT_BLOCKED, decision=decision.verdict.value,
                                      rule_id=decision.rule_id, reason=decision.reason,
                                      layer=Layer.PRECHECK.value, escalation_id=esc_id, blocked=1)
-        return self._spawn_and_supervise(req, run_id, strict, effective, grant, decision, env,
-                                         cwd, record)
+        result = self._spawn_and_supervise(req, run_id, strict, effective, grant, decision, env,
+                                           cwd, record)
+        if req.wait is not None and req.mode == "enforce" and result.layer == "filesystem" \
+                and result.escalation_id and self._states.get(result.escalation_id) != "denied":
+            # a filesystem denial under a block rule: with --wait, wait for the operator and, if
+            # approved, run the command once more with the path granted
+            waited = self._wait_and_retry(req, strict, result.escalation_id, env, cwd, record,
+                                          need_grant=False)
+            if waited is not None:
+                effective, grant = waited
+                result = self._spawn_and_supervise(req, run_id, strict, effective, grant,
+                                                   decision, env, cwd, record)
+        return result
 
     # -- grants ---------------------------------------------------------------------------------
+    def _path_grants(self, strict: ResolvedProfile, req: RunRequest,
+                     record: Record) -> list[Any]:
+        """Active path grants for (agent, profile): approved filesystem escalations. Each adds
+        its path to the run's Landlock domain (read, or write)."""
+        if "landlock" in req.degraded or strict.filesystem.default == "deny":
+            return []
+        try:
+            grants = list(self.escalations().path_grants(
+                agent=req.agent, profile=strict.name,
+                on_reject=lambda ev: record(ev, sync=True)))
+        except StoreError as e:
+            record(Degraded(what="grants", why=f"grant store unreachable, no path grants: "
+                                                f"{e.message}"))
+            return []
+        for g in grants:
+            record(GrantUsed(grant_id=g.id, escalation_id=g.escalation_id, approver=g.approver,
+                             relaxed_profile=f"{strict.name} + {g.fs_access} {g.fs_path}",
+                             expires_at=float(g.expires_at)), sync=True)
+        return grants
+
     def _apply_grants(self, strict: ResolvedProfile, req: RunRequest, env: dict[str, str],
                       cwd: str, record: Record) -> tuple[ResolvedProfile, Any | None]:
         relaxed_name = strict.escalation.relaxedProfile
@@ -287,19 +340,27 @@ class Supervisor:
         try:
             grant = self.escalations().active_grant(
                 agent=req.agent, profile=strict.name, argv=list(req.argv), cwd=cwd,
-                binary=binary,
+                binary=binary, relaxed_profile=relaxed_name,
+                on_reject=lambda ev: record(ev, sync=True),
             )
         except StoreError as e:
             record(Degraded(what="grants", why=f"grant store unreachable, strict profile used: "
                                                 f"{e.message}"))
+            return strict, None
+        except GlassbreakError as e:  # e.g. no grant key here: no grant is honoured
+            record(Degraded(what="grants", why=f"grants cannot be checked, strict profile "
+                                                f"used: {e.message}"), sync=True)
             return strict, None
         if grant is None:
             return strict, None
         if getattr(grant, "scope", "profile") == "command":
             from sandbox.policy.profile import GrantedCommand
 
+            # the grant's own argv is the escalation record's, REDACTED (a secret in argv is
+            # masked there); what it covers is its signed cmd_key, which active_grant matched
+            # against exactly this run's argv, cwd and binary: so the run's argv is the one
             effective = strict.model_copy(update={"grantedCommands": [GrantedCommand(
-                grant_id=grant.id, argv=list(grant.argv or req.argv),
+                grant_id=grant.id, argv=list(req.argv),
                 binary_sha256=grant.binary_sha256)]})
         else:
             from sandbox.policy.loader import load_profile
@@ -314,7 +375,7 @@ class Supervisor:
         return effective, grant
 
     def _wait_and_retry(self, req: RunRequest, strict: ResolvedProfile, esc_id: str,
-                        env: dict[str, str], cwd: str, record: Record
+                        env: dict[str, str], cwd: str, record: Record, need_grant: bool = True
                         ) -> tuple[ResolvedProfile, Any | None] | None:
         try:
             rec = self.escalations().wait_for_decision(esc_id, req.wait or 0)
@@ -324,7 +385,7 @@ class Supervisor:
         if getattr(rec, "state", None) != "approved":
             return None
         effective, grant = self._apply_grants(strict, req, env, cwd, record)
-        return (effective, grant) if grant is not None else None
+        return (effective, grant) if grant is not None or not need_grant else None
 
     # -- blocks -> escalations --------------------------------------------------------------------
     def _block(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
@@ -352,7 +413,8 @@ class Supervisor:
     def _raise(self, profile: ResolvedProfile, decision: Decision, layer: Layer,
                req: RunRequest, cwd: str, env: dict[str, str], run_id: str,
                ancestry: list[Any] | None, recent: list[Any] | None, sha256: str | None,
-               destination: str | None = None) -> tuple[str | None, str | None]:
+               fs: tuple[str, str] | None = None, destination: str | None = None
+               ) -> tuple[str | None, str | None]:
         try:
             from escalation.service import BlockContext
 
@@ -364,6 +426,21 @@ class Supervisor:
                 except OSError:
                     sha256 = None
             esc = profile.escalation
+            mask = self._masks.get(run_id)
+            if mask is not None:  # what the run holds never reaches a record or a webhook
+                from dataclasses import replace
+
+                decision = replace(decision, argv=tuple(mask.scrub(list(decision.argv))),
+                                   reason=mask.text(decision.reason))
+                req = replace(req, argv=mask.scrub(list(req.argv)),
+                              reason=mask.text(req.reason) if req.reason else req.reason)
+                env = mask.env(env)
+                ancestry, recent = mask.scrub(ancestry or []), mask.scrub(recent or [])
+            elif profile.credentials or esc.relaxedProfile:  # blocked before the run started
+                from sandbox.run.credentials import source_env_names, tiers
+
+                hidden = source_env_names(tiers(profile, profile))
+                env = {k: v for k, v in env.items() if k not in hidden}
             ctx = BlockContext(
                 agent=req.agent, host=socket.gethostname(), profile=profile.name,
                 profile_hash=profile.content_hash, owners=profile.approvers, layer=layer.value,
@@ -374,7 +451,9 @@ class Supervisor:
                 run_id=run_id, relaxed_profile=esc.relaxedProfile, ttl_default=esc.ttl_seconds,
                 max_ttl=esc.max_ttl_seconds, pending_ttl=esc.pending_ttl_seconds,
                 webhooks=list(esc.webhooks), auto_approve=list(esc.autoApprove),
-                on_expiry=esc.onExpiry, destination=destination,
+                on_expiry=esc.onExpiry, fs_path=fs[0] if fs else None,
+                fs_access="read" if fs and fs[1] == "read" else "write" if fs else None,
+                destination=destination,
             )
             rec = self.escalations().raise_block(ctx)
             self._states[rec.id] = str(getattr(rec, "state", ""))
@@ -390,22 +469,30 @@ class Supervisor:
         return rec.id, note
 
     # -- spawn and supervise ----------------------------------------------------------------------
-    def _layers(self, req: RunRequest) -> list[Any]:
+    def _layers(self, req: RunRequest, binary: str | None = None,
+                path_grants: list[Any] | None = None) -> list[Any]:
         """The run's enforcement layers, in the order they are prepared (the child applies
         their parts in its own fixed order: sandbox.kernel.child.STEPS)."""
-        from sandbox.run.layers import ExecGateLayer, NetworkLayer, SeccompLayer
+        from sandbox.run.layers import ExecGateLayer, LandlockLayer, NetworkLayer, SeccompLayer
 
         use_gate = "exec-gate" not in req.degraded
         use_ebpf = "ebpf" not in req.degraded
+        layers: list[Any] = []
+        landlock = None
+        if "landlock" not in req.degraded:
+            landlock = LandlockLayer(landlock_abi(), binary=binary, fs_grants=[
+                (g.fs_path, g.fs_access) for g in path_grants or []],
+                network="network" not in req.degraded)
+            layers.append(landlock)
         tracer = self.tracer() if use_ebpf else None
         network = self.network() if "network" not in req.degraded else None
-        layers: list[Any] = [SeccompLayer(lambda p: self._filter(p, use_gate, use_ebpf))]
+        layers.append(SeccompLayer(lambda p, root: self._filter(p, use_gate, root)))
         gate = None
         if use_gate or tracer is not None:
             gate = ExecGateLayer(tracer, use_notify=use_gate)
             layers.append(gate)
         if network is not None:
-            layers.append(NetworkLayer(network, gate))
+            layers.append(NetworkLayer(network, gate, landlock))
         return layers
 
     def _spawn_and_supervise(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
@@ -417,43 +504,66 @@ class Supervisor:
 
         for d in req.degraded:
             record(Degraded(what=d, why="switched off with --degraded"), sync=True)
-        layers = self._layers(req)
+        path_grants = self._path_grants(strict, req, record)
+        # the run's grant window: the one that closes first (a path grant's included)
+        window = min([g for g in (grant, *path_grants) if g is not None],
+                     key=lambda g: float(getattr(g, "expires_at", 0) or 0), default=None)
+        layers = self._layers(req, decision.binary, path_grants)
+        creds = self._credentials_layer(req, run_id, strict, effective, grant)
+        if creds is not None:
+            layers.insert(0, creds)
         # exec the path as found (PATH lookup), not its realpath: a profile that allows
         # `python3` by name must see the same path at the exec gate as at the pre-check
         executable = _found_path(req.argv, env, cwd) or decision.binary or req.argv[0]
         cg = RunCgroup.create(run_id)
-        names = ["pre-check", "seccomp"] + (["exec-gate"] if "exec-gate" not in req.degraded
-                                            else []) + \
-            (["ebpf"] if "ebpf" not in req.degraded else []) + \
-            (["network"] if "network" not in req.degraded else [])
+        names = ["pre-check"] + [n for n in ("landlock", "seccomp", "exec-gate", "ebpf",
+                                             "network") if n not in req.degraded]
         record(RunStarted(
             profile=strict.name, profile_hash=strict.content_hash,
             effective_profile=effective.name, agent=req.agent, argv=list(req.argv), cwd=cwd,
             mode=req.mode, grant_id=getattr(grant, "id", None),
             approver=getattr(grant, "approver", None), layers=names,
             degraded=list(req.degraded), uid=req.uid if req.uid is not None else os.getuid(),
-            pid=os.getpid(),
+            pid=os.getpid(), user=req.user, agent_source=req.agent_source,
         ), show=False)
 
         def on_block(info: Any) -> str | None:
             d: Decision = info.decision
             esc, note = (None, None)
             if req.mode == "enforce" and d.verdict is Verdict.BLOCK:
+                fs = getattr(info, "fs_path", None)
                 esc, note = self._raise(strict, d, Layer(info.layer), req, info.cwd or cwd, env,
                                         run_id, info.ancestry, info.recent_execs, info.sha256,
+                                        fs=(fs, info.fs_access) if fs else None,
                                         destination=getattr(info, "destination", None))
             if note:
                 record(Degraded(what="webhook", why=note))
             return esc
 
+        rejected: set[str] = set()
+
+        def on_reject(ev: Any) -> None:  # polled every second: each rejected grant said once
+            if ev.grant_id not in rejected:
+                rejected.add(ev.grant_id)
+                record(ev, sync=True)
+
+        last: list[tuple[float, list[Any]]] = []
+
         def destination_grants() -> list[Any]:
+            # only grants whose signature (destination included) verifies (escalation.service);
+            # one store read serves the layers that ask while the run starts (Landlock, then
+            # the network layer); the network layer polls every second after that
+            now = time.monotonic()
+            if last and now - last[0][0] < 0.25:
+                return last[0][1]
             grants: list[Any] = self.escalations().destination_grants(
-                agent=req.agent, profile=strict.name)
+                agent=req.agent, profile=strict.name, on_reject=on_reject)
+            last[:] = [(now, grants)]
             return grants
 
         run = RunContext(run_id=run_id, mode=req.mode, strict=strict, effective=effective,
                          cgroup=cg, env=env, cwd=cwd, record=record, on_block=on_block,
-                         uid=req.uid, agent=req.agent,
+                         uid=req.uid, argv=list(req.argv), agent=req.agent,
                          destination_grants=destination_grants if req.mode == "enforce"
                          else None)
         spec = ChildSpec(list(req.argv), executable=executable, env=env, cwd=cwd,
@@ -471,7 +581,7 @@ class Supervisor:
                 layer.started(run, child)
             if req.on_spawn is not None:
                 req.on_spawn(child.pid, cg)
-            result = self._loop(req, run, child, layers, grant)
+            result = self._loop(req, run, child, layers, window)
         finally:
             try:
                 for layer in reversed(prepared):
@@ -488,15 +598,39 @@ class Supervisor:
                     child.close()  # its pidfd, listener and report socket (the daemon's fds)
         return result
 
-    def _filter(self, profile: ResolvedProfile, use_gate: bool, use_ebpf: bool) -> Any:
+    def _credentials_layer(self, req: RunRequest, run_id: str, strict: ResolvedProfile,
+                           effective: ResolvedProfile, grant: Any | None) -> Any | None:
+        """The effective profile's credentials (sandbox.run.credentials), first of the layers:
+        the filesystem layer learns the run's credential directory from it. None when no tier
+        of the run (strict, effective, the relaxed profile) has credentials."""
+        if not (strict.credentials or effective.credentials or
+                strict.escalation.relaxedProfile):
+            return None
+        from sandbox.run.credentials import CredentialsLayer, tiers
+
+        concerned = tiers(strict, effective)
+        if not concerned:
+            return None
+        from sandbox.run.caller import is_profile_path
+        from sandbox.run.secretmask import SecretMask
+
+        mask = self._masks[run_id] = SecretMask()
+        # a profile file root named itself (and what it extends) is root's choice
+        root_file = req.uid in (None, 0) and os.geteuid() == 0 and is_profile_path(req.profile)
+        return CredentialsLayer(grant=grant, agent=req.agent, uid=req.uid, gid=req.gid,
+                                mask=mask, root_chain=[*strict.sources, *effective.sources]
+                                if root_file else (), tiers=concerned)
+
+    def _filter(self, profile: ResolvedProfile, use_gate: bool, root: bool = False) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
-        µs to make): a daemon's warm runs skip libseccomp (~3 ms)."""
+        µs to make): a daemon's warm runs skip libseccomp (~3 ms). `root`: the run is uid 0
+        (the root guard: sandbox.kernel.seccomp.ROOT_GUARDS)."""
         from sandbox.kernel.seccomp import compile_filter
 
-        key = (profile.seccomp.model_dump_json(), use_gate, use_ebpf)
+        key = (profile.seccomp.model_dump_json(), use_gate, root)
         filt = self._filters.get(key)
         if filt is None:
-            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_sigcont=use_ebpf)
+            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_root=root)
             if len(self._filters) >= 64:
                 self._filters.clear()
             self._filters[key] = filt
@@ -614,12 +748,14 @@ class Supervisor:
                 grant_killed: bool) -> RunResult:
         from sandbox.run.layers import LayerResult
 
-        found = LayerResult()
+        found = LayerResult(status=status)
         for layer in layers:
             layer.finish(run, found)
         res = RunResult(run.run_id, 0, execs=found.execs, blocked=found.blocked)
         if found.first_block is not None:
             res.rule_id, res.reason, res.layer, res.escalation_id = found.first_block
+        elif found.reason is not None:  # e.g. the command is not in the exec envelope
+            res.reason, res.layer = found.reason, found.layer
         if os.WIFEXITED(status):
             res.exit_code = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
@@ -634,6 +770,25 @@ class Supervisor:
         if res.blocked:
             res.decision = "block"
         return res
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI; a missing or too old Landlock refuses the run (exit 125)."""
+    from sandbox.kernel.landlock import LandlockUnavailable, abi_version
+
+    try:
+        abi = abi_version()
+    except LandlockUnavailable as e:
+        raise KernelFeatureMissing(
+            f"{e}: runs need it for their filesystem rules and self-protection",
+            hint="run `glassbreak doctor`; `--degraded landlock` runs without it (root only, "
+            "recorded in the audit log)") from None
+    if abi < 6:
+        raise KernelFeatureMissing(
+            f"this kernel's Landlock ABI is {abi}; runs need 6 (Linux >= 6.12: signal and "
+            "abstract-socket scopes)", hint="run `glassbreak doctor`; `--degraded landlock` runs "
+            "without it (root only, recorded in the audit log)")
+    return abi
 
 
 def _grant_deadline(grant: Any | None) -> float | None:

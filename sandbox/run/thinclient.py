@@ -23,7 +23,7 @@ OPTIONS = {"--profile": "profile", "-p": "profile", "--agent": "agent", "-a": "a
            "--reason": "reason", "-r": "reason", "--mode": "mode", "--output": "output",
            "-o": "output", "--degraded": "degraded"}
 CHOICES = {"mode": ("enforce", "monitor"), "output": ("text", "json"),
-           "degraded": ("exec-gate", "ebpf", "network")}
+           "degraded": ("exec-gate", "ebpf", "landlock", "network")}
 
 
 def socket_path() -> str:
@@ -51,7 +51,7 @@ def parse_run(args: list[str]) -> dict[str, Any] | None:
     """The options of `glassbreak run` (after `run`), or None for anything this tiny parser
     does not understand (then the full click CLI handles it, with its own messages)."""
     body: dict[str, Any] = {
-        "profile": os.environ.get("GLASSBREAK_PROFILE", "readonly"),
+        "profile": os.environ.get("GLASSBREAK_PROFILE"),  # None: the caller's default
         "agent": os.environ.get("GLASSBREAK_AGENT"), "reason": None, "mode": "enforce",
         "wait": None, "degraded": [], "output": "text"}
     i = 0

@@ -156,3 +156,74 @@ def hook(url: str, fmt: str = "generic") -> Webhook:
 
 
 __all__ = ["AutoApprove", "Receiver", "block_ctx", "hook", "make_config", "SECRET"]
+
+
+class Serve:
+    """A real `glassbreak serve --no-socket` process (its own state dir and config), ended by
+    pid. `base` is its URL; `svc` reads and writes the same store in this process."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = ()) -> None:
+        import os
+        import subprocess
+
+        from tests.conftest import GLASSBREAK, free_port
+
+        self.state = workdir / "state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(json.dumps(config))
+        self.config_path.chmod(0o644)
+        self.store_url = f"sqlite:///{self.state / 'state.db'}"
+        self.port = free_port()
+        self.base = f"http://{host}:{self.port}"
+        self.env = {"GLASSBREAK_STATE_DIR": str(self.state), "GLASSBREAK_STORE": self.store_url,
+                    "GLASSBREAK_CONFIG": str(self.config_path),
+                    "PATH": "/usr/local/bin:/usr/bin:/bin", "GB_TEST_WEBHOOK_SECRET": SECRET,
+                    **(env or {})}
+        self.log = workdir / "serve.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [*prefix, GLASSBREAK, "serve", "--no-socket", "--host", host, "--port",
+                 str(self.port), *args], env={**self.env, "HOME": os.environ.get("HOME", "/root")},
+                stdout=out, stderr=subprocess.STDOUT)
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(self.base + "/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "glassbreak serve did not come up"
+            time.sleep(0.1)
+        from sandbox.audit import AuditLog
+
+        self.svc = EscalationService(open_store(self.store_url),
+                                     audit=AuditLog(self.state / "audit.jsonl"),
+                                     config=Config.model_validate(config))
+
+    def audit(self) -> list[dict[str, Any]]:
+        p = self.state / "audit.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+    def written(self) -> int:
+        """Bytes in the audit log and the store (with its WAL): what a request wrote."""
+        return sum(p.stat().st_size for p in self.state.iterdir()
+                   if p.name.startswith(("audit.jsonl", "state.db")))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+                self.proc.wait()
+
+
+def token_sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -24,7 +24,8 @@ def test_all_required_features_present_here():
     names = {c.name for c in checks}
     for want in ("architecture", "seccomp filters", "seccomp user-notify", "no_new_privs",
                  "bpf syscall", "ring buffer", "bpf_send_signal", "tracefs", "kernel headers",
-                 "bcc", "cgroup v2", "redis-server", "root"):
+                 "bcc", "cgroup v2", "redis-server", "root", "raw tracepoint", "bpf_loop",
+                 "kernel BTF", "pid namespace"):
         assert want in names
     missing = [c.line() for c in checks if c.required and not c.ok]
     require(not missing, f"this machine lacks kernel features: {missing}")
@@ -46,6 +47,23 @@ def test_a_refused_helper_is_reported_missing(monkeypatch):
     monkeypatch.setattr(doctor, "BPF_FUNC_send_signal", 100000)  # no such helper: verifier says no
     c = doctor.check_send_signal()
     assert not c.ok and c.required and "refused" in c.detail and c.fix
+
+
+def test_a_refused_bpf_loop_is_reported_missing(monkeypatch):
+    monkeypatch.setattr(doctor, "BPF_FUNC_loop", 100000)  # no such helper: verifier says no
+    c = doctor.check_bpf_loop()
+    assert not c.ok and c.required and "refused" in c.detail and "5.17" in c.fix
+
+
+def test_missing_btf_is_reported_with_a_fix(monkeypatch):
+    from sandbox.kernel import btf
+
+    def gone(*a: object) -> None:
+        raise OSError(2, "No such file or directory: '/sys/kernel/btf/vmlinux'")
+
+    monkeypatch.setattr(btf, "exec_offsets", gone)
+    c = doctor.check_btf()
+    assert not c.ok and c.required and "vmlinux" in c.detail and "DEBUG_INFO_BTF" in c.fix
 
 
 def test_missing_required_feature_exits_1(monkeypatch):

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GLASSBREAK, is_root, load_bench, require
+from tests.conftest import GLASSBREAK, grant_keypair, is_root, load_bench, require
 
 pytestmark = [pytest.mark.kernel, pytest.mark.redis, pytest.mark.slow]
 
@@ -168,8 +168,16 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
     pdir.mkdir()
     for name, text in PROFILES.items():
         (pdir / name).write_text(text)
-    (work / "config.yaml").write_text(json.dumps({"approverTokens": {
-        "bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}}))
+    # B decides (it holds the grant signing key); A only runs: it gets the public half. The
+    # configs live beside the runs' dir, not above it (a config's dir is never writable in a run)
+    key, pub = grant_keypair(work)
+    tokens = {"bob": {"tokenSha256": hashlib.sha256(BOB_TOKEN.encode()).hexdigest()}}
+    (work / "etc").mkdir()
+    (work / "etc" / "config-a.yaml").write_text(json.dumps({
+        "approverTokens": tokens, "grantSigning": {"publicKeyFile": str(pub)}}))
+    (work / "etc" / "config-b.yaml").write_text(json.dumps({
+        "approverTokens": tokens,
+        "grantSigning": {"privateKeyFile": str(key), "publicKeyFile": str(pub)}}))
     net = Net()
     redis: subprocess.Popen[bytes] | None = None
     daemons: list[Any] = []
@@ -184,8 +192,11 @@ def fleet(conc: ModuleType) -> Iterator[Fleet]:
             d.mkdir()
             env = dict(os.environ, GLASSBREAK_STORE=url, GLASSBREAK_STATE_DIR=str(d / "state"),
                        GLASSBREAK_PROFILE_PATH=str(pdir),
-                       GLASSBREAK_CONFIG=str(work / "config.yaml"),
-                       GLASSBREAK_DECISION_SECRET=DECISION_SECRET)
+                       GLASSBREAK_CONFIG=str(work / "etc" / f"config-{host}.yaml"),
+                       GLASSBREAK_DECISION_SECRET=DECISION_SECRET,
+                       # the test decides from the root netns (the bridge's address), not
+                       # from loopback: the hosts' APIs take decisions from there
+                       GLASSBREAK_DECISIONS_FROM=f"{net.ip(1)}/32")
             daemons.append(conc.start_daemon(
                 d, prefix=("nsenter", f"--net=/run/netns/{net.ns(host)}"), env=env,
                 http=(ip, 8787)))
@@ -234,13 +245,13 @@ def audit(dp: Any) -> list[dict[str, Any]]:
 def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     from escalation.signing import sign_headers
 
-    out = fleet.work / "out"
+    out = fleet.work / "out"  # the runs' cwd: a run writes only beneath its cwd (filesystem)
     out.mkdir(exist_ok=True)
     os.chmod(out, 0o777)
     target = out / "made-on-a"
 
     # 1. blocked on A: an escalation in the shared store
-    r = run_on(fleet.a, "/usr/bin/touch", str(target))
+    r = run_on(fleet.a, "/usr/bin/touch", str(target), cwd=out)
     assert r.returncode == 126, r.stderr
     esc = last_json(r.stderr)["escalation_id"]
     assert esc and not target.exists()
@@ -249,7 +260,9 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert blocked[-1]["argv"] == ["/usr/bin/touch", str(target)]
 
     # B sees it (over its own HTTP API, store shared through Redis)
-    with urllib.request.urlopen(f"{fleet.api_b}/api/escalations/{esc}", timeout=10) as resp:  # noqa: S310
+    req = urllib.request.Request(f"{fleet.api_b}/api/escalations/{esc}",
+                                 headers={"Authorization": f"Bearer {BOB_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
         shown = json.loads(resp.read())
     assert shown["state"] == "pending"
 
@@ -269,7 +282,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert grant_id, body
 
     # 2. the grant is used on A: the same command now runs under mh-ops
-    r = run_on(fleet.a, "/usr/bin/touch", str(target))
+    r = run_on(fleet.a, "/usr/bin/touch", str(target), cwd=out)
     usable_s = time.monotonic() - t_approve
     assert r.returncode == 0, r.stderr
     assert target.exists()
@@ -285,7 +298,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     session = subprocess.Popen(
         [GLASSBREAK, "run", "-o", "json", "-p", "mh-strict", "--", "sh", "-c",
          f"/usr/bin/touch {out}/during; sleep 30; /usr/bin/touch {later}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out)
     try:
         deadline = time.monotonic() + 15
         while not (out / "during").exists() and time.monotonic() < deadline:
@@ -318,7 +331,7 @@ def test_approve_on_b_use_on_a_revoke_on_b(fleet: Fleet) -> None:
     assert st == 409, body
 
     # 4. A is strict again for new runs
-    r = run_on(fleet.a, "/usr/bin/touch", str(later))
+    r = run_on(fleet.a, "/usr/bin/touch", str(later), cwd=out)
     assert r.returncode == 126, r.stderr
     assert not later.exists()
 

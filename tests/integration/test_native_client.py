@@ -29,6 +29,7 @@ CASES: list[tuple[list[str], int]] = [
     (["-p", "readonly", "--agent=agent-x", "--reason=why", "--", "true"], 0),
     (["-p", "readonly", "--degraded", "ebpf", "--", "true"], 0),
     (["-p", "readonly", "--degraded=exec-gate", "--", "true"], 0),
+    (["-p", "readonly", "--degraded", "landlock", "--", "true"], 0),
     (["-p", "readonly", "--wait=1s", "--", "rm", "-f", "/nonexistent/gb-x"], 126),
     (["-p", "no-such-profile", "--", "true"], 125),
     (["-p", "readonly", "--bogus", "--", "true"], 2),

@@ -1,6 +1,6 @@
 """The runner end to end, through the real `glassbreak` console script, real kernel.
 
-Issue 2's "Done means": with a stub kubectl, the allowed command runs; three spellings of blocked
+Issue 2's "Done means": with a stub kubectl, the allowed command runs; spellings of blocked
 commands exit 126 with one clear line; a syscall denied by the profile fails inside the child with
 the profile's errno; every block is recorded (audit log + escalation request)."""
 
@@ -38,7 +38,11 @@ def test_allowed_kubectl_runs(env: dict[str, str], state_dir: Path) -> None:
 
 @pytest.mark.parametrize("argv,rule_part", [
     (["kubectl", "-n", "prod", "delete", "pod", "x"], "restrictedCommands:delete"),
-    (["kubectl", "delete", "--forc", "pod", "x"], "--force"),
+    # kubectl reads argv as cobra/pflag (issue 10): `--forc` is no abbreviation there, but
+    # `_` is `-`, and this routes to delete
+    (["kubectl", "get", "pods", "--grace_period=0"], "forbiddenFlags:--grace-period"),
+    (["kubectl", "-An", "delete", "prod", "--all-namespaces=false", "pod", "x"],
+     "restrictedCommands:delete"),
     (["kubectl", "get", "pods", "--bogus"], "--bogus"),
 ])
 def test_blocked_kubectl_spellings(env: dict[str, str], state_dir: Path, argv: list[str],
@@ -100,10 +104,10 @@ def test_bad_profile_is_125_with_file_line(env: dict[str, str], tmp_path: Path) 
 
 
 def test_check_prints_decision_and_runs_nothing(env: dict[str, str]) -> None:
-    r = run_cli("check", "--profile", "k8s-readonly", "--", "kubectl", "delete", "--forc",
-                "pod", "x", env=env)
+    r = run_cli("check", "--profile", "k8s-readonly", "--", "kubectl", "get", "pods",
+                "--grace_period=0", env=env)
     assert r.returncode == 126
-    assert "BLOCK" in r.stdout and "--force" in r.stdout
+    assert "BLOCK" in r.stdout and "--grace-period" in r.stdout
     ok = run_cli("check", "--profile", "k8s-readonly", "--", "kubectl", "get", "pods", env=env)
     assert ok.returncode == 0 and "ALLOW" in ok.stdout
 

@@ -13,7 +13,7 @@ def test_thousand_warm_runs_leave_the_daemon_flat() -> None:
     soak = load_bench("soak")
     res = soak.measure(1000)
     assert res["ok"], res["problems"]
-    assert res["after_warmup"]["fds"] == res["at_end"]["fds"]
+    assert res["at_end"]["fds"] <= res["after_warmup"]["fds"]
     # every bad input was answered with an error line naming the problem, or closed by us
     for answer in res["bad_inputs"]:
         assert answer == "client closed at once" or '"error"' in answer, answer

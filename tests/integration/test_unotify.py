@@ -1,5 +1,6 @@
 """sandbox.kernel.unotify against the real kernel: a child with an exec-notifying seccomp filter
-(sandbox.kernel.seccomp + sandbox.kernel.child), answered by sandbox.kernel.unotify.Listener."""
+(sandbox.kernel.seccomp + sandbox.kernel.child), answered by sandbox.kernel.unotify.Listener;
+what it asked for planned in its own view (sandbox.kernel.execplan)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.kernel.unotify import Listener, read_exec
+from sandbox.kernel.execplan import AT_FDCWD, PlanError, TaskView, fd_target, plan_exec
+from sandbox.kernel.unotify import ARG_MAX_KERNEL, Listener, read_exec
 from sandbox.policy.profile import SeccompPolicy
 from tests.conftest import is_root, require
 
@@ -23,7 +25,7 @@ def _spawn(argv: list[str], cwd: str = "/", env: dict[str, str] | None = None): 
     from sandbox.kernel.child import spawn
     from sandbox.kernel.seccomp import compile_filter
 
-    filt = compile_filter(SeccompPolicy(), exec_notify=True, guard_sigcont=False)
+    filt = compile_filter(SeccompPolicy(), exec_notify=True)
     child = spawn(argv, executable=argv[0], env=env or {"PATH": "/usr/bin:/bin"}, cwd=cwd,
                   cgroup_procs=None, bpf=filt.bpf, notify=True, stdout=os.open(
                       os.devnull, os.O_WRONLY), stderr=os.open(os.devnull, os.O_WRONLY))
@@ -56,15 +58,23 @@ def test_reads_path_argv_envp_and_answers(tmp_path: Path) -> None:
     lst = Listener(child.listener_fd)  # type: ignore[arg-type]
     n = _next(lst)  # the child's own first execve
     req = read_exec(lst, n)
-    assert req.path == "/bin/sh" and req.argv[0] == "/bin/sh" and "GB_T=1" in req.envp
-    assert req.binary == os.path.realpath("/bin/sh") and lst.id_valid(n.id)
+    assert req.path == b"/bin/sh" and req.argv[0] == b"/bin/sh" and b"GB_T=1" in req.envp
+    with TaskView(n.pid) as view:
+        plan = plan_exec(view, req.dirfd, req.path, req.argv, req.envp)
+        st = os.stat("/bin/sh")
+        assert (plan.st_dev, plan.st_ino) == (st.st_dev, st.st_ino) and not plan.script
+        assert plan.argv == req.argv and plan.envp == req.envp
+        plan.close()
+    assert lst.id_valid(n.id)
     t0 = time.perf_counter()
     assert lst.respond_continue(n.id)
     n = _next(lst)
     req = read_exec(lst, n)
-    assert req.path == "./nonexistent-gb" and req.cwd == "/tmp"
-    assert req.argv == ["./nonexistent-gb", "a", "b c"]
-    assert req.abspath == "/tmp/nonexistent-gb"
+    assert req.path == b"./nonexistent-gb" and req.cwd == "/tmp"
+    assert req.argv_str == ["./nonexistent-gb", "a", "b c"]
+    with TaskView(n.pid) as view, pytest.raises(PlanError) as e:
+        plan_exec(view, req.dirfd, req.path, req.argv, req.envp)
+    assert e.value.errno == errno.ENOENT
     lst.respond_errno(n.id, errno.EPERM)  # a failed `exec` ends a non-interactive sh
     assert _wait(child.pid) in (126, 2)
     assert time.perf_counter() - t0 < 5
@@ -82,15 +92,29 @@ def test_dead_listener_fails_pending_exec_with_enosys(tmp_path: Path) -> None:
     assert code != 0 and not flag.exists()
 
 
-def test_oversized_argv_is_refused_with_a_rule(tmp_path: Path) -> None:
-    child = _spawn(["/bin/sh", "-c", 'exec /bin/true $(seq 1 5000)'])
+def test_large_argv_is_read_completely(tmp_path: Path) -> None:
+    child = _spawn(["/bin/sh", "-c", 'exec /bin/true $(seq 1 30000)'])
     lst = Listener(child.listener_fd)  # type: ignore[arg-type]
     lst.respond_continue(_next(lst).id)
     lst.respond_continue(_next(lst).id)  # seq
     n = _next(lst)
     req = read_exec(lst, n)
-    assert req.too_large and req.error and "4096" in req.error
+    assert not req.error and len(req.argv) == 30001 and req.argv[-1] == b"30000"
     lst.respond_errno(n.id, errno.EPERM)
+    assert _wait(child.pid) != 0
+    lst.close()
+
+
+def test_past_the_kernels_limit_is_too_large(tmp_path: Path) -> None:
+    n_args = ARG_MAX_KERNEL // 100 + 10
+    code = f"import os; os.execv('/bin/true', ['true'] + ['x' * 91] * {n_args})"
+    child = _spawn(["/usr/bin/python3", "-S", "-c", code])
+    lst = Listener(child.listener_fd)  # type: ignore[arg-type]
+    lst.respond_continue(_next(lst).id)
+    n = _next(lst)
+    req = read_exec(lst, n)
+    assert req.too_large and req.error and "kernel" in req.error
+    lst.respond_errno(n.id, errno.E2BIG)
     assert _wait(child.pid) != 0
     lst.close()
 
@@ -103,8 +127,13 @@ def test_proc_self_fd_resolves_in_the_callers_view(tmp_path: Path) -> None:
     lst.respond_continue(_next(lst).id)
     n = _next(lst)
     req = read_exec(lst, n)
-    assert req.fileless is not None and req.binary is None
-    assert req.fd_target == os.path.realpath("/bin/true")  # the CHILD's fd 0, not ours
+    with TaskView(n.pid) as view:
+        o = view.open(AT_FDCWD, req.path)
+        try:
+            assert o.via_fd is not None  # through a magic fd link: fileless
+            assert fd_target(o.fd) == os.path.realpath("/bin/true")  # the CHILD's fd 0, not ours
+        finally:
+            os.close(o.fd)
     lst.respond_errno(n.id, errno.EPERM)
     _wait(child.pid)
     lst.close()

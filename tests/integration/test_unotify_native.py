@@ -1,5 +1,7 @@
 """The native exec-gate responder (native/gbresp.c via sandbox.kernel.unotify_native) against
-the real kernel, and the exec gate with and without it (same decisions, same recorded events)."""
+the real kernel, and the exec gate with and without it (same decisions, same recorded events).
+The child runs in a cgroup the in-kernel verifier enforces: an exec the responder continued
+runs only if the expectation it wrote (identity + SipHash in C) is exactly what the kernel saw."""
 
 from __future__ import annotations
 
@@ -8,14 +10,18 @@ import json
 import os
 import select
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sandbox.kernel import unotify_native
+from sandbox.kernel.execplan import PlanError, TaskView, plan_exec
 from sandbox.kernel.unotify import Listener, Notif, read_exec
-from tests.conftest import require, run_cli
-from tests.integration.test_unotify import _spawn, _wait
+from sandbox.policy.profile import SeccompPolicy
+from tests.conftest import is_root, require, run_cli
+from tests.integration.test_unotify import _wait
 
 pytestmark = pytest.mark.kernel
 
@@ -27,6 +33,73 @@ def _native_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     unotify_native.reset()
 
 
+@pytest.fixture(scope="module")
+def tracer() -> Iterator[Any]:
+    require(is_root(), "eBPF needs root")
+    from sandbox.kernel.ebpf import ExecTracer
+
+    t = ExecTracer()
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def cg(tracer: Any) -> Iterator[tuple[Path, int]]:
+    """A cgroup the verifier enforces: every exec in it needs an expectation."""
+    from sandbox.kernel.cgroup import cgroup2_mount
+
+    p = cgroup2_mount() / f"gb-test-native-{os.getpid()}-{time.monotonic_ns()}"
+    p.mkdir()
+    cgid = os.stat(p).st_ino
+    tracer.watch(cgid, "enforce")
+    try:
+        yield p, cgid
+    finally:
+        tracer.unwatch(cgid)
+        (p / "cgroup.kill").write_text("1")
+        for _ in range(100):
+            try:
+                p.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def _spawn(argv: list[str], cgdir: Path):  # type: ignore[no-untyped-def]
+    from sandbox.kernel.child import spawn
+    from sandbox.kernel.seccomp import compile_filter
+
+    filt = compile_filter(SeccompPolicy(), exec_notify=True)
+    child = spawn(argv, executable=argv[0], env={"PATH": "/usr/bin:/bin"}, cwd="/",
+                  cgroup_procs=str(cgdir / "cgroup.procs"), bpf=filt.bpf, notify=True,
+                  stdout=os.open(os.devnull, os.O_WRONLY),
+                  stderr=os.open(os.devnull, os.O_WRONLY))
+    assert child.listener_fd is not None
+    return child
+
+
+def _entries(*paths: str) -> list[tuple[str, int, int, int]]:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((p, st.st_dev, st.st_ino, st.st_ctime_ns))
+    return out
+
+
+def _continue(tracer: Any, cgid: int, lst: Listener, n: Notif) -> None:
+    """What the Python judge does for an allowed exec: the expectation, then CONTINUE."""
+    req = read_exec(lst, n)
+    try:
+        with TaskView(n.pid) as view:
+            plan = plan_exec(view, req.dirfd, req.path, req.argv, req.envp, req.flags)
+            plan.close()
+    except PlanError as e:
+        lst.respond_errno(n.id, e.errno)
+        return
+    tracer.expect(n.pid, plan.st_dev, plan.st_ino, tracer.hash_args(plan.argv, plan.envp), cgid)
+    lst.respond_continue(n.id)
+
+
 def _lib():  # type: ignore[no-untyped-def]
     unotify_native.reset()
     lib = unotify_native.load()
@@ -36,22 +109,24 @@ def _lib():  # type: ignore[no-untyped-def]
 
 
 def _serve_until_exit(resp: unotify_native.Responder, lst: Listener, pid: int,
-                      deny: set[str]) -> tuple[list[unotify_native.Record], list[str], int]:
+                      deny: set[bytes], tracer: Any, cgid: int
+                      ) -> tuple[list[unotify_native.Record], list[bytes], int]:
     """Answer forwarded notifications in Python (EPERM for paths in `deny`) until `pid` exits:
     (native F records, forwarded paths, exit code)."""
     fast: list[unotify_native.Record] = []
-    forwarded: list[str] = []
+    forwarded: list[bytes] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         select.select([resp.fileno()], [], [], 0.05)
         for rec in resp.read():
             if rec.kind == "N":
-                req = read_exec(lst, Notif(rec.id, rec.pid, rec.nr, rec.arch, rec.args))
+                n = Notif(rec.id, rec.pid, rec.nr, rec.arch, rec.args)
+                req = read_exec(lst, n)
                 forwarded.append(req.path)
                 if req.path in deny:
                     lst.respond_errno(rec.id, errno.EPERM)
                 else:
-                    lst.respond_continue(rec.id)
+                    _continue(tracer, cgid, lst, n)
             else:
                 assert rec.kind in ("E", "W"), rec
         fast += resp.take()
@@ -63,15 +138,18 @@ def _serve_until_exit(resp: unotify_native.Responder, lst: Listener, pid: int,
     raise AssertionError("the child hung")
 
 
-def test_native_continues_allowed_paths_and_forwards_the_rest() -> None:
+def test_native_continues_allowed_paths_and_forwards_the_rest(tracer: Any, cg: Any) -> None:
     lib = _lib()
+    cgdir, cgid = cg
     child = _spawn(["/bin/sh", "-c", "/bin/true a1 'b 2'; /usr/bin/env true; /bin/true x; "
-                    "LD_PRELOAD=/nonexistent.so /bin/true inj; /bin/echo hi || exit 9"])
+                    "LD_PRELOAD=/nonexistent.so /bin/true inj; /bin/echo hi || exit 9"], cgdir)
     lst = Listener(child.listener_fd)  # type: ignore[arg-type]
     resp = unotify_native.Responder(lib, lst.fd)
     try:
-        resp.set_allow({"/bin/true", "/usr/bin/true"})
-        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, deny={"/bin/echo"})
+        resp.set_verify(tracer.expect_map_fd, tracer.key, cgid)
+        resp.set_allow(_entries("/bin/true", "/usr/bin/true"))
+        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, {b"/bin/echo"}, tracer,
+                                                  cgid)
         counts = resp.counts()
     finally:
         resp.close()
@@ -79,30 +157,80 @@ def test_native_continues_allowed_paths_and_forwards_the_rest() -> None:
     assert code == 9, "the exec Python refused failed in the child (EPERM)"
     # /bin/sh (not in the set), env (not in the set), its execvp of true (a relative
     # name: env tries PATH entries, /usr/bin/true is in the set), the LD_PRELOAD one, echo
-    assert "/bin/sh" in forwarded and "/usr/bin/env" in forwarded and "/bin/echo" in forwarded
-    assert "/bin/true" in forwarded, "an injection variable is never continued natively"
+    assert b"/bin/sh" in forwarded and b"/usr/bin/env" in forwarded and b"/bin/echo" in forwarded
+    assert b"/bin/true" in forwarded, "an injection variable is never continued natively"
     assert [list(r.argv) for r in fast if r.path == "/bin/true"] == [["/bin/true", "a1", "b 2"],
                                                                      ["/bin/true", "x"]]
-    assert all(r.kind == "F" and r.pid > 0 and r.id for r in fast)
+    st = os.stat("/bin/true")
+    assert all(r.kind == "F" and r.pid > 0 and r.id and r.ident == (st.st_dev, st.st_ino)
+               for r in fast)
     assert counts[0] == len(fast) >= 2 and counts[1] >= 4
+    # every exec ran verified: the native expectations matched what the kernel copied
+    time.sleep(0.05)
+    verdicts = [e.verdict for e in tracer.consume(cgid, check_lost=True)
+                if type(e).__name__ == "ExecEvent"]
+    assert verdicts and set(verdicts) == {"ok"}, verdicts
 
 
-def test_native_with_an_empty_set_forwards_everything() -> None:
+def test_native_with_an_empty_set_forwards_everything(tracer: Any, cg: Any) -> None:
     lib = _lib()
-    child = _spawn(["/bin/sh", "-c", "/bin/true; exit 3"])
+    cgdir, cgid = cg
+    child = _spawn(["/bin/sh", "-c", "/bin/true; exit 3"], cgdir)
     lst = Listener(child.listener_fd)  # type: ignore[arg-type]
     resp = unotify_native.Responder(lib, lst.fd)
     try:
-        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, deny=set())
+        resp.set_verify(tracer.expect_map_fd, tracer.key, cgid)
+        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, set(), tracer, cgid)
     finally:
         resp.close()
         lst.close()
-    assert code == 3 and fast == [] and forwarded == ["/bin/sh", "/bin/true"]
+    assert code == 3 and fast == [] and forwarded == [b"/bin/sh", b"/bin/true"]
 
 
-def test_close_stops_the_thread_and_a_dead_thread_reads_as_fatal() -> None:
+def test_without_a_verifier_nothing_is_continued_natively(tracer: Any, cg: Any) -> None:
     lib = _lib()
-    child = _spawn(["/bin/sh", "-c", "exit 0"])
+    cgdir, cgid = cg
+    child = _spawn(["/bin/sh", "-c", "/bin/true; exit 4"], cgdir)
+    lst = Listener(child.listener_fd)  # type: ignore[arg-type]
+    resp = unotify_native.Responder(lib, lst.fd)
+    try:
+        resp.set_allow(_entries("/bin/true"))
+        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, set(), tracer, cgid)
+    finally:
+        resp.close()
+        lst.close()
+    assert code == 4 and fast == [] and forwarded == [b"/bin/sh", b"/bin/true"]
+
+
+def test_another_file_under_the_same_path_is_forwarded(tracer: Any, cg: Any,
+                                                       tmp_path: Path) -> None:
+    """The entry names the file it was learned from: a path that now names another file (a
+    replaced binary; a chroot, in the caller's root) goes to Python."""
+    import shutil
+
+    lib = _lib()
+    cgdir, cgid = cg
+    exe = tmp_path / "tool"
+    shutil.copy2("/bin/true", exe)
+    learned = _entries(str(exe))
+    exe.unlink()
+    shutil.copy2("/bin/true", exe)  # same path, same content, another inode
+    child = _spawn(["/bin/sh", "-c", f"{exe}; exit 5"], cgdir)
+    lst = Listener(child.listener_fd)  # type: ignore[arg-type]
+    resp = unotify_native.Responder(lib, lst.fd)
+    try:
+        resp.set_verify(tracer.expect_map_fd, tracer.key, cgid)
+        resp.set_allow(learned)
+        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, set(), tracer, cgid)
+    finally:
+        resp.close()
+        lst.close()
+    assert code == 5 and fast == [] and forwarded == [b"/bin/sh", str(exe).encode()]
+
+
+def test_close_stops_the_thread_and_a_dead_thread_reads_as_fatal(cg: Any) -> None:
+    lib = _lib()
+    child = _spawn(["/bin/sh", "-c", "exit 0"], cg[0])
     lst = Listener(child.listener_fd)  # type: ignore[arg-type]
     resp = unotify_native.Responder(lib, lst.fd)
     os.close(resp._c.detach())  # the thread's socket end gone: nothing it sends arrives

@@ -66,6 +66,20 @@ def test_validate_can_fail_without_provision_script(tmp_path: Path) -> None:
     assert "provision.sh" in res.stdout + res.stderr
 
 
+def test_validate_checks_the_provider_block(tmp_path: Path) -> None:
+    """Validated with a provider (make setup installs vagrant-libvirt), the active provider's block
+    is checked too: a setting that does not exist there is refused (--ignore-provider misses it)."""
+    d = tmp_path / "repo" / "vagrant"
+    shutil.copytree(VAGRANT_DIR, d)
+    text = (d / "Vagrantfile").read_text()
+    assert "lv.cpus = CPUS" in text
+    (d / "Vagrantfile").write_text(
+        text.replace("lv.cpus = CPUS", "lv.cpus = CPUS\n    lv.no_such_setting = 1"))
+    res = _validate(d, _vagrant_env(tmp_path))
+    assert res.returncode != 0 and "no_such_setting" in res.stdout + res.stderr, res.stdout
+    assert _validate(d, _vagrant_env(tmp_path), "--ignore-provider").returncode == 0
+
+
 def test_vagrantfile_settings() -> None:
     text = (VAGRANT_DIR / "Vagrantfile").read_text()
     assert '"debian/bookworm64"' in text

@@ -423,7 +423,10 @@ def sub_cgroup_tcp(host: str, port: int) -> str:
     mount = next(line.split()[1] for line in open("/proc/mounts") if line.split()[2] == "cgroup2")
     cg = open("/proc/self/cgroup").read().strip().split("::")[1]
     d = mount + cg + "/sub"
-    os.mkdir(d)
+    try:
+        os.mkdir(d)
+    except OSError as e:
+        return f"mkdir:{errno.errorcode.get(e.errno or 0, e.errno)}"
     with open(d + "/cgroup.procs", "w") as f:
         f.write(str(os.getpid()))
     return tcp(host, port)

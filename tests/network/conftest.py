@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -63,6 +64,20 @@ def _netns_down() -> None:
     sh("ip", "link", "del", VETH + "a", check=False)
 
 
+def _stale_down() -> None:
+    """Namespaces and veths of a test session that was killed before its teardown (its
+    10.99.0.1 would shadow ours). Called under LOCK, which a live session holds for its whole
+    length: every gbn*/gbv* name still present then is a dead session's, made by this file."""
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if re.fullmatch(r"gbn\d+[hi]", ns):
+            sh("ip", "netns", "del", ns, check=False)
+    for line in sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        m = re.match(r"\d+: (gbv\d+a)[@:]", line)
+        if m:
+            sh("ip", "link", "del", m.group(1), check=False)
+
+
 @pytest.fixture(scope="session")
 def netns() -> Iterator[None]:
     """NS_HOST: a test host behind a veth (10.99.0.2, .3, .10-.29, fd99:99::2) running nshost.py
@@ -73,7 +88,7 @@ def netns() -> Iterator[None]:
     require(is_root(), "network namespaces and the socket hooks need root")
     lock = open(LOCK, "w")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_EX)
-    _netns_down()
+    _stale_down()
     procs: list[subprocess.Popen[str]] = []
     try:
         sh("ip", "netns", "add", NS_HOST)

@@ -155,3 +155,53 @@ def test_the_relaxed_profile_scope_and_its_window(netns: None, runner: Runner) -
     # after the window: what only the relaxed profile allowed is refused, what both allow works
     assert r.value[2:] == ["EPERM", "ok"], r.value
     assert r.of("grant_ended", why="expired")
+
+
+def test_an_abstract_unix_socket_grant(netns: None, runner: Runner) -> None:
+    """With a profile that lists an abstract name, the hooks guard abstract names (the run's
+    Landlock domain does not scope them): an unlisted one is refused, escalatable, and an
+    approved one opens for the agent's later runs (every other name stays refused)."""
+    import os
+    import socket as s
+
+    name = f"gb-grant-{os.getpid()}"
+    srv = s.socket(s.AF_UNIX)
+    srv.bind("\0" + name)
+    srv.listen(4)
+    try:
+        p = runner.profile("g-abstract", {"unix": [f"@{name}-listed"]})
+        r = runner.call(p, "many", [["unix", f"@{name}"], ["unix", f"@{name}-other"]])
+        assert r.value == ["EPERM", "EPERM"], r.value
+        esc = _esc(r, destination=f"unix:@{name}")
+        runner.escalations().decide(esc, approve=True, by="alice", ttl_s=20)
+        r = runner.call(p, "many", [["unix", f"@{name}"], ["unix", f"@{name}-other"]])
+        assert r.value == ["ok", "EPERM"], r.value
+        assert r.blocked(destination=f"unix:@{name}-other", rule_id="network.unix.abstract")
+    finally:
+        srv.close()
+
+
+def test_a_tampered_destination_grant_is_rejected(netns: None, runner: Runner) -> None:
+    """The destination is signed with the rest of the grant (escalation.grantsig): a writer to
+    the store who widens it (or moves it elsewhere) gets a grant no runner honours, audited."""
+    import json
+    import sqlite3
+
+    p = runner.profile("g-tamper", {})
+    esc = _esc(runner.call(p, "tcp", HOST4, 5432), destination=f"{HOST4}:5432")
+    gid = runner.escalations().decide(esc, approve=True, by="alice", ttl_s=60).grant_id
+    assert runner.call(p, "tcp", HOST4, 5432).value == "ok"  # control: the genuine grant
+    db = sqlite3.connect(runner.state / "state.db")
+    try:
+        data = json.loads(db.execute("SELECT data FROM grants WHERE id=?",
+                                     (gid,)).fetchone()[0])
+        data["destination"] = "10.99.0.0/16:*"
+        db.execute("UPDATE grants SET data=? WHERE id=?", (json.dumps(data), gid))
+        db.commit()
+    finally:
+        db.close()
+    r = runner.call(p, "many", [["tcp", HOST4, 5432], ["tcp", HOST4B, 8080]])
+    assert r.value == ["EPERM", "EPERM"], r.value
+    rejected = r.of("grant_rejected", grant_id=gid)
+    assert rejected and "edited after it was signed" in rejected[0]["why"], r.events
+    assert not r.of("grant_used", grant_id=gid)

@@ -35,12 +35,13 @@ else:
 """
 
 
-def _run(tmp_path: Path, state_dir: Path, *argv: str, fileless: bool = False
-         ) -> tuple[object, list[dict[str, object]]]:
+def _run(tmp_path: Path, state_dir: Path, *argv: str, fileless: bool = False,
+         cwd: Path | None = None) -> tuple[object, list[dict[str, object]]]:
     prof = tmp_path / "gatetest.yaml"
     prof.write_text(PROFILE.format(fileless="true" if fileless else "false"))
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "GLASSBREAK_STATE_DIR": str(state_dir)}
-    r = run_cli("run", "--profile", str(prof), "--", *argv, env=env)
+    r = run_cli("run", "--profile", str(prof), "--", *argv, env=env,
+                cwd=str(cwd) if cwd else None)
     p = state_dir / "audit.jsonl"
     return r, [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
@@ -62,9 +63,11 @@ def test_memfd_exec_is_blocked(how: str, tmp_path: Path, state_dir: Path) -> Non
 def test_memfd_exec_allowed_when_the_profile_says_so(tmp_path: Path, state_dir: Path) -> None:
     script = tmp_path / "memfd.py"
     script.write_text(MEMFD)
-    side = tmp_path / "side-effect"
+    work = tmp_path / "work"  # the run writes only beneath its cwd (filesystem defaults)
+    work.mkdir()
+    side = work / "side-effect"
     r, events = _run(tmp_path, state_dir, "python3", str(script), "fexecve", str(side),
-                     fileless=True)
+                     fileless=True, cwd=work)
     assert r.returncode == 0, r.stderr  # type: ignore[attr-defined]
     assert side.exists()
 

@@ -39,7 +39,8 @@ def _run(tmp_path: Path, state_dir: Path, script: str) -> tuple[object, list[dic
 
 def _blocks(events: list[dict[str, object]]) -> list[dict[str, object]]:
     return [e for e in events if e["type"] == "blocked" and e["layer"] in ("exec-gate",
-                                                                            "exec-trace")]
+                                                                            "exec-trace",
+                                                                            "filesystem")]
 
 
 @pytest.fixture
@@ -74,10 +75,15 @@ def test_copy_with_an_allowed_subcommand_is_not_a_bypass_either(tmp_path: Path,
                                                                 bindir: Path) -> None:
     r, events = _run(tmp_path, state_dir, "kc-copy get pods")
     b = _blocks(events)
-    if "stub-kubectl get pods" in r.stdout:  # type: ignore[attr-defined]
-        assert not b  # allowed like kubectl itself (identity by content)
+    # the exec gate allows the copy like kubectl itself (identity by content), but the file is
+    # outside the exec envelope (Landlock EXECUTE is granted on the allowed files themselves)
+    assert "stub-kubectl get pods" not in r.stdout  # type: ignore[attr-defined]
+    assert b, events
+    if b[0]["layer"] == "filesystem":
+        assert b[0]["rule_id"] == f"filesystem.execute:{tmp_path / 'bin' / 'kc-copy'}"
+        assert b[0]["access"] == ["fs.execute"] and b[0]["verdict"] == "deny"
     else:
-        assert b and b[0]["argv"] == ["kc-copy", "get", "pods"]
+        assert b[0]["argv"] == ["kc-copy", "get", "pods"]
 
 
 def test_exec_a_renames_argv0_only(tmp_path: Path, state_dir: Path, bindir: Path) -> None:

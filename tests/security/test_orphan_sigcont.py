@@ -1,74 +1,94 @@
-"""A process held with SIGSTOP must not be released by the kernel's orphaned-process-group
-SIGCONT. The kernel sends SIGHUP+SIGCONT to a process group that becomes orphaned while a member
-is stopped; a process that ignores SIGHUP would then run before the exec tracer checked it.
-glassbreak makes the run's top-level process a child subreaper (orphans stay in the run's
-session, so the group never becomes orphaned) and refuses clearing that flag.
+"""Issue 10 #2: nothing a run does may let an exec proceed before its verdict. The attack, as a
+non-root caller through the daemon: a thread flips argv[1] of a pending `kubectl get pod x` to
+`delete` (1,000 padding arguments slow the judge), and the exec'ing process sits in a process
+group that the attacker orphans (setsid / setpgid / SIGHUP ignored / parent exits), so the
+kernel sends it SIGHUP + SIGCONT. With a SIGSTOP hold, that SIGCONT released the new image
+before the verdict and `kubectl delete` ran 2-3 times in 10. With the in-kernel verification
+there is no hold: the kernel hashes the argv it copied at sched_process_exec and kills a
+mismatch before the first instruction.
 
-The hold is simulated by the process stopping itself (the tracer's bpf_send_signal(SIGSTOP) has
-the same effect); the control run outside the sandbox proves the scenario does release it."""
+Each test runs 200 execs and must see zero escapes; the allowed form (`get`) still runs, and
+every kill is recorded as a block with its context."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import is_root, require, run_cli
+from tests.security._attack import Daemon, attacker, blocks, daemon_with, result_line
 
 pytestmark = pytest.mark.kernel
 
-SCRIPT = r'''
-import ctypes, os, signal, sys, time
-marker = sys.argv[1]
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(36, 0, 0, 0, 0) == 0:          # PR_SET_CHILD_SUBREAPER, 0
-    print("SUBREAPER-CLEARED")
-else:
-    print("clear-refused errno=%d" % ctypes.get_errno())
-os.setsid()                                   # the attacker's own session
-r, w = os.pipe()
-a = os.fork()
-if a == 0:
-    os.setpgid(0, 0)                          # a new process group...
-    h = os.fork()
-    if h == 0:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        os.kill(os.getpid(), signal.SIGSTOP)  # ...with a held (stopped) member
-        open(marker, "w").write("released")  # runs only if something continued it
-        os._exit(0)
-    os.write(w, str(h).encode())
-    time.sleep(0.3)
-    os._exit(0)                               # its parent leaves: orphaned pgrp?
-h = int(os.read(r, 32))
-os.waitpid(a, 0)
-time.sleep(1.0)
-print("RELEASED" if os.path.exists(marker) else "still-held", flush=True)
-# end the held process before leaving (this test is about the group orphaned while the run's
-# top-level process lives; see the README's known limits for the top-level process's own exit)
-try:
-    os.kill(h, signal.SIGKILL)
-except ProcessLookupError:
-    pass
-'''
+N = 200
 
 
-def test_orphaned_group_sigcont_cannot_release_a_held_process(tmp_path: Path,
-                                                              state_dir: Path) -> None:
-    require(is_root(), "the runner needs root")
-    script = tmp_path / "orphan.py"
-    script.write_text(SCRIPT)
-    # control: outside the sandbox the kernel does release the stopped process
-    ctl = subprocess.run([sys.executable, str(script), str(tmp_path / "ctl")],
-                         capture_output=True, text=True, timeout=30)
-    assert "RELEASED" in ctl.stdout, ctl.stdout + ctl.stderr
-    prof = tmp_path / "py.yaml"
-    prof.write_text("name: py\nextends: base\nexec:\n  allow: [/usr/bin/python3*]\n")
-    marker = tmp_path / "in-sandbox"
-    r = run_cli("run", "--profile", str(prof), "--", "/usr/bin/python3", str(script),
-                str(marker), env={"GLASSBREAK_STATE_DIR": str(state_dir)})
-    assert r.returncode == 0, r.stderr
-    assert "clear-refused errno=1" in r.stdout, r.stdout  # EPERM from the seccomp guard
-    assert "still-held" in r.stdout, r.stdout
-    assert not marker.exists()
+def profile(exe: str) -> str:
+    return f"""\
+name: race
+extends: base
+owners: [sec-team]
+safeBins:
+  kubectl:
+    restrictedCommands: [delete]
+exec:
+  allow: ["{exe}"]
+  default: block
+"""
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[tuple[Daemon, Path]]:
+    from tests.security._attack import world_dir
+
+    bindir = world_dir("gb-race-bin-")
+    exe = attacker("execrace", bindir, "-lpthread")
+    yield from ((dm, exe) for dm in daemon_with({"race": profile(str(exe))}))
+
+
+def _check(dm: Daemon, mode: str, exe: Path, stub: Path) -> None:
+    before = len(dm.audit())
+    r = dm.run("race", str(exe), mode, str(N), str(stub), timeout=300)
+    assert "RESULT" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    res = result_line(r.stdout)
+    escapes = [x for x in r.stdout.splitlines() if x.startswith("stub-kubectl delete")]
+    assert not escapes, f"`kubectl delete` ran {len(escapes)} time(s) in {N}: {res}"
+    # positive control: the execs whose argv the judge saw as allowed ran (often a torn but
+    # harmless spelling such as `gelete`: the judge and the kernel agreed on it), one stub line
+    # each; none of them held `delete`
+    ran = [x for x in r.stdout.splitlines() if x.startswith("stub-kubectl ")]
+    assert ran and len(ran) == res["ran"], f"allowed execs did not run: {res} {r.stdout[-3000:]}"
+    assert res["other"] == 0, res
+    events = dm.audit()[before:]
+    gate = blocks(events, "exec-gate", "safeBins.kubectl.restrictedCommands:delete")
+    assert len(gate) == res["eperm"], (len(gate), res)
+    killed = blocks(events, "exec-trace")
+    # every exec the kernel killed is a recorded block with its context
+    assert len(killed) == res["killed"], (len(killed), res)
+    for b in killed:
+        assert b["rule_id"] == "exec.argv-changed", b
+        assert b["verdict"] == "block" and b["enforced"], b
+        assert b["pid"] and b["binary"] and b["sha256"], b
+        # the argv the kernel copied (the script's, after binfmt_script): what was attempted
+        argv = list(b["argv"])  # type: ignore[call-overload]
+        # (a string torn mid-copy may show as two, "del" "te", or run into the next, "delepod")
+        assert argv[:2] == ["/bin/sh", str(stub)] and "x" in argv[2:6], argv[:8]
+        assert "argv or environment the kernel copied differ" in str(b["reason"]), b
+        assert b["escalation_id"], b
+    assert res["eperm"] + res["killed"] > 0, f"the race never happened: {res}"
+    print(f"{mode}: {res}")
+
+
+@pytest.mark.timeout(300)
+def test_argv_race_never_runs_the_restricted_subcommand(setup: tuple[Daemon, Path],
+                                                        stub_kubectl: Path) -> None:
+    dm, exe = setup
+    _check(dm, "race", exe, stub_kubectl)
+
+
+@pytest.mark.timeout(300)
+def test_orphaned_group_sigcont_plus_argv_race_never_escapes(setup: tuple[Daemon, Path],
+                                                             stub_kubectl: Path) -> None:
+    dm, exe = setup
+    _check(dm, "orphan", exe, stub_kubectl)

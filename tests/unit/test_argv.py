@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from sandbox.policy.argv import MAX_STATES, compile_rule, parse
 from sandbox.policy.profile import SafeBin
 
+# the getopt model, on a kubectl-like rule (kubectl itself parses as cobra: test_argv_dialects)
 KUBECTL = SafeBin(
+    dialect="getopt",
     allowedValueFlags=["-n", "--namespace", "-o", "--output", "--dry-run=client"],
     allowedFlags=["-A", "--all-namespaces", "-w", "--watch"],
     forbiddenFlags=["--force", "--grace-period"],
@@ -36,7 +38,7 @@ def verdict(rule: SafeBin, line: str) -> tuple[str, str] | None:
     "get pods -o wide", "get pods -owide", "get pods --out=json", "get pods --nam prod",
     "get pods --dry-run=client", "get pods --dry-run client", "-n delete get pods",
     "--namespace delete get pods", "get pods -- --force", "get -", "-n -- get",
-    "get pods --all-n", "get --watch=true pods",
+    "get pods --all-n",
 ])
 def test_kubectl_allowed(line: str) -> None:
     assert verdict(KUBECTL, line) is None
@@ -65,13 +67,15 @@ def test_kubectl_allowed(line: str) -> None:
     ("get pods --dry-run", ("missingValue", "--dry-run")),
     ("get pods -n", ("missingValue", "-n")),
     ("get --bogus=1 pods", ("allowlist", "--bogus")),
+    ("get --watch=true pods", ("flagValue", "--watch")),  # getopt: no value on a boolean flag
 ])
 def test_kubectl_blocked(line: str, expected: tuple[str, str]) -> None:
     assert verdict(KUBECTL, line) == expected
 
 
 def test_ambiguous_prefix_blocks() -> None:
-    rule = SafeBin(allowedValueFlags=["--filename", "-f"], forbiddenFlags=["--force"])
+    rule = SafeBin(dialect="getopt", allowedValueFlags=["--filename", "-f"],
+                   forbiddenFlags=["--force"])
     v = parse(rule, ["apply", "--f", "x"], "kubectl").violation
     assert v is not None and (v.kind, v.subject) == ("ambiguous", "--f")
     assert "--force" in v.reason and "--filename" in v.reason

@@ -148,3 +148,13 @@ def test_paired_delta_and_network_targets(bl: ModuleType) -> None:
     assert res["connect-heavy (warm) <= 1.10x bare"].status == "PASS"
     assert res["dns-heavy (warm) <= 1.10x bare"].status == "n/a"  # not measured: never PASS
     assert bl.fmt_seconds(-0.0002) == "-200 us"
+
+
+def test_mcp_latency_table() -> None:
+    m = load_bench("mcp_latency")
+    data = {"results": {
+        "cli-warm": {"median_ms": 10.0, "min_ms": 8.0, "max_ms": 20.0, "n": 3},
+        "mcp-stdio": {"median_ms": 12.5, "min_ms": 9.0, "max_ms": 30.0, "n": 3,
+                      "daemon_run_ms": 4.2, "vs_cli_warm": 1.25}}}
+    text = m.render(data)
+    assert "cli-warm" in text and "1.25x" in text and "4.20ms" in text

@@ -16,7 +16,8 @@ from tests.conftest import GLASSBREAK, REPO, require
 
 DEPLOY = REPO / "deploy"
 # The capabilities the daemon needs (deploy/README.md explains each one and how it was checked).
-CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "KILL", "SETUID", "SETGID", "DAC_READ_SEARCH"}
+CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "KILL", "SETUID", "SETGID", "DAC_READ_SEARCH",
+        "AUDIT_CONTROL", "AUDIT_READ"}
 SOCKET = "/run/glassbreak/glassbreak.sock"
 
 

@@ -167,6 +167,99 @@ def test_copies_do_not_escape_the_rule(bindir: Path, tmp_path: Path, how: str) -
     assert ok.verdict is Verdict.ALLOW and ok.rule_id == "safeBins.kubectl"
 
 
+# -- trust by target (issue 10): a symlink is judged as the file it points to ------------------
+def test_openclaw_head_through_a_trusted_symlink_to_outside_is_not_allowed(
+        bindir: Path, tmp_path: Path) -> None:
+    """OpenClaw's vector: `head -n 1` where the trusted dir's `head` is a symlink to a file
+    outside every trusted dir. The `head` rule must not allow it (whoever can write the
+    target's tree swaps the binary); it still restricts it, and the block says why."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "head"
+    target.write_text(f"#!/bin/sh\n# {tmp_path}: not coreutils head\n")
+    target.chmod(0o755)
+    (bindir / "head").symlink_to(target)
+    head = SafeBin(allowedValueFlags=["-n", "--lines"], maxPositional=0)
+    p = ResolvedProfile(name="t", safeBins={"head": head},
+                        exec=ExecPolicy(trustedDirs=[str(bindir)]))
+    d = check(p, bindir, "head -n 1")
+    assert d.verdict is Verdict.BLOCK and d.rule_id == "exec.default", d
+    assert d.binary == str(target) and d.details["path"] == str(bindir / "head")
+    assert "passes the safeBins rule `head`" in d.reason and "trusted directories" in d.reason
+    assert "untrusted-name" in d.details["identity"]
+    bad = check(p, bindir, "head -n 1 /etc/shadow")  # the rule still restricts it
+    assert bad.rule_id == "safeBins.head.maxPositional"
+    # positive controls: the same link to a target in a trusted dir, or a trusted target dir
+    p2 = ResolvedProfile(name="t", safeBins={"head": head},
+                         exec=ExecPolicy(trustedDirs=[str(bindir), str(outside)]))
+    assert check(p2, bindir, "head -n 1").rule_id == "safeBins.head"
+    (bindir / "head").unlink()
+    (bindir / "head").symlink_to("/usr/bin/head")
+    p3 = ResolvedProfile(name="t", safeBins={"head": head},
+                         exec=ExecPolicy(trustedDirs=[str(bindir), "/usr/bin"]))
+    assert check(p3, bindir, "head -n 1").rule_id == "safeBins.head"
+
+
+def test_trusted_symlink_to_outside_lends_no_content(bindir: Path, tmp_path: Path) -> None:
+    """The content of a symlink's outside target is not ruled content: a copy of it elsewhere
+    is not kubectl (before, /usr/bin/kubectl -> outside made the outside file's hash trusted)."""
+    outside = tmp_path / "sdk"
+    outside.mkdir()
+    real = outside / "tool"
+    real.write_text(f"#!/bin/sh\n# {tmp_path}: sdk tool\n")
+    real.chmod(0o755)
+    (bindir / "tool").symlink_to(real)
+    p = ResolvedProfile(name="t", safeBins={"tool": SafeBin(restrictedCommands=["delete"])},
+                        exec=ExecPolicy(trustedDirs=[str(bindir)]))
+    copy = tmp_path / "copy-of-tool"
+    shutil.copy2(real, copy)
+    d = check(p, bindir, [str(copy), "get"])
+    assert d.rule_id == "exec.default" and "identity" not in d.details
+
+
+def test_exec_allow_bare_name_judges_a_symlink_by_its_target(bindir: Path,
+                                                              tmp_path: Path) -> None:
+    """A symlink named `cat` outside the trusted dirs, pointing to /usr/bin/rm, is rm: the bare
+    exec.allow entry `cat` must not allow it (before: allowed by exec.allow:cat)."""
+    def allowing(name: str) -> ResolvedProfile:
+        return ResolvedProfile(name="t", exec=ExecPolicy(
+            allow=[name], trustedDirs=[str(bindir), "/usr/bin", "/bin"]))
+
+    farm = tmp_path / "farm"
+    farm.mkdir()
+    (farm / "cat").symlink_to("/usr/bin/rm")
+    d = check(allowing("cat"), bindir, [str(farm / "cat"), str(tmp_path / "nothing")])
+    assert d.verdict is Verdict.BLOCK and d.rule_id == "exec.default", d
+    assert d.binary == os.path.realpath("/usr/bin/rm")
+    assert check(allowing("cat"), bindir, "cat x").rule_id == "exec.allow:cat"
+    # a link that root put in a trusted dir keeps its name (alternatives: awk -> mawk)
+    (bindir / "kitty").symlink_to("/usr/bin/cat")
+    assert check(allowing("kitty"), bindir, "kitty x").rule_id == "exec.allow:kitty"
+
+
+def test_lenient_examples_judge_an_outside_install_by_name(bindir: Path,
+                                                           tmp_path: Path) -> None:
+    """Examples describe the policy, not this machine: a program found only outside the
+    trusted dirs is judged by name there (as a missing one is); a real check is not lenient."""
+    elsewhere = tmp_path / "opt"
+    elsewhere.mkdir()
+    (elsewhere / "kubectl").symlink_to(bindir / "kubectl")  # a link: judged by the target
+    sdk = tmp_path / "sdk"
+    sdk.mkdir()
+    k = sdk / "kubectl"
+    k.write_text(f"#!/bin/sh\n# {tmp_path}: an sdk's kubectl\n")
+    k.chmod(0o755)
+    (elsewhere / "kubectl").unlink()
+    (elsewhere / "kubectl").symlink_to(k)
+    p = ResolvedProfile(name="t", safeBins={"kubectl": KUBECTL},
+                        exec=ExecPolicy(trustedDirs=[str(bindir.parent / "none")]))
+    strict = check_argv(p, ["kubectl", "get", "pods"], cwd="/", env_path=str(elsewhere))
+    assert strict.rule_id == "exec.default" and "trusted directories" in strict.reason
+    ex = check_argv(p, ["kubectl", "get", "pods"], cwd="/", env_path=str(elsewhere),
+                    lenient=True)
+    assert ex.rule_id == "safeBins.kubectl", ex
+
+
 def test_copy_of_a_ruled_system_binary(bindir: Path, tmp_path: Path) -> None:
     p = profile(bindir)
     shutil.copy2("/usr/bin/rm", tmp_path / "tidy")

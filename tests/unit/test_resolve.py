@@ -157,14 +157,37 @@ def test_same_name_outside_trusted_dirs_restricts_but_does_not_allow(
     assert ident(program_at(str(fake)), k.parent) == [("kubectl", "untrusted-name", False)]
 
 
-def test_symlink_in_trusted_dir_is_trusted_and_its_target_is_the_reference(
-        ruled: tuple[Path, Path]) -> None:
-    """/usr/bin/kubectl -> /usr/lib/google-cloud-sdk/bin/kubectl: the target is kubectl too."""
+def test_symlink_in_trusted_dir_is_judged_by_its_target(ruled: tuple[Path, Path]) -> None:
+    """Issue 10 (OpenClaw's vector): a symlink in a trusted dir whose target lies outside is
+    not trusted by its name, and the target's content is not ruled content: whoever can write
+    the target's tree could swap the binary and keep the rule. The rule still restricts it."""
     k, untrusted = ruled
     sdk = script(untrusted / "sdk-rm", "echo the real rm")
     (k.parent / "rm").symlink_to(sdk)
-    assert ident(program_at(str(k.parent / "rm")), k.parent) == [("rm", "name", True)]
-    assert ident(program_at(str(sdk)), k.parent) == [("rm", "hash", True)]
+    assert ident(program_at(str(k.parent / "rm")), k.parent) == [("rm", "untrusted-name", False)]
+    assert ident(program_at(str(sdk)), k.parent) == []
+    # trusting the target's directory (the operator's call) makes it rm again
+    got = [(i.key, i.how, i.grants_allow)
+           for i in identify(("rm",), [str(k.parent), str(untrusted)],
+                             program_at(str(k.parent / "rm")))]
+    assert got == [("rm", "name", True)]
+
+
+def test_symlink_name_counts_when_link_and_target_are_trusted(
+        ruled: tuple[Path, Path]) -> None:
+    """/usr/bin/awk -> /etc/alternatives/awk -> /usr/bin/mawk: both ends trusted, so `awk` is
+    a name it goes by; the same link in an untrusted dir gives it no name but its target's."""
+    k, untrusted = ruled
+    (k.parent / "k").symlink_to(k)
+    assert ident(program_at(str(k.parent / "k")), k.parent) == [("kubectl", "name", True)]
+    rm_link = k.parent / "rm"
+    rm_link.symlink_to(k)  # a trusted link named rm, to the trusted kubectl
+    got = ident(program_at(str(rm_link)), k.parent)
+    assert ("rm", "name", True) in got and ("kubectl", "name", True) in got
+    elsewhere = untrusted / "rm"
+    elsewhere.symlink_to(k)  # an untrusted link named rm: it is kubectl, and only named rm
+    got = ident(program_at(str(elsewhere)), k.parent)
+    assert ("kubectl", "name", True) in got and ("rm", "untrusted-name", False) in got
 
 
 def test_changed_copy_is_not_the_ruled_binary(ruled: tuple[Path, Path]) -> None:

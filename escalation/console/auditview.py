@@ -1,0 +1,86 @@
+"""The audit log for the console: the newest events first, filtered by run, agent, escalation
+and type. Reads at most the last SCAN_BYTES of the log (said on the page when it is cut)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCAN_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class AuditView:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    scanned: int = 0
+    truncated: bool = False       # older events exist beyond what was read
+    more: int = 0                 # matching events not shown (over the limit)
+    missing: bool = False
+
+
+def _tail_lines(path: Path, limit: int) -> tuple[list[bytes], int, bool]:
+    size = path.stat().st_size
+    start = max(0, size - limit)
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read(size - start)
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # a cut first line
+    return lines, len(data), start > 0
+
+
+def read_audit(path: Path, *, run: str | None = None, agent: str | None = None,
+               escalation: str | None = None, escalation_runs: list[str] | None = None,
+               grant: str | None = None, type_: str | None = None, limit: int = 200
+               ) -> AuditView:
+    view = AuditView()
+    if not path.exists():
+        view.missing = True
+        return view
+    raw, view.scanned, view.truncated = _tail_lines(path, SCAN_BYTES)
+    evs: list[dict[str, Any]] = []
+    for line in raw:
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            evs.append(ev)
+    runs: set[str] | None = None
+    if agent:
+        runs = {str(e.get("run_id")) for e in evs
+                if e.get("type") in ("run_started", "run_refused") and e.get("agent") == agent
+                and e.get("run_id")}
+    esc_runs = set(escalation_runs or [])
+
+    def keep(e: dict[str, Any]) -> bool:
+        if type_ and e.get("type") != type_:
+            return False
+        if run and e.get("run_id") != run:
+            return False
+        if runs is not None and e.get("run_id") not in runs and e.get("agent") != agent:
+            return False
+        if escalation:
+            mine = e.get("escalation_id") == escalation or (
+                bool(e.get("run_id")) and e.get("run_id") in esc_runs) or (
+                grant is not None and e.get("grant_id") == grant)
+            if not mine:
+                return False
+        return True
+
+    picked = [e for e in reversed(evs) if keep(e)]
+    view.events = picked[:limit]
+    view.more = max(0, len(picked) - limit)
+    return view
+
+
+def audit_path() -> Path:
+    from sandbox.paths import audit_log_path
+
+    return Path(os.fspath(audit_log_path()))
