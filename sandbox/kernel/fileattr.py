@@ -41,7 +41,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from sandbox.kernel.unotify import AT_FDCWD, PATH_MAX, MemReader, Notif, TooLarge
+from sandbox.kernel.unotify import AT_FDCWD, PAGE, PATH_MAX, Notif
 
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
@@ -150,7 +150,7 @@ def _int(v: int) -> int:
     return ctypes.c_int32(v & 0xFFFFFFFF).value
 
 
-def decode(spec: CallSpec, n: Notif, mem: MemReader | None) -> AttrCall:
+def decode(spec: CallSpec, n: Notif, mem: Mem | None) -> AttrCall:
     """The call's arguments; strings and times read through `mem` (KernelAnswer: EFAULT,
     ENAMETOOLONG, EINVAL, as the kernel would answer)."""
     a = n.args
@@ -187,26 +187,52 @@ def decode(spec: CallSpec, n: Notif, mem: MemReader | None) -> AttrCall:
     return c
 
 
-def _read_path(mem: MemReader | None, ptr: int) -> bytes:
+class Mem:
+    """The caller's memory (/proc/TID/mem), read in small preads: a path is read to the end of
+    its page first (no 64 KiB block for a 20-byte name)."""
+
+    def __init__(self, tid: int) -> None:
+        self.fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self, addr: int, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            try:
+                got = os.pread(self.fd, n - len(out), addr + len(out))
+            except OSError as e:
+                raise KernelAnswer(errno.EFAULT, "cannot read the caller's memory") from e
+            if not got:
+                raise KernelAnswer(errno.EFAULT, "cannot read the caller's memory")
+            out += got
+        return out
+
+    def cstring(self, addr: int, limit: int = PATH_MAX) -> bytes:
+        """The NUL-terminated string at addr (ENAMETOOLONG past `limit` bytes with its NUL)."""
+        out = b""
+        while len(out) < limit:
+            want = min(PAGE - (addr + len(out)) % PAGE, limit - len(out))
+            chunk = self.read(addr + len(out), want)
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return out + chunk[:end]
+            out += chunk
+        raise KernelAnswer(errno.ENAMETOOLONG, "path longer than PATH_MAX")
+
+
+def _read_path(mem: Mem | None, ptr: int) -> bytes:
     if mem is None:
         raise KernelAnswer(errno.EFAULT, "no memory reader")
-    try:
-        return mem.cstring(ptr, PATH_MAX)
-    except TooLarge as e:
-        raise KernelAnswer(errno.ENAMETOOLONG) from e
-    except OSError as e:
-        raise KernelAnswer(errno.EFAULT, "cannot read the path") from e
+    return mem.cstring(ptr, PATH_MAX)
 
 
-def _read_times(mem: MemReader | None, ptr: int, kind: str
+def _read_times(mem: Mem | None, ptr: int, kind: str
                 ) -> tuple[tuple[int, int], tuple[int, int]]:
     if mem is None:
         raise KernelAnswer(errno.EFAULT, "no memory reader")
-    size = 16 if kind == "utimbuf" else 32
-    try:
-        raw = mem.read(ptr, size)
-    except OSError as e:
-        raise KernelAnswer(errno.EFAULT, "cannot read the times") from e
+    raw = mem.read(ptr, 16 if kind == "utimbuf" else 32)
     if kind == "utimbuf":
         at, mt = struct.unpack("<qq", raw)
         return (at, 0), (mt, 0)
@@ -236,21 +262,27 @@ class Creds:
         return gid == self.fsgid or gid in self.groups
 
 
-def parse_status(text: str) -> Creds:
+_STATUS = re.compile(rb"^Uid:\s+\d+\s+\d+\s+\d+\s+(\d+)\s*\nGid:\s+\d+\s+\d+\s+\d+\s+(\d+)\s*\n"
+                     rb"(?:.*\n)*?Groups:([ \t\d]*)\n(?:.*\n)*?CapEff:\s+([0-9a-f]+)", re.M)
+
+
+def parse_status(text: bytes) -> Creds:
     """Creds from /proc/TID/status (Uid/Gid: real, effective, saved, filesystem)."""
-    f: dict[str, str] = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(":")
-        f[k] = v.strip()
-    return Creds(int(f["Uid"].split()[3]), int(f["Gid"].split()[3]),
-                 frozenset(int(g) for g in f.get("Groups", "").split()), int(f["CapEff"], 16))
+    m = _STATUS.search(text)
+    if m is None:
+        raise ValueError("no Uid/Gid/Groups/CapEff lines")
+    return Creds(int(m.group(1)), int(m.group(2)),
+                 frozenset(int(g) for g in m.group(3).split()), int(m.group(4), 16))
 
 
 def creds_of(tid: int) -> Creds:
     try:
-        with open(f"/proc/{tid}/status") as fh:
-            return parse_status(fh.read())
-    except (OSError, KeyError, ValueError, IndexError) as e:
+        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return parse_status(os.read(fd, 1 << 14))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as e:
         raise Unresolvable(f"cannot read the caller's credentials: {e}") from e
 
 
@@ -304,20 +336,20 @@ def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
 class SameView:
     """The supervisor's own namespaces and root: a caller must share them."""
 
-    mnt: int
-    user: int
+    mnt: str  # "mnt:[4026531841]"
+    user: str
     root: tuple[int, int]
 
     @classmethod
     def own(cls) -> SameView:
         st = os.stat("/")
-        return cls(os.stat("/proc/self/ns/mnt").st_ino, os.stat("/proc/self/ns/user").st_ino,
+        return cls(os.readlink("/proc/self/ns/mnt"), os.readlink("/proc/self/ns/user"),
                    (st.st_dev, st.st_ino))
 
     def check(self, tid: int) -> None:
         try:
-            mnt = os.stat(f"/proc/{tid}/ns/mnt").st_ino
-            user = os.stat(f"/proc/{tid}/ns/user").st_ino
+            mnt = os.readlink(f"/proc/{tid}/ns/mnt")
+            user = os.readlink(f"/proc/{tid}/ns/user")
             st = os.stat(f"/proc/{tid}/root")
         except OSError as e:
             raise Unresolvable(f"cannot see the caller's root: {e.strerror}") from e

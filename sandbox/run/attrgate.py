@@ -140,12 +140,10 @@ class AttrGate:
 
     def _handle(self, listener: Listener, n: Notif, spec: FA.CallSpec
                 ) -> tuple[int | None, Refusal | None]:
-        from sandbox.kernel.unotify import MemReader
-
         mem = None
         if spec.path is not None or spec.family == "times":
             try:
-                mem = MemReader(n.pid)
+                mem = FA.Mem(n.pid)
             except OSError as e:
                 if not listener.id_valid(n.id):
                     return None, None  # the caller is gone
