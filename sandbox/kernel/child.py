@@ -67,8 +67,9 @@ LANDLOCK_FD = 6  # the launcher's fixed fd numbers for the rulesets: 6, 7, ...
 # it the kernel clears them when a setuid file in a writable tree is written), the kernel log,
 # the clock.
 DROPPED_CAPS = {
-    "fsetid": 4, "linux_immutable": 9, "net_admin": 12, "net_raw": 13, "sys_module": 16, "sys_rawio": 17,
-    "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21, "sys_boot": 22, "sys_time": 25,
+    "fsetid": 4, "linux_immutable": 9, "net_admin": 12, "net_raw": 13, "sys_module": 16,
+    "sys_rawio": 17, "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21, "sys_boot": 22,
+    "sys_time": 25,
     "audit_write": 29, "audit_control": 30, "setfcap": 31, "mac_override": 32, "mac_admin": 33,
     "syslog": 34, "audit_read": 37, "perfmon": 38, "bpf": 39, "checkpoint_restore": 40,
 }

@@ -112,7 +112,13 @@ CALLS = (
              null_path_is_fd=True),
     CallSpec("utimensat", "times", dirfd=0, path=1, value=2, flags=3, times="timespec",
              null_path_is_fd=True),
+    # refused whatever the target (only the attribute's name is read): see xattr_answer()
+    CallSpec("setxattr", "xattr", path=0, value=1),
+    CallSpec("lsetxattr", "xattr", path=0, value=1),
+    CallSpec("fsetxattr", "xattr", fd=0, value=1),
 )
+POSIX_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+XATTR_NAME_MAX = 255
 CALL_NAMES = tuple(c.name for c in CALLS)
 VALID_FLAGS = {"fchmodat2": AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH,
                "fchownat": AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH,
@@ -245,6 +251,18 @@ def _read_times(mem: Mem | None, ptr: int, kind: str
         if not (0 <= f < 1_000_000_000 or f in (UTIME_NOW, UTIME_OMIT)):
             raise KernelAnswer(errno.EINVAL, "tv_nsec out of range")
     return (s0, f0), (s1, f1)
+
+
+def xattr_answer(n: Notif, mem: Mem) -> int:
+    """setxattr, lsetxattr, fsetxattr of a root run: never performed. A POSIX ACL (what
+    `cp -p` sets, even for a plain mode) answers EOPNOTSUPP, as on a filesystem without ACLs:
+    coreutils and others then set the mode with chmod, which is mediated. Every other name
+    (security.capability: a privilege; user.*, trusted.*) answers EPERM."""
+    try:
+        name = mem.cstring(n.args[1], XATTR_NAME_MAX + 1)
+    except KernelAnswer as e:
+        return errno.ERANGE if e.errno == errno.ENAMETOOLONG else e.errno
+    return errno.EOPNOTSUPP if name in POSIX_ACLS else errno.EPERM
 
 
 # ---- the caller's credentials ------------------------------------------------------------------

@@ -25,8 +25,10 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   stacked filter (CompiledFilter.extra: the kernel runs both and takes the stricter answer).
   mediate_root (with guard_root and the listener): chmod, chown and utime (ROOT_MEDIATED) go to
   the supervisor instead (notify), which performs them when the target is a file the run may
-  write (sandbox.run.attrgate); extended attributes stay EPERM, and so do the mediated calls
-  that land in the stacked filter (a second filter has no listener).
+  write (sandbox.run.attrgate); setxattr, lsetxattr and fsetxattr too, to be refused there
+  (POSIX ACLs with EOPNOTSUPP: `cp -p` then sets the mode with chmod; any other name EPERM);
+  the other extended-attribute calls stay EPERM here, and so do the mediated calls that land in
+  the stacked filter (a second filter has no listener).
   Creating a file with a setuid or setgid bit (open, openat, creat, mknod, mknodat with
   S_ISUID or S_ISGID in the mode) fails with EPERM for root; openat2, whose mode seccomp cannot
   read, with ENOSYS (callers fall back to openat).
@@ -68,6 +70,11 @@ ROOT_MEDIATED = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", 
                  "fchownat", *ROOT_TIME_GUARDS)
 ROOT_MEDIATE_REASON = "root's chmod, chown and utime are performed by the supervisor, only on " \
     "files the run may write (Landlock has no right for them)"
+# mediate_root: refused by the supervisor, POSIX ACLs with EOPNOTSUPP (cp -p, coreutils: set the
+# mode with chmod instead), every other name with EPERM (security.capability, ...)
+ROOT_XATTR_NOTIFY = ("setxattr", "lsetxattr", "fsetxattr")
+ROOT_XATTR_REASON = "extended attributes are refused in a root run (file capabilities); POSIX " \
+    "ACLs answer EOPNOTSUPP, so that tools set the mode with chmod instead"
 # a file created with a setuid/setgid bit (index of the mode argument)
 ROOT_SETID_CREATE = {"open": 2, "openat": 3, "creat": 1, "mknod": 1, "mknodat": 2}
 ROOT_SETID_REASON = "root in a run may not create setuid or setgid files"
@@ -279,6 +286,8 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                 stacked.append((name, [], "", _errno.EPERM, ROOT_GUARD_REASON))
             elif mediate and name in ROOT_MEDIATED:
                 put_uncond(name, "notify", "root-guard", ROOT_MEDIATE_REASON)
+            elif mediate and name in ROOT_XATTR_NOTIFY:
+                put_uncond(name, "notify", "root-guard", ROOT_XATTR_REASON)
             else:
                 put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
         for name, idx in ROOT_TIME_GUARDS.items():

@@ -16,12 +16,14 @@ responder forwards every notification that is not a fast-allowed exec). For each
      symlinks themselves, for lchown and utimensat(AT_SYMLINK_NOFOLLOW)); nothing on proc,
      sysfs, cgroup and the other kernel filesystems;
   3. chmod never ADDS a setuid or setgid bit (bits already set may stay or go); chown may give
-     any owner (the kernel clears setuid/setgid and file capabilities on chown);
+     any owner (the kernel clears setuid/setgid and file capabilities on chown); setxattr is
+     never performed (POSIX ACLs answer EOPNOTSUPP, so that `cp -p` falls back to chmod; any
+     other name EPERM);
   4. the kernel's own permission rules for the caller's credentials decide the rest (a process
      of the run that became uid 1000 cannot chmod root's files), then the call is performed on
      the opened fd and its result is the answer (never CONTINUE).
 
-Extended attributes stay refused by seccomp (security.capability would be a privilege).
+Extended attributes stay refused (security.capability would be a privilege).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from sandbox.kernel import landlock as L
 if TYPE_CHECKING:
     from sandbox.kernel.unotify import Listener, Notif
 
-FAMILY_ACCESS = {"mode": "attr.mode", "owner": "attr.owner", "times": "attr.times"}
+FAMILY_ACCESS = {"mode": "attr.mode", "owner": "attr.owner", "times": "attr.times",
+                 "xattr": "attr.xattr"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,15 @@ class AttrGate:
 
     def _handle(self, listener: Listener, n: Notif, spec: FA.CallSpec
                 ) -> tuple[int | None, Refusal | None]:
+        if spec.family == "xattr":  # refused whatever the target; not recorded (as before)
+            try:
+                mem_x = FA.Mem(n.pid)
+            except OSError:
+                return errno.EPERM, None
+            try:
+                return FA.xattr_answer(n, mem_x), None
+            finally:
+                mem_x.close()
         mem = None
         if spec.path is not None or spec.family == "times":
             try:
