@@ -85,7 +85,11 @@ class ExecBlocked(_Event):
     path: str | None = Field(default=None, description="layer filesystem: the path refused")
     access: list[str] | None = Field(
         default=None, description="layer filesystem/landlock: the Landlock rights refused, "
-        "e.g. fs.write_file, fs.read_file, fs.execute, scope.signal")
+        "e.g. fs.write_file, fs.read_file, fs.execute, scope.signal; attr.mode, attr.owner, "
+        "attr.times for a root run's chmod, chown, utime")
+    syscall: str | None = Field(
+        default=None, description="layer filesystem: the file-attribute syscall refused (a root "
+        "run's chmod, fchmodat, chown, utimensat...)")
     destination: str | None = Field(
         default=None, description="network blocks: the destination as a network.allow entry "
         "(host:port, udp:host:port, name:*) or unix:PATH")

@@ -63,10 +63,13 @@ LANDLOCK_FD = 6  # the launcher's fixed fd numbers for the rulesets: 6, 7, ...
 # What a run never holds, root included (the supervisor's runs; docs/filesystem.md says what root
 # loses): admin of the host, its kernel, its network stack, audit and MAC, other processes'
 # memory and environment (CAP_SYS_ADMIN reads /proc/PID/environ past Landlock), file capabilities
-# and the immutable flag, the kernel log, the clock.
+# and the immutable flag, keeping a setuid/setgid bit through a write or a chmod (FSETID: without
+# it the kernel clears them when a setuid file in a writable tree is written), the kernel log,
+# the clock.
 DROPPED_CAPS = {
-    "linux_immutable": 9, "net_admin": 12, "net_raw": 13, "sys_module": 16, "sys_rawio": 17,
-    "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21, "sys_boot": 22, "sys_time": 25,
+    "fsetid": 4, "linux_immutable": 9, "net_admin": 12, "net_raw": 13, "sys_module": 16,
+    "sys_rawio": 17, "sys_chroot": 18, "sys_ptrace": 19, "sys_admin": 21, "sys_boot": 22,
+    "sys_time": 25,
     "audit_write": 29, "audit_control": 30, "setfcap": 31, "mac_override": 32, "mac_admin": 33,
     "syslog": 34, "audit_read": 37, "perfmon": 38, "bpf": 39, "checkpoint_restore": 40,
 }

@@ -336,6 +336,9 @@ class Ruleset:
     scoped: int
     dropped: Support  # requested but not enforced (only with best_effort)
     rules: int = 0
+    # (st_dev, st_ino) of each inode a rule was added on -> the rights granted there (the
+    # inodes the kernel holds, whatever happens to their paths later: sandbox.run.attrgate)
+    inodes: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -378,6 +381,9 @@ def build(rules: Iterable[Rule], *, handled_fs: int = FS_ALL, handled_net: int =
                 pb.allowed_access, pb.parent_fd = acc, pfd
                 _call(SYS_ADD_RULE, fd, RULE_PATH_BENEATH, ctypes.byref(pb), 0)
                 rs.rules += 1
+                st = os.fstat(pfd)
+                key = (st.st_dev, st.st_ino)
+                rs.inodes[key] = rs.inodes.get(key, 0) | acc
             except OSError as e:  # EINVAL: no longer a directory since the plan: grant nothing
                 if e.errno != errno.EINVAL or not r.is_dir:
                     raise

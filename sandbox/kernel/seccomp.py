@@ -23,6 +23,15 @@ Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). S
   writer). The ones newer than libseccomp (setxattrat, removexattrat, file_setattr) are added
   by number. Where the profile has its own rules on one of them, the guard goes into a second,
   stacked filter (CompiledFilter.extra: the kernel runs both and takes the stricter answer).
+  mediate_root (with guard_root and the listener): chmod, chown and utime (ROOT_MEDIATED) go to
+  the supervisor instead (notify), which performs them when the target is a file the run may
+  write (sandbox.run.attrgate); setxattr, lsetxattr and fsetxattr too, to be refused there
+  (POSIX ACLs with EOPNOTSUPP: `cp -p` then sets the mode with chmod; any other name EPERM);
+  the other extended-attribute calls stay EPERM here, and so do the mediated calls that land in
+  the stacked filter (a second filter has no listener).
+  Creating a file with a setuid or setgid bit (open, openat, creat, mknod, mknodat with
+  S_ISUID or S_ISGID in the mode) fails with EPERM for root; openat2, whose mode seccomp cannot
+  read, with ENOSYS (callers fall back to openat).
 - foreign arches: only the native arch is in the filter, the bad-arch action is KILL_PROCESS,
   and libseccomp's x86_64 program sends x32 syscall numbers (nr >= 0x40000000) to the bad-arch
   action too (visible in the BPF, not in libseccomp's pseudo code).
@@ -52,9 +61,23 @@ ROOT_GUARDS = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "l
 # utime family: refused when the times argument (index) is not NULL (NULL = now, like touch)
 ROOT_TIME_GUARDS = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}
 # the generic syscall table (x86_64 and aarch64 share numbers from 424 on)
-ROOT_GUARD_NUMBERS = {"setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+ROOT_GUARD_NUMBERS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466,
+                      "file_setattr": 469}
 ROOT_GUARD_REASON = "root in a run may not change modes, owners, extended attributes or times " \
     "(Landlock has no right for them)"
+# mediate_root: performed by the supervisor when the target is a file the run may write
+ROOT_MEDIATED = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown",
+                 "fchownat", *ROOT_TIME_GUARDS)
+ROOT_MEDIATE_REASON = "root's chmod, chown and utime are performed by the supervisor, only on " \
+    "files the run may write (Landlock has no right for them)"
+# mediate_root: refused by the supervisor, POSIX ACLs with EOPNOTSUPP (cp -p, coreutils: set the
+# mode with chmod instead), every other name with EPERM (security.capability, ...)
+ROOT_XATTR_NOTIFY = ("setxattr", "lsetxattr", "fsetxattr")
+ROOT_XATTR_REASON = "extended attributes are refused in a root run (file capabilities); POSIX " \
+    "ACLs answer EOPNOTSUPP, so that tools set the mode with chmod instead"
+# a file created with a setuid/setgid bit (index of the mode argument)
+ROOT_SETID_CREATE = {"open": 2, "openat": 3, "creat": 1, "mknod": 1, "mknodat": 2}
+ROOT_SETID_REASON = "root in a run may not create setuid or setgid files"
 
 
 @dataclass(frozen=True)
@@ -216,9 +239,10 @@ def _cond_text(conds: list[ArgCondition]) -> str:
 
 
 def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
-                   guard_root: bool = False) -> CompiledFilter:
+                   guard_root: bool = False, mediate_root: bool = False) -> CompiledFilter:
     """SeccompPolicy -> CompiledFilter (raw BPF for the native arch). Pure apart from libseccomp."""
     sc = _lib()
+    mediate = guard_root and mediate_root and exec_notify
     dkey, dval = _action(_listened(policy.defaultAction, exec_notify), sc)
     uncond: dict[str, tuple[str, int, str, str, str | None]] = {}
     conds: dict[str, list[_Cond]] = {}
@@ -252,14 +276,18 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
             put_uncond(name, "notify", "exec-gate", "every exec is checked by the supervisor")
     by_number: list[tuple[str, int]] = []
     # root guards on syscalls the profile has its own rules for: a second, stacked filter
-    stacked: list[tuple[str, list[Any], str]] = []
+    stacked: list[tuple[str, list[Any], str, int, str]] = []
     if guard_root:
         for name in ROOT_GUARDS:
             if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
                 if name in ROOT_GUARD_NUMBERS:
                     by_number.append((name, ROOT_GUARD_NUMBERS[name]))
             elif name in conds:
-                stacked.append((name, [], ""))
+                stacked.append((name, [], "", _errno.EPERM, ROOT_GUARD_REASON))
+            elif mediate and name in ROOT_MEDIATED:
+                put_uncond(name, "notify", "root-guard", ROOT_MEDIATE_REASON)
+            elif mediate and name in ROOT_XATTR_NOTIFY:
+                put_uncond(name, "notify", "root-guard", ROOT_XATTR_REASON)
             else:
                 put_uncond(name, "errno:EPERM", "root-guard", ROOT_GUARD_REASON)
         for name, idx in ROOT_TIME_GUARDS.items():
@@ -267,11 +295,36 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
                 continue
             args, text = [sc.Arg(idx, sc.NE, 0, 0)], f"arg{idx} != NULL (explicit times)"
             if name in conds or name in uncond:
-                stacked.append((name, args, text))
+                stacked.append((name, args, text, _errno.EPERM, ROOT_GUARD_REASON))
+            elif mediate:
+                conds.setdefault(name, []).append(_Cond(
+                    "notify", sc.NOTIFY, "notify", args, text, "root-guard",
+                    ROOT_MEDIATE_REASON))
             else:
                 conds.setdefault(name, []).append(_Cond(
                     "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM", args, text, "root-guard",
                     ROOT_GUARD_REASON))
+        for name, idx in ROOT_SETID_CREATE.items():
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) < 0:
+                continue  # aarch64: no open, creat, mknod
+            own = name in conds or name in uncond
+            for bit, what in ((0o4000, "S_ISUID"), (0o2000, "S_ISGID")):
+                args = [sc.Arg(idx, OPS["masked_eq"], bit, bit)]
+                text = f"arg{idx} & {what} (mode)"
+                if own:
+                    stacked.append((name, args, text, _errno.EPERM, ROOT_SETID_REASON))
+                else:
+                    conds.setdefault(name, []).append(_Cond(
+                        "errno", sc.ERRNO(_errno.EPERM), "errno:EPERM", args, text,
+                        "root-guard", ROOT_SETID_REASON))
+        if sc.resolve_syscall(sc.Arch.NATIVE, "openat2") >= 0:
+            if "openat2" in conds:
+                stacked.append(("openat2", [], "", _errno.ENOSYS, ROOT_SETID_REASON +
+                                " (openat2's mode is in memory seccomp cannot read)"))
+            else:
+                put_uncond("openat2", "errno:ENOSYS", "root-guard", ROOT_SETID_REASON +
+                           " (openat2's mode is in memory seccomp cannot read; callers fall "
+                           "back to openat)")
     # clone3's flags sit behind a pointer seccomp cannot read (namespaces, exit signal): ENOSYS,
     # the one answer that makes libc fall back to clone, whose flags are filtered. A profile's
     # errno for clone3 is replaced by ENOSYS (EPERM would break fork and threads); kill/trap stay.
@@ -332,9 +385,10 @@ def compile_filter(policy: SeccompPolicy, *, exec_notify: bool = True,
     if stacked:
         gflt = sc.SyscallFilter(sc.ALLOW)
         gflt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
-        for name, args, text in stacked:
-            gflt.add_rule(sc.ERRNO(_errno.EPERM), name, *args)
-            rows.append(SyscallRule(name, "errno:EPERM", text, "root-guard", ROOT_GUARD_REASON))
+        for name, args, text, err, reason in stacked:
+            gflt.add_rule(sc.ERRNO(err), name, *args)
+            rows.append(SyscallRule(name, f"errno:{_errno.errorcode[err]}", text, "root-guard",
+                                    reason))
         extra = (_export(gflt, pfc=False),)
     return CompiledFilter(bpf=bpf, notify=exec_notify, default_action=policy.defaultAction,
                           extra=extra, syscalls=tuple(rows), _build=lambda: build()[0])

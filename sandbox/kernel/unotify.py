@@ -156,6 +156,10 @@ class Listener:
     def respond_continue(self, notif_id: int) -> bool:
         return self._send(notif_id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
 
+    def respond_ok(self, notif_id: int) -> bool:
+        """The syscall returns 0 (the supervisor performed it on the caller's behalf)."""
+        return self._send(notif_id, 0, 0)
+
     def respond_errno(self, notif_id: int, err: int = errno_mod.EPERM) -> bool:
         return self._send(notif_id, -abs(err), 0)
 

@@ -108,7 +108,8 @@ class ExecGate:
     def __init__(self, *, profile: ResolvedProfile, mode: Literal["enforce", "monitor"],
                  run_id: str, listener_fd: int | None, tracer: ExecTracer | None,
                  cgroup_id: int, emit: Callable[[Any], None],
-                 on_block: Callable[[BlockInfo], str | None], check: Check | None = None) -> None:
+                 on_block: Callable[[BlockInfo], str | None], check: Check | None = None,
+                 attrs: Any = None) -> None:
         if check is None:
             from sandbox.policy.check import check_argv
 
@@ -136,7 +137,7 @@ class ExecGate:
             self._judge = ExecJudge(listener=self._listener, tracer=tracer,
                                     cgroup_id=cgroup_id, mode=mode, check=check,
                                     allowed=self._allowed, blocked=self._blocked_at,
-                                    stats=self.stats)
+                                    stats=self.stats, attrs=attrs)
             self._judge.set_profile(profile)
             self._lpoll = select.poll()
             self._lpoll.register(listener_fd, select.POLLIN)

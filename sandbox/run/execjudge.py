@@ -15,7 +15,9 @@ For an execve/execveat (layer "exec-gate"):
      Blocked: EPERM, and the block with its context.
 
 For any other notified syscall (profile rules with action `notify`, e.g. the base profile's
-chroot and pidfd_getfd): EPERM, recorded as a block (layer "seccomp", rule seccomp.<rule id>).
+chroot and pidfd_getfd): EPERM, recorded as a block (layer "seccomp", rule seccomp.<rule id>);
+a root run's chmod, chown and utime (the root guard's, not a profile's notify rule) go to its
+attribute mediator (sandbox.run.attrgate), which performs or refuses them.
 
 Rules the judge adds to the profile's own: fileless execs (memfd, execveat(AT_EMPTY_PATH),
 /proc/self/fd/N, unlinked files) block unless exec.allowFileless (rule exec.fileless); loader
@@ -64,7 +66,7 @@ class ExecJudge:
 
     def __init__(self, *, listener: Listener, tracer: ExecTracer | None, cgroup_id: int,
                  mode: str, check: Check, allowed: Callable[[int, Judged], None],
-                 blocked: Callable[..., None], stats: Any) -> None:
+                 blocked: Callable[..., None], stats: Any, attrs: Any = None) -> None:
         self.listener = listener
         self.tracer = tracer
         self.cgroup_id = cgroup_id
@@ -74,6 +76,7 @@ class ExecJudge:
         self._allowed = allowed
         self._blocked = blocked
         self.stats = stats
+        self.attrs = attrs  # a root run's AttrGate, or None
         self._memo: dict[tuple[Any, ...], Decision] = {}
 
     def set_profile(self, profile: ResolvedProfile) -> None:
@@ -108,6 +111,10 @@ class ExecJudge:
 
         names = SYSCALLS.get(n.arch)
         if names is not None and n.nr not in names[:2]:
+            name = self.attrs.handles(n) if self.attrs is not None else None
+            if name is not None and not self._profile_notifies(name):
+                self.attrs.handle(self.listener, n)  # answers
+                return True
             return self._syscall(n)
         req = read_exec(self.listener, n, args=False)
         if req.error:
@@ -249,6 +256,11 @@ class ExecJudge:
                         tuple(argv), target)
 
     # -- other notified syscalls --------------------------------------------------------------
+    def _profile_notifies(self, name: str) -> bool:
+        """Does the profile itself send `name` to the supervisor (refused and recorded)?"""
+        return any(r.action == "notify" and name in r.syscalls
+                   for r in (self.profile.seccomp.rules if self.profile else ()))
+
     def _syscall(self, n: Notif) -> bool:
         """A syscall the profile sends to the supervisor (action notify): refused, recorded."""
         from sandbox.kernel.seccomp import syscall_name

@@ -72,6 +72,10 @@ class RunContext:
     # the agent's active destination grants for the strict profile (network layer); raises
     # when the store is unreachable (then no destination grant is honoured)
     destination_grants: Callable[[], list[Any]] | None = None
+    # a root run's chmod/chown/utime mediator (sandbox.run.attrgate): made by the filesystem
+    # layer (it knows what the run may write), compiled into the filter by the seccomp layer,
+    # answered by the exec gate (the listener's owner)
+    attr_gate: Any = None
 
 
 @dataclass
@@ -131,12 +135,14 @@ class SeccompLayer(EnforcementLayer):
     plus execve/execveat as user-notifications when the exec gate is on. Reports the syscall
     that killed a process (kernel log). What root loses in a run is here too (Landlock has no
     right for it, and it holds with `--degraded landlock`): runs as uid 0 get the root guard
-    (chmod, chown, xattr writes, utime: EPERM), and every run loses the capabilities in
+    (xattr writes, setuid/setgid creation: EPERM; chmod, chown and utime go to the supervisor,
+    which performs them on files the run may write: sandbox.run.attrgate; EPERM without the
+    filesystem layer or the exec gate), and every run loses the capabilities in
     sandbox.kernel.child.DROPPED_CAPS (bounding, effective, permitted, inheritable, ambient)."""
 
     name = "seccomp"
 
-    def __init__(self, compile_filter: Callable[[ResolvedProfile, bool], Any]) -> None:
+    def __init__(self, compile_filter: Callable[[ResolvedProfile, bool, bool], Any]) -> None:
         self._compile = compile_filter
         self._kmsg: Any = None
 
@@ -145,7 +151,7 @@ class SeccompLayer(EnforcementLayer):
         from sandbox.kernel.kmsg import KmsgWatcher
 
         root = (run.uid if run.uid is not None else os.geteuid()) == 0
-        filt = self._compile(run.effective, root)
+        filt = self._compile(run.effective, root, root and run.attr_gate is not None)
         spec.filters = [*filt.extra, filt.bpf]
         spec.notify = filt.notify
         spec.drop_caps = DROP_MASK
@@ -219,7 +225,7 @@ class ExecGateLayer(EnforcementLayer):
         self.gate = ExecGate(profile=run.effective, mode=run.mode, run_id=run.run_id,
                              listener_fd=child.listener_fd if self._notify else None,
                              tracer=self._tracer, cgroup_id=run.cgroup.id, emit=emit,
-                             on_block=on_block)
+                             on_block=on_block, attrs=run.attr_gate)
         run.recent_execs = self.gate.recent_execs
 
     def fds(self) -> list[int]:
@@ -384,6 +390,7 @@ class LandlockLayer(EnforcementLayer):
         self._report_lock = threading.Lock()
         self._spawned = 0.0
         self._owner: tuple[int | None, int | None] = (None, None)
+        self.attrs: Any = None
 
     def prepare(self, run: RunContext, spec: ChildSpec) -> None:
         from sandbox.kernel import landlock as L
@@ -431,6 +438,13 @@ class LandlockLayer(EnforcementLayer):
             first()
             release2()
         self._release = release_both
+        if (spec.uid if spec.uid is not None else os.geteuid()) == 0:
+            from sandbox.run.attrgate import AttrGate
+
+            # root's chmod/chown/utime: performed where this per-run layer grants writing
+            self.attrs = run.attr_gate = AttrGate(writable=run_rs.inodes,
+                                                  protected=self._protected,
+                                                  report=self._attr_refused)
         log = L.LOG_NEW_EXEC_ON if self.abi >= 7 else 0
         # the run's layer is the youngest: nested domains a program makes below it stay silent
         spec.landlock = [(rs.fd, log), (run_rs.fd, log | (L.LOG_SUBDOMAINS_OFF if log else 0))]
@@ -509,7 +523,6 @@ class LandlockLayer(EnforcementLayer):
     def _report1(self, d: Any, late: bool) -> None:
         from sandbox.policy.filesystem import Judgement
 
-        run = self._run
         fs = [r for r in d.rights if r.startswith("fs.")]
         if fs:
             j = self._rules.judge(d.path, fs, protected=[
@@ -527,27 +540,65 @@ class LandlockLayer(EnforcementLayer):
                           f"{d.blockers} outside the run refused (Landlock scope): "
                           f"{' '.join(f'{k}={v}' for k, v in obj.items())}{hint}", "")
             layer = "landlock"
-        if j.rule_id in self._seen:
-            self._seen[j.rule_id] += 1
+        self._block(j, layer, j.rule_id, d.path, d.rights, d.pid or d.domain_pid, late)
+
+    def _block(self, j: Any, layer: str, key: str, path: str | None, access: list[str],
+               pid: int | None, late: bool, *, argv: list[str] | None = None,
+               binary: str | None = None, syscall: str | None = None) -> None:
+        """One distinct refusal (by `key`): recorded, escalated under a `block` verdict."""
+        run = self._run
+        if key in self._seen:
+            self._seen[key] += 1
             return
         if len(self._seen) >= self.MAX_DISTINCT:
             self._overflow += 1
             return
-        self._seen[j.rule_id] = 1
+        self._seen[key] = 1
+        argv = argv or list(run.argv)
+        binary = binary or self.binary
         esc = None
         if j.verdict == "block" and run.mode == "enforce" and j.access in ("read", "write"):
             recent = run.recent_execs() if run.recent_execs is not None else []
             esc = run.on_block(FsBlock(
-                Decision(Verdict.BLOCK, j.rule_id, j.reason, tuple(run.argv), self.binary),
-                layer, run.cwd, [{"pid": self._pid, "argv": list(run.argv)}], recent, d.path,
-                j.access))
+                Decision(Verdict.BLOCK, j.rule_id, j.reason, tuple(argv), binary),
+                layer, run.cwd, [{"pid": pid if syscall else self._pid, "argv": argv}], recent,
+                path or "", j.access))
         run.record(ExecBlocked(layer=layer, verdict=j.verdict,  # type: ignore[arg-type]
-                               rule_id=j.rule_id, reason=j.reason, argv=list(run.argv),
-                               binary=self.binary, pid=d.pid or d.domain_pid,
-                               profile=run.strict.name, escalation_id=esc, path=d.path or None,
-                               access=d.rights), sync=True, show=not late)
+                               rule_id=j.rule_id, reason=j.reason, argv=argv,
+                               binary=binary, pid=pid, profile=run.strict.name,
+                               escalation_id=esc, path=path or None, access=access,
+                               syscall=syscall), sync=True, show=not late)
         if self._first is None:
             self._first = (j.rule_id, j.reason, layer, esc)
+
+    def _attr_refused(self, r: Any) -> None:
+        """A root run's chmod/chown/utime the supervisor refused (sandbox.run.attrgate)."""
+        from sandbox.policy.filesystem import Judgement
+
+        what = f"{r.syscall} of {r.path}"
+        if r.kind == "outside":
+            j = self._rules.judge(r.path, [r.syscall], protected=[
+                (p, why) for p, why, _ in self._protected])
+        elif r.kind == "anchor":
+            j = Judgement(f"filesystem.self-protection:{r.path}", "deny",
+                          f"{what} refused: {r.detail}" + (
+                              f" ({r.anchor[0]})" if r.anchor[0] != r.path else ""), "write")
+        elif r.kind == "setid":
+            j = Judgement(f"filesystem.setid:{r.path}", "deny",
+                          f"{what} refused: {r.detail}; a run never adds a setuid or setgid "
+                          "bit", "write")
+        elif r.kind == "type":
+            j = Judgement(f"filesystem.attr-type:{r.path}", "deny",
+                          f"{what} refused: {r.detail}", "write")
+        else:
+            j = Judgement(f"filesystem.attr-unresolvable:{r.syscall}", "deny",
+                          f"{what} refused: {r.detail}", "write")
+        from sandbox.run.attrgate import FAMILY_ACCESS
+
+        with self._report_lock:
+            self._block(j, "filesystem", f"{j.rule_id}#{r.family}", r.path,
+                        [FAMILY_ACCESS[r.family]], r.pid, False, argv=list(r.argv) or None,
+                        binary=r.exe, syscall=r.syscall)
 
     def finish(self, run: RunContext, result: LayerResult) -> None:
         self._run = run
@@ -564,6 +615,9 @@ class LandlockLayer(EnforcementLayer):
             run.record(Degraded(what="filesystem denials", why=f"{self._overflow} more "
                                 f"distinct denials were not itemized (limit "
                                 f"{self.MAX_DISTINCT} a run)"), show=False)
+        if self.attrs is not None and (self.attrs.stats.performed or self.attrs.stats.refused
+                                       or self.attrs.stats.failed):
+            result.extra["attrs"] = self.attrs.stats.as_dict()
         err = self._child.exec_error() if self._child is not None else None
         if err is not None and "exec envelope" in err.message:
             result.reason, result.layer = err.message, "filesystem"

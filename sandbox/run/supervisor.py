@@ -114,7 +114,7 @@ class Supervisor:
         self._audit = audit
         self._esc_service: Any | None = None
         self._states: dict[str, str] = {}  # escalation id -> state seen when it was raised
-        self._filters: dict[tuple[str, bool, bool], Any] = {}  # see _filter
+        self._filters: dict[tuple[str, bool, bool, bool], Any] = {}  # see _filter
         # run id -> the SecretMask of a run that holds credentials: what it records is masked
         self._masks: dict[str, Any] = {}
         self._network = network  # sandbox.run.network.NetworkService, once per process
@@ -486,7 +486,8 @@ class Supervisor:
             layers.append(landlock)
         tracer = self.tracer() if use_ebpf else None
         network = self.network() if "network" not in req.degraded else None
-        layers.append(SeccompLayer(lambda p, root: self._filter(p, use_gate, root)))
+        layers.append(SeccompLayer(lambda p, root, mediate: self._filter(p, use_gate, root,
+                                                                          mediate)))
         gate = None
         if use_gate or tracer is not None:
             gate = ExecGateLayer(tracer, use_notify=use_gate)
@@ -621,16 +622,19 @@ class Supervisor:
                                 mask=mask, root_chain=[*strict.sources, *effective.sources]
                                 if root_file else (), tiers=concerned)
 
-    def _filter(self, profile: ResolvedProfile, use_gate: bool, root: bool = False) -> Any:
+    def _filter(self, profile: ResolvedProfile, use_gate: bool, root: bool = False,
+                mediate: bool = False) -> Any:
         """The profile's seccomp filter, compiled once per exact seccomp policy (its JSON, ~20
         µs to make): a daemon's warm runs skip libseccomp (~3 ms). `root`: the run is uid 0
-        (the root guard: sandbox.kernel.seccomp.ROOT_GUARDS)."""
+        (the root guard: sandbox.kernel.seccomp.ROOT_GUARDS); `mediate`: its chmod, chown and
+        utime go to the supervisor (sandbox.run.attrgate)."""
         from sandbox.kernel.seccomp import compile_filter
 
-        key = (profile.seccomp.model_dump_json(), use_gate, root)
+        key = (profile.seccomp.model_dump_json(), use_gate, root, mediate)
         filt = self._filters.get(key)
         if filt is None:
-            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_root=root)
+            filt = compile_filter(profile.seccomp, exec_notify=use_gate, guard_root=root,
+                                  mediate_root=mediate)
             if len(self._filters) >= 64:
                 self._filters.clear()
             self._filters[key] = filt

@@ -142,3 +142,53 @@ def test_foreign_arches_are_not_in_the_filter():
     assert insns[1][3] == 0xC000003E
     assert any(code == 0x35 and k == 0x40000000 for code, _, _, k in insns)
     assert insns[-1][3] == 0x80000000 or any(k == 0x80000000 for *_, k in insns)
+
+
+def test_root_guard_mediates_modes_owners_times_and_refuses_the_rest():
+    """guard_root + mediate_root: chmod, chown, utime (explicit times) and setxattr go to the
+    supervisor (sandbox.run.attrgate); the other xattr calls stay EPERM; creating a setuid or
+    setgid file is refused in the filter; openat2 answers ENOSYS. Non-root runs get none of
+    it (the kernel's own rules confine them: nothing notified, nothing to pay)."""
+    from sandbox.kernel.seccomp import ROOT_MEDIATED, ROOT_XATTR_NOTIFY
+
+    def rows(**kw):
+        f = compile_filter(base_policy(), exec_notify=True, **kw)
+        return {(r.syscall, r.action, r.condition) for r in f.syscalls
+                if r.source == "root-guard"}
+
+    assert rows(guard_root=False) == set()
+    guarded = rows(guard_root=True)
+    assert ("chmod", "errno:EPERM", "") in guarded and ("fsetxattr", "errno:EPERM", "") in guarded
+    mediated = rows(guard_root=True, mediate_root=True)
+    for name in ROOT_MEDIATED:
+        assert any(n == name and a == "notify" for n, a, _ in mediated), name
+    assert ("utimensat", "notify", "arg2 != NULL (explicit times)") in mediated
+    for name in ROOT_XATTR_NOTIFY:
+        assert (name, "notify", "") in mediated
+    assert ("removexattr", "errno:EPERM", "") in mediated
+    assert ("openat", "errno:EPERM", "arg3 & S_ISUID (mode)") in mediated
+    assert ("open", "errno:EPERM", "arg2 & S_ISGID (mode)") in mediated
+    assert ("openat2", "errno:ENOSYS", "") in mediated
+    # without the listener, nothing can be mediated: the guard refuses
+    f = compile_filter(base_policy(), exec_notify=False, guard_root=True, mediate_root=True)
+    assert not [r for r in f.syscalls if r.action == "notify"]
+
+
+def test_setid_creation_is_refused_in_the_kernel(tmp_path):
+    f = compile_filter(base_policy(), exec_notify=False, guard_root=True)
+    code = ("import os\n"
+            f"d = {str(tmp_path)!r}\n"
+            "for n, m in (('plain', 0o755), ('suid', 0o4755), ('sgid', 0o2750)):\n"
+            "    try:\n"
+            "        os.close(os.open(d + '/' + n, os.O_CREAT | os.O_WRONLY, m)); print(n, 0)\n"
+            "    except OSError as e:\n"
+            "        print(n, e.errno)\n")
+    r = run_sandboxed(["/usr/bin/python3", "-S", "-c", code], bpf=f.bpf)
+    assert r.out.split("\n")[:3] == ["plain 0", f"suid {errno.EPERM}", f"sgid {errno.EPERM}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+def base_policy() -> SeccompPolicy:
+    from sandbox.policy.loader import load_profile
+
+    return load_profile("base").seccomp

@@ -51,15 +51,9 @@ def test_the_suite_covers_the_issue(wl: ModuleType) -> None:
     assert wl.SDIST_SHA256 in setup and f"WL_PKG={wl.SDIST_NAME} WL_VER={wl.SDIST_VERSION}" in setup
 
 
-# The suite runs as root. Root in a run cannot chmod (the filesystem layer's root guard,
-# docs/filesystem.md "What root loses"), and git writes its config through a lock file whose mode
-# it copies with chmod: `git init` as root fails in a run. Run agents as non-root users.
-ROOT_LOSES = pytest.mark.xfail(condition=is_root(), strict=False, reason=(
-    "root runs lose chmod: git copies its config's mode to config.lock with chmod (EPERM)"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=ROOT_LOSES) if n == "git" else n
-                                  for n in NAMES])
+# The suite runs as root: git's chmod of config.lock (it copies its config's mode) is performed
+# by the supervisor on the run's own files (docs/filesystem.md, "What root loses").
+@pytest.mark.parametrize("name", NAMES)
 def test_workload_same_as_bare_with_no_false_block(suite: dict[str, Any], name: str) -> None:
     assert not [n for n in suite["notes"] if "warm path n/a" in n], suite["notes"]
     r = suite["workloads"][name]

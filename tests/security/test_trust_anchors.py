@@ -191,12 +191,17 @@ def test_attack_as_root(site: Site, attack: str) -> None:
         finally:
             _cleanup(site)
     assert "denied" in r.stderr or "Operation not permitted" in r.stderr, r.stderr
-    if attack != "chmod":  # chmod: the root guard (seccomp), not a Landlock denial
-        new = [json.loads(ln) for ln in site.audit_lines()[len(before["audit"]):]]
-        prot = [e for e in new if e["type"] == "blocked" and e["layer"] == "filesystem"]
-        assert prot, new
-        assert all(e["verdict"] == "deny" and e["escalation_id"] is None for e in prot
-                   if "self-protection" in e["rule_id"])
+    # (chmod: refused by the supervisor, which performs a root run's chmod only on files the
+    # run may write: the same self-protection rule, tests/security/test_root_attrs.py)
+    new = [json.loads(ln) for ln in site.audit_lines()[len(before["audit"]):]]
+    prot = [e for e in new if e["type"] == "blocked" and e["layer"] == "filesystem"]
+    assert prot, new
+    assert all(e["verdict"] == "deny" and e["escalation_id"] is None for e in prot
+               if "self-protection" in e["rule_id"])
+    if attack == "chmod":
+        assert {(e["rule_id"], e["syscall"]) for e in prot} == {
+            (f"filesystem.self-protection:{site.state}/state.db", "fchmodat"),
+            (f"filesystem.self-protection:{site.state}", "fchmodat")}, prot
 
 
 def test_secrets_and_state_are_not_readable(site: Site) -> None:
