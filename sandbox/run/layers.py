@@ -605,8 +605,12 @@ class LandlockLayer(EnforcementLayer):
         if self._router is not None and self._pid is not None:
             # a failed command (a denial usually is why) waits until every denial the kernel
             # queued before now is routed; a successful one only for what reached the reader
-            # (asking the kernel costs ~30-200 us; a later denial goes to the audit log only)
-            self._router.settle(ask_kernel=result.status is not None and result.status != 0)
+            # (asking the kernel costs ~30-200 us; a later denial goes to the audit log only).
+            # A failed command may wait up to 0.5 s (returns as soon as the kernel's queue is
+            # empty and the reader idle): under load, a denial routed after this point misses
+            # the run's result, and `--wait` then has no escalation to wait for
+            failed = result.status is not None and result.status != 0
+            self._router.settle(limit=0.5 if failed else 0.05, ask_kernel=failed)
         self._drain()
         result.blocked += len(self._seen)
         if self._first is not None and result.first_block is None:
