@@ -158,7 +158,10 @@ def kernel(upstream: DNSFixture) -> Iterator[Kernel]:
 
 
 def client_code(fn: str, *args: Any, **kw: Any) -> str:
-    return (f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import clientlib; "
+    # no bytecode written: the checkout is not writable in a run (a fresh clone has no
+    # __pycache__ yet, and the attempt would be a recorded filesystem denial)
+    return (f"import sys, json; sys.dont_write_bytecode = True; "
+            f"sys.path.insert(0, {str(HERE)!r}); import clientlib; "
             f"print(json.dumps(clientlib.{fn}(*{args!r}, **{kw!r})), flush=True)")
 
 
