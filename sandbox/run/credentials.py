@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import RunnerError
 from sandbox.events import CredentialFailed, CredentialIssued
-from sandbox.run.layers import EnforcementLayer
+from sandbox.run.layers.base import EnforcementLayer
 
 if TYPE_CHECKING:
     from sandbox.kernel.child import ChildSpec
     from sandbox.policy.profile import Credential, ResolvedProfile
-    from sandbox.run.layers import RunContext
+    from sandbox.run.layers.base import RunContext
     from sandbox.run.secretmask import SecretMask
 
 RUN_ROOT = "/run/glassbreak-credentials"

@@ -41,7 +41,7 @@ from sandbox.policy.network import (
 if TYPE_CHECKING:
     from sandbox.kernel.sockhooks import NetEvent, SockHooks
     from sandbox.policy.profile import NetworkPolicy
-    from sandbox.run.layers import LayerResult, RunContext
+    from sandbox.run.layers.base import LayerResult, RunContext
     from sandbox.run.resolver import DnsEvent, NameRule, Resolver
 
 LAYER = "network"
