@@ -633,7 +633,7 @@ class Resolver:
             run.identified.clear()
         run.identified[key] = now
         try:
-            from sandbox.kernel.sockhooks import diag_peer
+            from sandbox.kernel.sockdiag import diag_peer
 
             proto = socket.IPPROTO_UDP if ev.transport == "udp" else socket.IPPROTO_TCP
             d = diag_peer(proto, (peer[0][0], peer[0][1]), (peer[1][0], peer[1][1]))
