@@ -1,4 +1,7 @@
 """The escalation service: the one API the runner, the CLI and the approval server use.
+Why this module is long: one class, EscalationService, the one API the runner, the CLI and the
+approval server use: raising, deciding, granting, revoking and checking grants go through the same
+store, audit and signature checks, which a split would scatter.
 
     svc = EscalationService.from_env()
     svc.active_grant(agent=, profile=, argv=, cwd=, binary_sha256=) -> Grant | None

@@ -1,4 +1,8 @@
 """cgroup BPF socket hooks (bcc): per-run egress policy in the kernel, on the run's cgroup leaf.
+Why this module is long: one loaded BPF object. SockHooks (~530 lines) owns the programs, the maps
+and every run's rule list under one lock (the union of rules each LPM prefix holds is recomputed on
+every change), and the map key and value layouts beside it mirror native/bpf/sockhooks.c and change
+with it. Listing and ending sockets (inet_diag) is sandbox.kernel.sockdiag.
 
 One SockHooks per process (compile + load ~0.8 s; a daemon pays it once) serves any number of
 runs, each identified by its cgroup id (what bpf_get_current_cgroup_id() returns, the inode of

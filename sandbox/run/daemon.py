@@ -1,4 +1,7 @@
 """The glassbreak daemon's run socket (issue 5): warm runs for any local user.
+Why this module is long: one socket server. Daemon (~275 lines) holds the accept loop, the request
+kinds (run, decision, op) and the table of live runs they share; the helpers beside it (fd passing,
+peer credentials, the caller's cwd) serve only it.
 
 Protocol (unix SOCK_STREAM, JSON lines):
   client -> daemon  one request line {"argv", "profile", "agent", "reason", "mode", "wait",
