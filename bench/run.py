@@ -4,6 +4,10 @@ side by side in ONE run (round-robin, after warm-ups), medians and ratios, PASS/
 then the real-workload suite (bench/workloads.py: git, make -j2, pytest, find | xargs grep,
 seq | xargs under the shipped developer profiles, each against the same work bare).
 
+Why this module is long: the `make bench` harness as one script: its workloads, the daemon and
+network fixtures it starts and stops, and the chart of the results share one run's state and are
+read top to bottom.
+
 Results: bench/results/latest.json and bench/results/latest.png. See bench/README.md.
 
 A variant is a name and an argv. One whose binary or subcommand is missing, or that fails its

@@ -3,6 +3,10 @@ under the shipped developer profiles (python-dev, git-readonly), each compared w
 bare, in ONE run: exit code and output compared, every block collected, wall time measured in
 round-robin rounds (bare, warm through a daemon this suite starts, cold in-process).
 
+Why this module is long: one benchmark suite run as one script: the workloads (a short function
+each), their set-up, the round-robin timing and the report share the fixture paths and the suite's
+state, and a bench script is read top to bottom.
+
     .venv/bin/python bench/workloads.py            # the full suite (also: make bench)
     .venv/bin/python bench/workloads.py --short    # the reduced form the tests run
     .venv/bin/python bench/workloads.py --only make,seq-xargs --reps 5 --layers

@@ -1,4 +1,7 @@
 """The approval HTTP API and the console (starlette; served by uvicorn from `glassbreak serve`).
+Why this module is long: build_app (~270 lines) is the HTTP API's routes as closures over one
+service and one config (authentication, rate limits, size caps); the console's pages are
+escalation.console.
 
 GET  /api/escalations[?state=]        list            GET /api/escalations/{id}   show
 GET  /api/grants[?all=1]              grants          (reads: a console session or

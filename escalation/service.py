@@ -1,4 +1,7 @@
 """The escalation service: the one API the runner, the CLI and the approval server use.
+Why this module is long: one class, EscalationService, the one API the runner, the CLI and the
+approval server use: raising, deciding, granting, revoking and checking grants go through the same
+store, audit and signature checks, which a split would scatter.
 
     svc = EscalationService.from_env()
     svc.active_grant(agent=, profile=, argv=, cwd=, binary_sha256=) -> Grant | None
@@ -147,12 +150,7 @@ class EscalationService:
                 continue
             why = self._untrusted(g, agent, profile, key, relaxed_profile, now)
             if why:
-                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
-                                   profile=g.profile, approver=g.approver, why=why)
-                if on_reject is not None:
-                    on_reject(ev)
-                else:
-                    self._try_emit(ev)
+                self._rejected(g, why, on_reject)
                 continue
             if g.one_shot:
                 if not self.store.consume_grant(g.id, now):
@@ -160,6 +158,16 @@ class EscalationService:
                 g.consumed_at = now
             return g
         return None
+
+    def _rejected(self, g: Grant, why: str,
+                  on_reject: Callable[[GrantRejected], None] | None) -> None:
+        """A stored grant that does not count (`why`): audited, to `on_reject` when given."""
+        ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
+                           profile=g.profile, approver=g.approver, why=why)
+        if on_reject is not None:
+            on_reject(ev)
+        else:
+            self._try_emit(ev)
 
     def path_grants(self, *, agent: str | None, profile: str,
                     on_reject: Callable[[GrantRejected], None] | None = None) -> list[Grant]:
@@ -174,12 +182,7 @@ class EscalationService:
                 continue
             why = self._untrusted(g, agent, profile, PATH_GRANTS_KEY, None, now)
             if why:
-                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
-                                   profile=g.profile, approver=g.approver, why=why)
-                if on_reject is not None:
-                    on_reject(ev)
-                else:
-                    self._try_emit(ev)
+                self._rejected(g, why, on_reject)
                 continue
             out.append(g)
         return out
@@ -198,12 +201,7 @@ class EscalationService:
                 continue
             why = self._untrusted(g, agent, profile, "", None, now)
             if why:
-                ev = GrantRejected(grant_id=g.id, escalation_id=g.escalation_id, agent=g.agent,
-                                   profile=g.profile, approver=g.approver, why=why)
-                if on_reject is not None:
-                    on_reject(ev)
-                else:
-                    self._try_emit(ev)
+                self._rejected(g, why, on_reject)
                 continue
             out.append(g)
         return out

@@ -12,6 +12,7 @@ import html
 import re
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sandbox.cli.render import argv_warnings, quote_arg, visible
 
@@ -135,3 +136,7 @@ def page(title: str, body: Markup, *, who: str | None = None, csrf: str | None =
                  '<link rel="stylesheet" href="/static/console.css"></head>'
                  '<body>{}<main>{}{}</main></body></html>',
                  meta, title, header, status_note or Markup(""), body))
+
+
+def dl(rows: list[tuple[str, Any]]) -> Markup:
+    return h('<dl class="kv">{}</dl>', join(h('<dt>{}</dt><dd>{}</dd>', k, v) for k, v in rows))

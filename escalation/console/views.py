@@ -1,4 +1,7 @@
 """The console's pages and forms (starlette handlers, server-rendered, no script).
+Why this module is long: it is one class, Console, whose handlers share its session store,
+sign-in throttle, POST guard (network, size, session, CSRF) and page chrome; the page bodies
+are elsewhere (requestview, grantview, auditview, traceview), what is left is the handlers.
 
 GET  /signin, POST /signin, POST /signout         an approver token opens a session
 GET  /escalations[?state=&agent=&profile=]        the inbox: pending first, newest first
@@ -11,45 +14,47 @@ GET  /runs/{run_id}                               a run's process tree (`glassbr
 
 Every decision goes through EscalationService.decide / revoke (the same path as the CLI, the
 HTTP API and Slack), with the signed-in approver as the decider and how they were proven as
-`authn`. Nothing a form says about who decides is read.
+`authn`. Nothing a form says about who decides is read. The pure page bodies (records in,
+Markup out): requestview (a request and its decide form), grantview (grant cards, revoke
+forms), auditview (audit rows), traceview (a run's tree); their names are handed on here.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from escalation.console import auth
-from escalation.console.auditview import audit_path, read_audit
+from escalation.console.auditview import audit_path, audit_row, read_audit
+from escalation.console.grantview import grant_card, revoke_form
 from escalation.console.html import (
     Markup,
     ago,
-    argv_html,
     command_line,
     duration,
-    esc,
     h,
     join,
     page,
-    when,
 )
 from escalation.console.opens import profile_diff
-from sandbox.cli.render import quote_arg, show_destination
+from escalation.console.requestview import UNITS, request_body
+from escalation.console.traceview import trace_body
 from sandbox.errors import EscalationError, GlassbreakError, StoreError
 
 STATIC = Path(__file__).parent / "static"
 STATES = ("pending", "approved", "denied", "expired")
-UNITS = {"s": 1, "m": 60, "h": 3600}
 EVENT_TYPES = ("run_started", "run_refused", "exec", "blocked", "syscall_killed",
                "events_lost", "grant_used", "grant_rejected", "grant_ended",
                "escalation_raised", "escalation_decided", "decision_refused",
                "console_session", "webhook_delivery", "degraded", "run_result", "connect",
                "dns")
 SCOPES = ("command", "profile", "path", "destination")
+
+__all__ = ["Console", "UNITS", "audit_row", "grant_card", "request_body", "revoke_form",
+           "trace_body"]
 
 
 class Console:
@@ -551,425 +556,3 @@ class Console:
             Route("/runs/{run_id}", self.run_page),
             Route("/static/console.css", self.css),
         ]
-
-
-# -- page bodies (pure: records in, Markup out) -----------------------------------------------
-def _dl(rows: list[tuple[str, Any]]) -> Markup:
-    return h('<dl class="kv">{}</dl>', join(h('<dt>{}</dt><dd>{}</dd>', k, v) for k, v in rows))
-
-
-def _fmt_ttl(seconds: int) -> str:
-    for unit, n in (("h", 3600), ("m", 60)):
-        if seconds % n == 0 and seconds >= n:
-            return f"{seconds // n}{unit}"
-    return f"{seconds}s"
-
-
-def request_body(rec: Any, s: auth.Session, grant: Any, diff: Any, action: str | None,
-                 error: str | None, values: dict[str, str]) -> Markup:
-    now = time.time()
-    status = h('<span class="left">expires in {}</span>', duration(rec.expires_at - now)) \
-        if rec.state == "pending" else Markup("")
-    head = h('<div class="head"><h1><span class="state {}">{}</span> {}</h1>{}</div>',
-             rec.state, rec.display_state, rec.id, status)
-    err = h('<p class="error" role="alert">{}</p>', error) if error else Markup("")
-
-    trigger = h('<section class="card" id="trigger"><h2>1 · What triggered it</h2>{}'
-                '<h3>The command, argument by argument</h3>{}'
-                '<p class="muted">As one shell line: {}</p></section>',
-                _dl([("layer", rec.layer), ("rule", h("<code>{}</code>", rec.rule_id)),
-                     ("why blocked", rec.rule_reason), ("verdict", rec.verdict),
-                     ("binary", h("<code>{}</code>", quote_arg(rec.binary or "?"))),
-                     ("sha256", h('<code class="hash">{}</code>', rec.binary_sha256 or "?")),
-                     ("cwd", h("<code>{}</code>", quote_arg(rec.cwd))),
-                     *_target_rows(rec)]),
-                argv_html(rec.argv), command_line(rec.argv, None))
-
-    can, why_not = _can_decide(rec, s)
-    owners = join(h('<li>{}{}</li>', o, Markup(' <span class="badge you">you</span>')
-                    if o == s.approver else Markup("")) for o in rec.owners)
-    who = h('<section class="card" id="owners"><h2>2 · Who owns it</h2>'
-            '<ul class="owners">{}</ul><p>{}</p></section>',
-            owners or Markup("<li>(none named)</li>"),
-            "You can decide this request." if can else why_not)
-
-    ctx = h('<section class="card" id="context"><h2>3 · Context</h2>{}{}{}{}{}{}</section>',
-            _dl([("agent", rec.agent or "-"), ("host", rec.host),
-                 ("profile", h('{} <code class="hash">{}</code>', rec.profile,
-                               rec.profile_hash[:16])),
-                 ("agent's reason", h('<q>{}</q>', rec.agent_reason) if rec.agent_reason
-                  else Markup('<span class="muted">(none given)</span>')),
-                 ("raised", h('{} ({})', when(rec.created_at), ago(rec.created_at, now))),
-                 ("last seen", h('{} · {} time(s)', when(rec.last_seen), rec.count)),
-                 ("expires", when(rec.expires_at) if rec.state == "pending" else "-"),
-                 ("runs", join((h('<a href="/runs/{}"><code>{}</code></a>', r, r)
-                                for r in rec.run_ids), ", ") or "-")]),
-            _env_table(rec.env), _proc_list("Process ancestry (oldest first)", rec.ancestry),
-            _proc_list("The run's recent execs", rec.recent_execs),
-            _deliveries(rec), h('<p><a href="/audit?escalation={}">Audit events of this '
-                                'request</a></p>', rec.id))
-
-    resolve = h('<section class="card" id="resolution"><h2>4 · How it resolves</h2>{}{}{}'
-                '</section>', _outcome(rec, grant, s, now),
-                _opens(rec, diff) if rec.state == "pending" else Markup(""),
-                _decide_form(rec, s, action, values) if rec.state == "pending" and can
-                else Markup(""))
-    history = h('<section class="card" id="history"><h2>History</h2><ol class="history">{}'
-                '</ol></section>',
-                join(h('<li><span class="when">{}</span> <span class="kind {}">{}</span> by '
-                       '<strong>{}</strong>{}</li>', when(t.at), t.kind, t.kind, t.by,
-                       h(': {}', t.why) if t.why else Markup("")) for t in rec.history))
-    return join([head, err, trigger, who, ctx, resolve, history])
-
-
-def _target_rows(rec: Any) -> list[tuple[str, Any]]:
-    """What a network block or a filesystem denial names (what its own scope would open)."""
-    rows: list[tuple[str, Any]] = []
-    if getattr(rec, "destination", None):
-        rows.append(("destination", h("<code>{}</code>", show_destination(rec.destination))))
-    if getattr(rec, "fs_path", None):
-        rows.append(("path", h("{} <code>{}</code>", rec.fs_access or "?",
-                               quote_arg(rec.fs_path))))
-    return rows
-
-
-def _narrowest_scope(rec: Any) -> str:
-    return "destination" if getattr(rec, "destination", None) else \
-        "path" if getattr(rec, "fs_path", None) else "command"
-
-
-def _grant_opens(g: Any) -> Markup:
-    """What a grant opens, in one phrase (the grants page, a decided request)."""
-    if g.scope == "profile":
-        return h('profile <strong>{}</strong>', g.relaxed_profile)
-    if g.scope == "destination":
-        return h('destination <code>{}</code>', show_destination(g.destination or "?"))
-    if g.scope == "path":
-        return h('{} <code>{}</code>', g.fs_access or "?", quote_arg(g.fs_path or "?"))
-    return h('command {}', command_line(g.argv or [], None))
-
-
-def _can_decide(rec: Any, s: auth.Session) -> tuple[bool, str]:
-    if rec.state != "pending":
-        return False, f"This request is {rec.display_state}."
-    if rec.agent is not None and s.approver == rec.agent:
-        return False, "You are the requesting agent: you cannot decide your own request."
-    if s.approver not in rec.owners:
-        return False, (f"You ({s.approver}) are not an owner or approver of profile "
-                       f"{rec.profile}: only they can decide.")
-    return True, ""
-
-
-def _env_table(env: dict[str, str]) -> Markup:
-    if not env:
-        return Markup("")
-    rows = join(h('<tr><th scope="row">{}</th><td><code>{}</code></td></tr>', k, v)
-                for k, v in sorted(env.items()))
-    return h('<details><summary>Environment ({} variables, secrets redacted)</summary>'
-             '<div class="scroll"><table class="env">{}</table></div></details>', len(env), rows)
-
-
-def _proc_list(title: str, procs: list[dict[str, Any]]) -> Markup:
-    if not procs:
-        return h('<p class="muted">{}: none recorded.</p>', title)
-    items = join(h('<li><span class="pid">{}</span> {}{}</li>',
-                   p.get("pid", "?"), command_line([str(a) for a in (p.get("argv") or [])],
-                                                   300) if p.get("argv") else
-                   h("<code>{}</code>", p.get("binary") or "?"),
-                   h(' <span class="muted">{}</span>', p.get("decision"))
-                   if p.get("decision") else Markup("")) for p in procs)
-    return h('<details><summary>{} ({})</summary><ol class="procs">{}</ol></details>',
-             title, len(procs), items)
-
-
-def _deliveries(rec: Any) -> Markup:
-    if not rec.deliveries:
-        return Markup('<p class="muted">Webhooks: none configured.</p>')
-    rows = join(h('<li><span class="badge {}">{}</span> {} → <code>{}</code> ({}) · {} '
-                  'attempt(s){}{}</li>', "bad" if d.state == "failed" else "", d.state,
-                  d.event, d.url, d.format, d.attempts,
-                  h(' · last error: {}', d.last_error) if d.last_error else Markup(""),
-                  h(' · next try {}', when(d.next_at)) if d.next_at else Markup(""))
-                for d in rec.deliveries)
-    return h('<h3>Webhook delivery: {}</h3><ul class="deliveries">{}</ul>',
-             rec.delivery_status, rows)
-
-
-def _outcome(rec: Any, grant: Any, s: auth.Session, now: float) -> Markup:
-    if rec.state == "pending":
-        return h('<p>Pending: {} can approve or deny until {} ({}). Unanswered, it is denied '
-                 '(expired).</p>', ", ".join(rec.owners) or "nobody", when(rec.expires_at),
-                 duration(rec.expires_at - now))
-    rows: list[tuple[str, Any]] = [("decision", rec.display_state),
-                                   ("by", rec.decided_by or "-"),
-                                   ("when", when(rec.decided_at)),
-                                   ("reason", rec.decision_reason or "-")]
-    revoke = Markup("")
-    if grant is not None:
-        st = grant.status(now)
-        what = (h('profile <strong>{}</strong> for agent {}', grant.relaxed_profile,
-                  grant.agent or "-") if grant.scope == "profile" else
-                h('{} for agent {}', _grant_opens(grant), grant.agent or "-")
-                if grant.scope in ("destination", "path") else
-                h('exactly {} in <code>{}</code>{}', command_line(grant.argv or [], None),
-                  quote_arg(grant.cwd or "?"), ", one run" if grant.one_shot else ""))
-        left = duration(grant.expires_at - now) + " left" if st == "active" else st
-        used = " · used" if grant.consumed_at else ""
-        rows += [("grant", h('<code>{}</code> <span class="badge {}">{}</span>{}', grant.id,
-                             "ok" if st == "active" else "", st, used)),
-                 ("opens", what), ("until", h('{} ({})', when(grant.expires_at), left))]
-        if grant.revoked_at:
-            rows.append(("revoked", h('{} by {}: {}', when(grant.revoked_at),
-                                      grant.revoked_by or "?", grant.revoke_reason or "-")))
-        if st == "active" and (s.approver == grant.approver or s.approver in rec.owners):
-            revoke = revoke_form(grant.id, s, f"/escalations/{rec.id}")
-    return join([_dl(rows), revoke])
-
-
-def _opens(rec: Any, diff: Any) -> Markup:
-    nested = h('<p class="note">Blocked inside the run\'s process tree ({}): a command grant '
-               'is honoured when the agent runs exactly this command as its top-level command; '
-               'the program that started it stays blocked.</p>', rec.layer) \
-        if rec.layer != "pre-check" else Markup("")
-    cmd = h('<div class="opens-cmd"><h4>Scope “this command”</h4><p>Exactly this argv, in '
-            'this working directory, with this binary content — nothing else:</p>'
-            '<p>{}</p><p class="muted">cwd <code>{}</code> · binary '
-            '<code>{}</code> sha256 <code class="hash">{}</code></p>{}</div>',
-            command_line(rec.argv, None), quote_arg(rec.cwd), quote_arg(rec.binary or "?"),
-            rec.binary_sha256 or "?", nested)
-    if getattr(rec, "destination", None):
-        cmd = h('<div class="opens-cmd"><h4>Scope “this destination”</h4><p>Every run of agent '
-                '{} under <code>{}</code> may reach exactly this destination until the grant '
-                'ends (connections opened under it are closed then) — nothing else:</p>'
-                '<p><code>{}</code></p><p class="muted">asked by {}</p></div>',
-                rec.agent or "-", rec.profile, show_destination(rec.destination),
-                command_line(rec.argv, None))
-    elif getattr(rec, "fs_path", None):
-        cmd = h('<div class="opens-cmd"><h4>Scope “this path”</h4><p>Every run of agent {} '
-                'under <code>{}</code> may {} exactly this path until the grant ends — nothing '
-                'else:</p><p><code>{}</code></p></div>', rec.agent or "-", rec.profile,
-                rec.fs_access or "?", quote_arg(rec.fs_path))
-    if diff is None or diff.error:
-        prof = h('<div class="opens-profile"><h4>Scope “profile”</h4><p class="muted">{}</p>'
-                 '</div>', diff.error if diff is not None else "not available")
-    else:
-        changed = Markup("")
-        if diff.strict_hash_now and rec.profile_hash and \
-                diff.strict_hash_now != rec.profile_hash:
-            changed = h('<p class="error">Profile {} changed since this request was raised '
-                        '(hash {} then, {} now).</p>', rec.profile, rec.profile_hash[:12],
-                        diff.strict_hash_now[:12])
-        lines = join(h('<span class="{}">{}</span>\n', "add" if ln.startswith("+") else
-                       "del" if ln.startswith("-") else "hunk" if ln.startswith("@@") else "",
-                       ln) for ln in diff.lines) if diff.lines else \
-            Markup("(no difference in what is enforced)")
-        prof = h('<div class="opens-profile"><h4>Scope “profile”: all of <code>{}</code> for '
-                 'agent {}</h4><p>Every run of this agent under <code>{}</code> gets the '
-                 'relaxed profile until the grant ends. The enforced policy, strict against '
-                 'relaxed: <span class="add">+</span> only in the relaxed profile ({}), '
-                 '<span class="del">−</span> only in the strict one ({}):</p>{}'
-                 '<pre class="diff">{}</pre></div>', diff.relaxed,
-                 rec.agent or "-", rec.profile, diff.added, diff.removed, changed, lines)
-    return h('<h3>What approving opens</h3><div class="opens">{}{}</div>', cmd, prof)
-
-
-def _decide_form(rec: Any, s: auth.Session, action: str | None, values: dict[str, str]
-                 ) -> Markup:
-    narrow = _narrowest_scope(rec)
-    scope = values.get("scope") or narrow
-    one = values.get("one_shot", "") if values else "1"   # narrowest by default
-    if "ttl" in values:
-        ttl_default, unit_default = values.get("ttl", ""), values.get("ttl_unit", "m")
-    else:
-        t = _fmt_ttl(rec.ttl_default)
-        ttl_default, unit_default = t[:-1], t[-1]
-    if unit_default not in UNITS:
-        unit_default = "s"
-    units = join(h('<option value="{}"{}>{}</option>', u,
-                   Markup(" selected") if u == unit_default else Markup(""), label)
-                 for u, label in (("s", "seconds"), ("m", "minutes"), ("h", "hours")))
-    prof_ok = bool(rec.relaxed_profile)
-
-    def checked(cond: bool) -> Markup:
-        return Markup(" checked") if cond else Markup("")
-
-    if narrow == "command":
-        first = h('<label class="choice"><input type="radio" name="scope" value="command"{}> '
-                  'This command only</label><label class="choice"><input type="checkbox" '
-                  'name="one_shot" value="1"{}> One run (one-shot)</label>',
-                  checked(scope == "command"), checked(one == "1"))
-    elif narrow == "destination":
-        first = h('<label class="choice"><input type="radio" name="scope" value="destination"{}>'
-                  ' This destination only: <code>{}</code></label>',
-                  checked(scope == "destination"), show_destination(rec.destination))
-    else:
-        first = h('<label class="choice"><input type="radio" name="scope" value="path"{}> This '
-                  'path only: {} <code>{}</code></label>', checked(scope == "path"),
-                  rec.fs_access or "?", quote_arg(rec.fs_path))
-    return h(
-        '<form class="decide" method="post" action="/escalations/{}/decide">'
-        '<input type="hidden" name="csrf" value="{}">'
-        '<fieldset><legend>Scope of an approval</legend>{}'
-        '<label class="choice{}"><input type="radio" name="scope" value="profile"{}{}> The '
-        'whole profile <code>{}</code></label></fieldset>'
-        '<div class="ttl"><label for="ttl">Time window</label><div class="inline">'
-        '<input id="ttl" name="ttl" type="number" min="1" step="1" inputmode="numeric" '
-        'value="{}"><select name="ttl_unit" aria-label="unit">{}</select></div>'
-        '<p class="muted">default {}, at most {} (the profile\'s maxTtl)</p></div>'
-        '<label for="reason">Reason <span class="muted">(required to deny; recorded)</span>'
-        '</label><textarea id="reason" name="reason" rows="2" maxlength="{}">{}</textarea>'
-        '<div class="buttons"><button type="submit" name="action" value="approve" '
-        'class="primary">Approve</button><button type="submit" name="action" value="deny" '
-        'class="danger">Deny</button></div>'
-        '<p class="muted">You decide as <strong>{}</strong>; recorded in the audit log first.'
-        '</p></form>',
-        rec.id, s.csrf, first,
-        "" if prof_ok else " disabled", checked(scope == "profile" and prof_ok),
-        Markup("") if prof_ok else Markup(" disabled"),
-        rec.relaxed_profile or "(none: no relaxedProfile)", ttl_default, units,
-        _fmt_ttl(rec.ttl_default), _fmt_ttl(rec.max_ttl), auth.REASON_MAX,
-        values.get("reason", ""), s.approver)
-
-
-def revoke_form(grant_id: str, s: auth.Session, back: str) -> Markup:
-    return h('<form class="revoke" method="post" action="/grants/{}/revoke">'
-             '<input type="hidden" name="csrf" value="{}"><input type="hidden" name="back" '
-             'value="{}"><label for="why-{}">Reason to revoke</label><div class="inline">'
-             '<input id="why-{}" name="reason" required maxlength="{}" placeholder="done; '
-             'incident closed"><button type="submit" class="danger">Revoke</button></div>'
-             '</form>', grant_id, s.csrf, back, grant_id, grant_id, auth.REASON_MAX)
-
-
-def grant_card(g: Any, s: auth.Session, owners: list[str], now: float) -> Markup:
-    st = g.status(now)
-    what = _grant_opens(g)
-    left = (duration(g.expires_at - now) + " left") if st == "active" else st
-    may = st == "active" and (s.approver == g.approver or s.approver in owners)
-    return h('<li class="item grant {}"><div class="row1"><span class="badge {}">{}</span>'
-             '<strong>{}</strong><span class="muted">{}</span>{}</div>'
-             '<div class="row2">agent {} · {} → {}</div>'
-             '<div class="row3"><span>approved by {} {}</span><span>until {} ({})</span>'
-             '<a href="/escalations/{}">{}</a></div>{}</li>',
-             st, "ok" if st == "active" else "", st, g.id, g.scope,
-             Markup(' <span class="badge">one-shot' + (' · used' if g.consumed_at else '')
-                    + '</span>') if g.one_shot else Markup(""),
-             g.agent or "-", g.profile, what, g.approver, ago(g.created_at, now),
-             when(g.expires_at), left, g.escalation_id or "", g.escalation_id or "",
-             revoke_form(g.id, s, "/grants") if may else Markup(""))
-
-
-def _summary(e: dict[str, Any]) -> Markup:
-    t = e.get("type")
-    argv = e.get("argv")
-    if t in ("exec", "blocked", "run_started", "run_refused", "escalation_raised") and \
-            isinstance(argv, list):
-        extra = {"exec": f"{e.get('decision')} by {e.get('layer')}: {e.get('rule_id')}",
-                 "blocked": f"[{e.get('layer')}] {e.get('rule_id')}: {e.get('reason')}"
-                            + (f" (destination {show_destination(str(e['destination']))})"
-                               if e.get("destination") else ""),
-                 "run_started": f"profile {e.get('effective_profile')}, agent "
-                                f"{e.get('agent') or '-'}",
-                 "run_refused": f"{e.get('why')}",
-                 "escalation_raised": f"{e.get('rule_id')} ×{e.get('count')}"}[str(t)]
-        return h('{} <span class="muted">{}</span>',
-                 command_line([str(a) for a in argv], 400), extra)
-    keys = {"escalation_decided": ("state", "by", "why", "authn", "grant_id"),
-            "decision_refused": ("by", "why", "caller"),
-            "grant_used": ("grant_id", "approver", "relaxed_profile"),
-            "grant_ended": ("grant_id", "why", "by", "killed_pids"),
-            "grant_rejected": ("grant_id", "why"),
-            "console_session": ("action", "approver", "client", "why"),
-            "webhook_delivery": ("status", "url", "attempts", "error"),
-            "run_result": ("decision", "exit_code", "execs", "blocked", "reason"),
-            "degraded": ("what", "why"),
-            "syscall_killed": ("pid", "syscall", "arch"),
-            "connect": ("kind", "destination", "name", "decision", "rule_id"),
-            "dns": ("qtype", "qname", "action", "addresses", "rule_id")}.get(str(t), ())
-    parts = [f"{k}={e.get(k)}" for k in keys if e.get(k) not in (None, "", [])]
-    return esc(" · ".join(parts))
-
-
-def audit_row(e: dict[str, Any]) -> Markup:
-    ts = e.get("ts") if isinstance(e.get("ts"), (int, float)) else None
-    run = e.get("run_id") or ""
-    esc_id = e.get("escalation_id") or ""
-    links = join([h('<a href="/runs/{}">run {}</a>', run, str(run)[:14]) if run else
-                  Markup(""),
-                  h(' <a href="/escalations/{}">{}</a>', esc_id, esc_id) if esc_id
-                  else Markup("")])
-    return h('<li><div class="row1"><span class="when">{}</span><span class="type {}">{}</span>'
-             '{}</div><div class="row2">{}</div><details><summary>record</summary>'
-             '<pre>{}</pre></details></li>', when(ts), e.get("type"), e.get("type"), links,
-             _summary(e), Markup(_pre(json.dumps(e, indent=1, ensure_ascii=True))))
-
-
-def _pre(text: str) -> str:
-    import html as _html
-
-    return _html.escape(text)  # ensure_ascii: every non-ASCII character is already \uXXXX
-
-
-def trace_body(run_id: str, tree: dict[str, Any]) -> Markup:
-    st, res = tree.get("started") or {}, tree.get("result") or {}
-    mark = {"allow": "✓", "block": "✗", "deny": "⛔"}
-
-    def node(n: dict[str, Any]) -> Markup:
-        execs = join(h('<div class="exec {}"><span class="mark">{}</span> <span class="pid">'
-                       '{}</span> {} <span class="muted">{} by {}: {}</span></div>',
-                       x.get("decision"), "~" if x.get("would_block") else
-                       mark.get(str(x.get("decision")), "?"), n["pid"],
-                       command_line([str(a) for a in x.get("argv") or []], None),
-                       x.get("decision"),
-                       x.get("layer"), x.get("rule_id")) for x in n["execs"])
-        nets = join(_net_row(c) for c in n.get("network") or [])
-        kids = h('<ul>{}</ul>', join(node(c) for c in n["children"])) if n["children"] \
-            else Markup("")
-        return h('<li>{}{}{}</li>', execs, nets, kids)
-
-    others = join(_net_row(c) for conns in (tree.get("network_other") or {}).values()
-                  for c in conns)
-    dns = join(h('<li><span class="mark">{}</span> {} <code>{}</code>{} <span class="muted">'
-                 '{}: {}</span></li>', "~" if d.get("would_block") else
-                 {"answered": "✓", "refused": "✗", "servfail": "!",
-                  "dropped-address": "✗"}.get(str(d.get("action")), "?"),
-                 d.get("qtype"), d.get("qname"),
-                 h(' → {}', ", ".join(str(a) for a in d.get("addresses") or []))
-                 if d.get("addresses") else Markup(""), d.get("action"), d.get("rule_id"))
-               for d in tree.get("dns") or [])
-
-    blocked = join(h('<li><span class="badge bad">blocked</span> [{}] {}: {} '
-                     '({}){}</li>', b.get("layer"), command_line([str(a) for a in
-                                                                  b.get("argv") or []], None),
-                     b.get("rule_id"), b.get("reason"),
-                     h(' → <a href="/escalations/{}">{}</a>', b["escalation_id"],
-                       b["escalation_id"]) if b.get("escalation_id") else Markup(""))
-                   for b in tree.get("blocked") or [])
-    net = (h('<h3>Network (processes not in the tree)</h3><ul>{}</ul>', others) if others
-           else Markup("")) + (h('<h3>DNS</h3><ul>{}</ul>', dns) if dns else Markup(""))
-    return h('<div class="head"><h1>Run <code>{}</code></h1></div>'
-             '<section class="card">{}</section>'
-             '<section class="card"><h2>Process tree</h2><ul class="tree">{}</ul>'
-             '{}{}</section><p><a href="/audit?run={}">All audit events of this run</a></p>',
-             run_id, _dl([("profile", st.get("effective_profile") or "-"),
-                          ("agent", st.get("agent") or "-"), ("mode", st.get("mode") or "-"),
-                          ("layers", ", ".join(st.get("layers") or []) or "-"),
-                          ("result", f"{res.get('decision', '-')} exit "
-                                     f"{res.get('exit_code', '-')}, {res.get('execs', 0)} "
-                                     f"exec(s), {res.get('blocked', 0)} blocked")]),
-             join(node(n) for n in tree.get("tree") or []) or
-             Markup('<li class="muted">no execs recorded</li>'),
-             h('<h3>Blocked</h3><ul>{}</ul>', blocked) if blocked else Markup(""),
-             Markup(net), run_id)
-
-
-def _net_row(c: dict[str, Any]) -> Markup:
-    """One connect seen by the network hooks (a `connect` event or a network block)."""
-    mark = "~" if c.get("would_block") else {"allow": "✓", "block": "✗", "deny": "⛔"}.get(
-        str(c.get("decision")), "?")
-    return h('<div class="net {}"><span class="mark">{}</span> net {} <code>{}</code>{} '
-             '<span class="muted">{}: {}</span>{}</div>', c.get("decision"), mark,
-             c.get("kind"), show_destination(str(c.get("destination") or "?")),
-             h(' ({})', c.get("name")) if c.get("name") else Markup(""), c.get("decision"),
-             c.get("rule_id"),
-             h(' → <a href="/escalations/{}">{}</a>', c["escalation_id"], c["escalation_id"])
-             if c.get("escalation_id") else Markup(""))

@@ -1,4 +1,7 @@
 """`glassbreak doctor`: is every kernel feature the runner needs really there?
+Why this module is long: a list of independent probes (one short function each, ~30), one per kernel
+feature or setting the runner needs, sharing the Check type and the report: more probes make more
+lines, not more coupling.
 
 Each probe does the real thing, cheaply: a forked child loads a seccomp filter with a
 user-notification listener and checks that the filter answers; bpf(2) loads a trivial program,

@@ -1,5 +1,8 @@
 """Spawn the sandboxed child with os.fork: cgroup, stdio, privileges, no_new_privs, Landlock,
 seccomp, exec.
+Why this module is long: the fork/exec path. spawn() and the child's fixed step order (STEPS) are
+one security-critical sequence, from fork to execve, that must be read in one piece; the launcher
+variant and the parent's side of the report pipe belong to it.
 
 In the child, in this order (every failure is reported to the parent, never a traceback):
   1 PR_SET_PDEATHSIG(SIGKILL), then getppid() must still be the parent (else _exit)

@@ -1,4 +1,7 @@
 """The eBPF exec tracer and verifier (bcc; the program is native/bpf/exectrace.c).
+Why this module is long: one loaded BPF object. ExecTracer (~260 lines) owns the program, its maps
+and the per-run watch table under one lock, and the event layouts beside it mirror
+native/bpf/exectrace.c and change with it.
 
 One ExecTracer per process (compiling costs ~0.7-1.4 s) watches any number of runs, each
 identified by its cgroup id (what bpf_get_current_cgroup_id() returns: the inode number of the

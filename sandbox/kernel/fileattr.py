@@ -1,4 +1,7 @@
 """chmod, chown and utime of a root run, performed by the supervisor on the caller's behalf.
+Why this module is long: one mechanism in four steps (decode, the caller's credentials, resolution
+in the caller's view, perform) that only hold together against races as a whole: each step works on
+what the one before opened, and the docstring below is the argument for why that is safe.
 
 Landlock has no right for modes, owners or times, so a root run's file-attribute syscalls reach
 the supervisor as seccomp user-notifications (sandbox.kernel.seccomp, `mediate_root`). This

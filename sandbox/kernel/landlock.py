@@ -1,6 +1,8 @@
 """Landlock: ABI detection, a pure rule plan, rulesets built in the parent, restrict_self in the
 child (after no_new_privs, before seccomp). Measured and tested in the prototype this module came
 from (docs/filesystem.md has the kernel interface, the ABI table and the costs).
+Why this module is long: one kernel interface in three parts (the uapi and ABI detection, the pure
+plan, the syscalls that apply it) that share the access-right constants.
 
     plan(grants, hidden=, read_only=) -> Plan   (path, access) rules; reads the filesystem only
                                                 through a FsView (pure with a fake one)

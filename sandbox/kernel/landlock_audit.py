@@ -1,4 +1,6 @@
 """Landlock denials, as the kernel audits them (ABI 7), read over the audit netlink multicast group.
+Why this module is long: the audit netlink plumbing, the host-wide set-up and the router that
+depends on both stay in one module.
 
 No auditd needed. Root (CAP_AUDIT_CONTROL to switch audit on, CAP_AUDIT_READ to listen). One
 `DenialRouter` per process (the daemon, or an in-process run) reads every Landlock record and
@@ -17,8 +19,6 @@ restrict_self), then SYSCALL/PROCTITLE/EOE only for tasks with an audit context,
 path). So a denial names its domain and, through it, the run; not the denied task itself.
 Strings an untrusted process chose (path, comm, exe, name) come quoted, or hex-encoded when they
 hold a quote, a space or a control byte; both are decoded here.
-(A little over 400 lines: the audit netlink plumbing, the host-wide set-up and the router that
-depends on both stay in one module.)
 """
 
 from __future__ import annotations

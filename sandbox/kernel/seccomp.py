@@ -1,4 +1,7 @@
 """Compile a profile's SeccompPolicy into a raw seccomp BPF program (libseccomp via pyseccomp).
+Why this module is long: compile_filter (~150 lines) is the one place a profile becomes a seccomp
+program, and the order in which it adds rules is part of what it means; the libseccomp binding and
+the syscall-name checks it needs are beside it.
 
 Compiled in the PARENT; the child only loads the bytes (sandbox.kernel.child). Semantics:
 

@@ -14,10 +14,11 @@ with GLASSBREAK_NO_NATIVE=1). The key is 16 bytes: k0 = le64(key[:8]), k1 = le64
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from collections.abc import Sequence
 from typing import Any
+
+from sandbox.kernel.nativelib import load
 
 MASK = (1 << 64) - 1
 
@@ -94,8 +95,6 @@ def py_exec_hash(key: bytes, argv_region: bytes, env_region: bytes) -> int:
 
 
 def _lib() -> Any:
-    from sandbox.kernel.unotify_native import load
-
     lib = load()
     if lib is None or not hasattr(lib, "gb_exec_hash"):
         return None
@@ -139,11 +138,3 @@ def env_region(envp: Sequence[bytes]) -> bytes:
 def hash_args(key: bytes, argv: Sequence[bytes], envp: Sequence[bytes]) -> int:
     return exec_hash(key, argv_region(argv), env_region(envp))
 
-
-def declare(lib: Any) -> None:
-    """ctypes signatures of the hash functions in libgbresp.so (called by its loader)."""
-    lib.gb_siphash.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
-    lib.gb_siphash.restype = ctypes.c_uint64
-    lib.gb_exec_hash.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
-                                 ctypes.c_char_p, ctypes.c_size_t]
-    lib.gb_exec_hash.restype = ctypes.c_uint64

@@ -1,5 +1,8 @@
 """seccomp user-notification: receive execve/execveat notifications, read what the caller asked
 for from /proc/PID/mem, answer CONTINUE or an errno.
+Why this module is long: one kernel interface: the user-notification ABI (ioctls, struct sizes), the
+listener, and MemReader, which reads the caller's strings from /proc/PID/mem under the rules below
+(zeroed buffers, NOTIF_ID_VALID after every read).
 
 The kernel side (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER):
 - every notification MUST be answered; a notification left unanswered blocks the caller until

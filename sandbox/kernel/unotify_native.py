@@ -1,6 +1,6 @@
 """The native seccomp user-notification responder (native/gbresp.c, built by
 scripts/setup.sh into $VENV/lib/libgbresp.so with native/siphash.c; GLASSBREAK_NATIVE_LIB=PATH
-names another build), driven from Python.
+names another build; sandbox.kernel.nativelib loads it), driven from Python.
 
 It runs in a thread of the supervisor (a ctypes call releases the GIL) and owns the RECV side of
 one run's listener. It answers CONTINUE itself only for a plain execve of a path in the run's
@@ -20,62 +20,17 @@ import ctypes
 import os
 import socket
 import struct
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.kernel.nativelib import lib_path, load, reset
+
+__all__ = ["Record", "Responder", "lib_path", "load", "parse", "reset"]
+
 HDR = struct.Struct("<c3xIQII")  # type, pid, notification id, argc, errno
 IDENT = struct.Struct("<QQ")  # record F: st_dev, st_ino of the file it resolved
 DATA = struct.Struct("<iIQ6Q")  # seccomp_data: nr, arch, instruction pointer, args
-_LIB: Any = None
-_TRIED = False
-
-
-def load() -> Any:
-    """The loaded library, or None (missing, unloadable, or GLASSBREAK_NO_NATIVE=1)."""
-    global _LIB, _TRIED
-    if os.environ.get("GLASSBREAK_NO_NATIVE") == "1":
-        return None
-    if not _TRIED:
-        _TRIED = True
-        try:
-            lib = ctypes.CDLL(lib_path(), use_errno=True)
-        except OSError:
-            return None
-        lib.gb_new.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.gb_new.restype = ctypes.c_void_p
-        lib.gb_set_allow.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-        lib.gb_set_allow.restype = ctypes.c_int
-        lib.gb_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p,
-                                      ctypes.c_uint64]
-        lib.gb_set_verify.restype = ctypes.c_int
-        lib.gb_serve.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.gb_serve.restype = ctypes.c_int
-        lib.gb_stat.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.gb_stat.restype = ctypes.c_uint64
-        lib.gb_take.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
-        lib.gb_take.restype = ctypes.c_size_t
-        lib.gb_queue_size.argtypes = []
-        lib.gb_queue_size.restype = ctypes.c_size_t
-        lib.gb_free.argtypes = [ctypes.c_void_p]
-        lib.gb_free.restype = None
-        from sandbox.kernel.siphash import declare
-
-        declare(lib)
-        _LIB = lib
-    return _LIB
-
-
-def lib_path() -> str:
-    return os.environ.get("GLASSBREAK_NATIVE_LIB") or os.path.join(sys.prefix, "lib",
-                                                                   "libgbresp.so")
-
-
-def reset() -> None:
-    """Forget the load attempt (tests switch builds with GLASSBREAK_NATIVE_LIB)."""
-    global _LIB, _TRIED
-    _LIB, _TRIED = None, False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
 """The MCP tools and resources of `glassbreak mcp`, on the official `mcp` SDK (MCPServer).
+Why this module is long: the MCP surface in one place: the structured results the tools return, the
+tools and resources (build), one run's stream (_Run) and the HTTP token check all speak the SDK's
+types, and only this module imports the SDK (kept out of `glassbreak run`).
 
 Every tool is a thin client of the daemon (sandbox.mcp.client): the daemon says who the caller
 is from the kernel (SO_PEERCRED: this process's uid) and which agent and profiles that is

@@ -1,4 +1,9 @@
 """argv models for safeBins rules: how a program reads its command line. Pure: no I/O.
+Why this module is long: the two dialect models (getopt, cobra) of one safeBins rule must agree (a
+rule that names no dialect is read by both; the strictest wins): cobra reads flags through the same
+_Parser (in pflag mode), both use compile_rule's tables and the command checks, and the docstring
+below is their specification. The next seam, if it grows: cobra's router (_candidates ..
+_getopt_covers_cobra) in a module of its own.
 
 A rule names its program's parser with `dialect:`; each dialect is one model below. A rule that
 names none is read by EVERY model and must pass all of them (the strictest decision wins): an

@@ -1,4 +1,6 @@
 """Profile `extends` merging: pure code, no I/O.
+Why this module is long: `extends` merging, one short function per profile section, all under the
+merge rules stated once below.
 
 `extends` merge semantics (child onto its merged parent; several parents are first merged left
 to right the same way, as if each later one extended the earlier):

@@ -1,4 +1,7 @@
 """Profile models: the format security engineers write (YAML or JSON).
+Why this module is long: the profile format as pydantic models, one per section (exec, safeBins,
+filesystem, network, credentials, escalation): the schema and its validation messages, read as one
+document.
 
 Pure data. Loading (files, `extends`, search path, file:line errors) lives in
 `sandbox.policy.loader`.

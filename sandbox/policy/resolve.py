@@ -1,4 +1,7 @@
 """Program resolution and binary identity (read-only file-system look-ups, cached).
+Why this module is long: program resolution and the identity rule are one argument (resolution,
+trusted directories, multi-call binaries, the dynamic loader), each part a few short functions over
+the same stat-keyed caches.
 
 Resolution is execvp's: a name containing '/' is a path (relative to the cwd); any other name is
 searched in PATH, an empty PATH entry meaning the cwd; the first regular file with an x bit wins.

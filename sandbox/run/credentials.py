@@ -1,4 +1,7 @@
 """Credentials handed to a run: the profile's `credentials:` section (docs/credentials.md).
+Why this module is long: one mechanism in sections (trust, per-run files, the mint cache, minting,
+the layer, the paths Landlock hides) that all handle the same secrets: kept together so that every
+place a credential value is read, written, cached or deleted is reviewed in one file.
 
 A run gets the credentials of its EFFECTIVE profile: the strict profile's (the low tier) without
 a grant, the relaxed profile's (the escalated tier) under a profile grant. Each comes from a
@@ -51,12 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import RunnerError
 from sandbox.events import CredentialFailed, CredentialIssued
-from sandbox.run.layers import EnforcementLayer
+from sandbox.run.layers.base import EnforcementLayer
 
 if TYPE_CHECKING:
     from sandbox.kernel.child import ChildSpec
     from sandbox.policy.profile import Credential, ResolvedProfile
-    from sandbox.run.layers import RunContext
+    from sandbox.run.layers.base import RunContext
     from sandbox.run.secretmask import SecretMask
 
 RUN_ROOT = "/run/glassbreak-credentials"

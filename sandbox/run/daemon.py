@@ -1,4 +1,7 @@
 """The glassbreak daemon's run socket (issue 5): warm runs for any local user.
+Why this module is long: one socket server. Daemon (~275 lines) holds the accept loop, the request
+kinds (run, decision, op) and the table of live runs they share; the helpers beside it (fd passing,
+peer credentials, the caller's cwd) serve only it.
 
 Protocol (unix SOCK_STREAM, JSON lines):
   client -> daemon  one request line {"argv", "profile", "agent", "reason", "mode", "wait",
@@ -350,10 +353,7 @@ class Daemon:
             _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
                    f"{type(e).__name__}: {e}", hint="see the daemon's log")
             return
-        try:
-            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
-        except OSError:
-            pass
+        _reply_result(conn, result)
 
     def _serve_op(self, conn: socket.socket, body: dict[str, Any], fds: list[int], pid: int,
                   uid: int) -> None:
@@ -378,10 +378,7 @@ class Daemon:
             _reply(conn, EXIT_RUNNER_FAILED, error=f"internal error in the daemon: "
                    f"{type(e).__name__}: {e}", hint="see the daemon's log")
             return
-        try:
-            conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
-        except OSError:
-            pass
+        _reply_result(conn, result)
 
     def _read_signals(self, conn: socket.socket, buf: bytes, run: _Run) -> None:
         while True:
@@ -542,6 +539,14 @@ def _write_line(fd: int, text: str) -> None:
 
 def _write_error(fd: int, e: GlassbreakError, output: str) -> None:
     _write_line(fd, json.dumps(e.to_dict()) if output == "json" else e.render())
+
+
+def _reply_result(conn: socket.socket, result: Any) -> None:
+    """The one line that answers a request that is not a run (a decision, an op)."""
+    try:
+        conn.sendall(json.dumps({"exit_code": 0, "result": result}).encode() + b"\n")
+    except OSError:
+        pass
 
 
 def _reply(conn: socket.socket, code: int, *, error: str | None = None,

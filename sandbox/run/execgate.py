@@ -1,5 +1,9 @@
 """The exec gate: every exec of a run's process tree judged by the run's profile, and verified
 by the kernel.
+Why this module is long: ExecGate (~370 lines) is one run's exec gate: the seccomp listener, the
+native responder and the in-kernel verifier's reports are handled in one place and one order (the
+expectation is written before CONTINUE); splitting it would spread that order over modules. The
+decision itself is sandbox.run.execjudge.
 
 1. seccomp user-notification (layer "exec-gate", sandbox.run.execjudge): the caller's path,
    argv and envp are read and judged before the exec happens: EPERM, or an expectation for the

@@ -1,4 +1,8 @@
 """The network layer's run side: one NetworkService per process, one RunNetwork per run.
+Why this module is long: RunNetwork (~470 lines) is one run's egress state (map entries, grant
+windows and their expiry, DNS de-duplication, the escalations raised), read and changed by every
+event handler and timer of the run; NetworkService is the per-process part it is fed from. The hooks
+are sandbox.kernel.sockhooks, the DNS is sandbox.run.resolver.
 
 NetworkService (once per daemon or in-process runner, like the eBPF exec tracer): the loaded
 cgroup socket hooks (sandbox.kernel.sockhooks) and glassbreak's DNS resolver
@@ -41,7 +45,7 @@ from sandbox.policy.network import (
 if TYPE_CHECKING:
     from sandbox.kernel.sockhooks import NetEvent, SockHooks
     from sandbox.policy.profile import NetworkPolicy
-    from sandbox.run.layers import LayerResult, RunContext
+    from sandbox.run.layers.base import LayerResult, RunContext
     from sandbox.run.resolver import DnsEvent, NameRule, Resolver
 
 LAYER = "network"

@@ -1,4 +1,8 @@
 """The supervisor: the one place where policy and mechanisms meet.
+Why this module is long: it is the one place where policy and the mechanisms meet. Supervisor (~670
+lines) decides a run, applies its grants, prepares credentials and layers, runs the event loop and
+writes the result, in one fail-closed order that splitting would spread over several files; the
+mechanisms are in sandbox.kernel and the layers in sandbox.run.layers.
 
 One run, as data flows (DESIGN.md):
   1 load the profile                                   sandbox.policy.loader        (pure)
