@@ -28,7 +28,7 @@ from tests.network.dnsfixture import DNSFixture
 
 HERE = Path(__file__).resolve().parent
 PY = "/usr/bin/python3"
-_TAG = f"{os.getpid() % 100000}"
+_TAG = str(os.getpid())
 NS_HOST, NS_ISO = f"gbn{_TAG}h", f"gbn{_TAG}i"
 VETH = f"gbv{_TAG}"
 HOST4, HOST4B, HOST6 = "10.99.0.2", "10.99.0.3", "fd99:99::2"
@@ -66,15 +66,18 @@ def _netns_down() -> None:
 
 def _stale_down() -> None:
     """Namespaces and veths of a test session that was killed before its teardown (its
-    10.99.0.1 would shadow ours). Called under LOCK, which a live session holds for its whole
-    length: every gbn*/gbv* name still present then is a dead session's, made by this file."""
+    10.99.0.1 would shadow ours): names made by this file (gbn<pid>h|i, gbv<pid>a) whose
+    process is gone. Called under LOCK, which a live session holds for its whole length."""
+    def dead(pid: str) -> bool:  # a session of another root (a chroot) has its own lock
+        return not os.path.exists(f"/proc/{pid}")
+
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
-        ns = line.split()[0] if line.split() else ""
-        if re.fullmatch(r"gbn\d+[hi]", ns):
-            sh("ip", "netns", "del", ns, check=False)
+        m = re.fullmatch(r"gbn(\d+)[hi]", line.split()[0] if line.split() else "")
+        if m and dead(m.group(1)):
+            sh("ip", "netns", "del", m.group(0), check=False)
     for line in sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
-        m = re.match(r"\d+: (gbv\d+a)[@:]", line)
-        if m:
+        m = re.match(r"\d+: (gbv(\d+)a)[@:]", line)
+        if m and dead(m.group(2)):
             sh("ip", "link", "del", m.group(1), check=False)
 
 
