@@ -56,7 +56,9 @@ def test_block_approve_relaxed_expire_strict(env: dict[str, str], state_dir: Pat
     # the requesting agent cannot approve itself; a non-owner cannot either
     assert run_cli("escalations", "approve", esc, "--as", "bot-1", env=env).returncode != 0
     assert run_cli("escalations", "approve", esc, "--as", "mallory", env=env).returncode != 0
-    ok = run_cli("escalations", "approve", esc, "--as", "alice", "--ttl", "4s", env=env)
+    # a window long enough that two cold runs (each compiles the eBPF programs, ~1-3 s under
+    # load) fit in it before the third starts: that one must be ended AT the expiry
+    ok = run_cli("escalations", "approve", esc, "--as", "alice", "--ttl", "10s", env=env)
     assert ok.returncode == 0, ok.stderr
     t_approved = time.monotonic()
 
@@ -72,8 +74,8 @@ def test_block_approve_relaxed_expire_strict(env: dict[str, str], state_dir: Pat
     r = run_cli("run", "-p", "loop-k8s", "--", "sh", "-c", "sleep 30", env=env, timeout=40)
     took = time.monotonic() - t0
     assert r.returncode == 128 + 9, (r.returncode, r.stderr)
-    assert took < 10, took
-    assert time.monotonic() - t_approved >= 3.5  # ended at the expiry, not before
+    assert took < 16, took
+    assert time.monotonic() - t_approved >= 9.5  # ended at the expiry, not before
     assert "grant" in r.stderr and "expired" in r.stderr
     ended = [e for e in _audit(state_dir) if e["type"] == "grant_ended"]
     assert ended and ended[-1]["why"] == "expired" and ended[-1]["killed_pids"]
