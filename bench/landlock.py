@@ -43,7 +43,7 @@ def _median_us(f: Callable[[], object], n: int) -> float:
 def _layer_cost(reps: int, work: str) -> dict[str, float]:
     from sandbox.kernel.child import ChildSpec
     from sandbox.policy.loader import load_profile
-    from sandbox.run.layers import LandlockLayer, LayerResult
+    from sandbox.run.layers import LandlockLayer, LayerResult, RunContext
     from sandbox.run.supervisor import landlock_abi
 
     abi = landlock_abi()
@@ -54,10 +54,10 @@ def _layer_cost(reps: int, work: str) -> dict[str, float]:
 
     def one() -> None:
         n[0] += 1
-        run: Any = SimpleNamespace(run_id=f"bench_{os.getpid()}_{n[0]}", mode="enforce",
-                                   strict=prof, effective=prof, cgroup=cg, env={}, cwd=work,
-                                   record=lambda *a, **k: None, on_block=lambda i: None,
-                                   uid=None, argv=["true"], recent_execs=None)
+        run = RunContext(run_id=f"bench_{os.getpid()}_{n[0]}", mode="enforce", strict=prof,
+                         effective=prof, cgroup=cg, env={}, cwd=work,
+                         record=lambda *a, **k: None, on_block=lambda i: None, uid=None,
+                         argv=["true"])
         spec = ChildSpec(["true"], executable="/bin/true", env={}, cwd=work)
         layer = LandlockLayer(abi)
         layer.prepare(run, spec)

@@ -126,6 +126,22 @@ def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("redis-server did not start within 10 s")
 
 
+def _grant_keypair(d: Path) -> tuple[Path, Path]:
+    """An Ed25519 grant signing keypair in d: (private key 0600, public key 0644)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    k = Ed25519PrivateKey.generate()
+    key, pub = d / "grant-signing.key", d / "grant-signing.pub"
+    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    key.chmod(0o600)
+    pub.write_bytes(k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.chmod(0o644)
+    return key, pub
+
+
 def post_signed(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     from escalation.signing import sign_headers
 
@@ -163,29 +179,50 @@ class Setup:
         (pdir / "lat-ops.yaml").write_text(
             "name: lat-ops\nextends: readonly\nrelax: true\n"
             "exec:\n  allow: [/usr/bin/touch, sh, dash, sleep]\n")
-        (self.work / "config.yaml").write_text("{}\n")  # decisions: HMAC via the env secret
+        # B decides (it holds the grant signing key); A only runs and verifies with the public
+        # half (docs/multihost.md). Decisions: HMAC via the env secret.
+        key, pub = _grant_keypair(self.work)
+        self.etc = self.work / "etc"  # beside the runs' dirs: a config's dir is never writable
+        self.etc.mkdir()
+        (self.etc / "config-a.yaml").write_text(json.dumps(
+            {"grantSigning": {"publicKeyFile": str(pub)}}))
+        (self.etc / "config-b.yaml").write_text(json.dumps(
+            {"grantSigning": {"privateKeyFile": str(key), "publicKeyFile": str(pub)}}))
+        self.events: list[object] = []  # what A's in-process service would audit
         try:
             self.redis, self.store = start_redis(self.work)
             base = dict(os.environ, GLASSBREAK_STORE=self.store,
                         GLASSBREAK_PROFILE_PATH=str(pdir),
-                        GLASSBREAK_CONFIG=str(self.work / "config.yaml"),
                         GLASSBREAK_DECISION_SECRET=DECISION_SECRET,
                         GB_LAT_WEBHOOK_SECRET=WEBHOOK_SECRET)
             a, b = self.work / "a", self.work / "b"
             a.mkdir()
             b.mkdir()
             self.a = start_daemon(a, glassbreak=glassbreak,
-                                  env=dict(base, GLASSBREAK_STATE_DIR=str(a / "state")))
+                                  env=dict(base, GLASSBREAK_STATE_DIR=str(a / "state"),
+                                           GLASSBREAK_CONFIG=str(self.etc / "config-a.yaml")))
             self.daemons.append(self.a)
             port = _free_port()
             self.b = start_daemon(b, glassbreak=glassbreak, http=("127.0.0.1", port),
-                                  env=dict(base, GLASSBREAK_STATE_DIR=str(b / "state")))
+                                  env=dict(base, GLASSBREAK_STATE_DIR=str(b / "state"),
+                                           GLASSBREAK_CONFIG=str(self.etc / "config-b.yaml")))
             self.daemons.append(self.b)
             self.api_b = f"http://127.0.0.1:{port}"
             from escalation.backends import open_store
             from escalation.service import EscalationService
+            from sandbox.config import load_config
 
-            self.svc_a = EscalationService(open_store(self.store))
+            saved = os.environ.get("GLASSBREAK_CONFIG")
+            os.environ["GLASSBREAK_CONFIG"] = str(self.etc / "config-a.yaml")
+            try:
+                config_a = load_config()
+            finally:
+                if saved is None:
+                    os.environ.pop("GLASSBREAK_CONFIG", None)
+                else:
+                    os.environ["GLASSBREAK_CONFIG"] = saved
+            self.svc_a = EscalationService(open_store(self.store), config=config_a,
+                                           emit=self.events.append)
         except BaseException:
             self.close()
             raise
@@ -199,7 +236,7 @@ class Setup:
     def run_a(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.glassbreak, "run", "-o", "json", "-p", "lat-strict", "--",
                                *argv], capture_output=True, text=True, env=self.run_env(),
-                              timeout=60)
+                              cwd=self.out, timeout=60)  # writable in a run: its cwd
 
     def close(self) -> None:
         for d in self.daemons:
@@ -253,7 +290,10 @@ def one_rep(s: Setup, i: int) -> dict[str, float]:
     th.join(10)
     stop.set()
     if "t" not in seen:
-        raise RuntimeError("the grant never became visible on A")
+        rejected = [getattr(e, "why", "") for e in s.events
+                    if getattr(e, "type", "") == "grant_rejected"]
+        raise RuntimeError("the grant never became visible on A"
+                           + (f" (rejected there: {rejected[-1]})" if rejected else ""))
     m["approve_to_grant"] = seen["t"] - t0
     r = s.run_a("/usr/bin/touch", str(target))
     m["approve_to_run_ok"] = time.monotonic() - t0
@@ -264,7 +304,7 @@ def one_rep(s: Setup, i: int) -> dict[str, float]:
     marker = s.out / f"during-{i}"
     sess = subprocess.Popen([s.glassbreak, "run", "-o", "json", "-p", "lat-strict", "--", "sh",
                              "-c", f"/usr/bin/touch {marker}; sleep 30"], env=s.run_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=s.out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 15
         while not marker.exists() and time.monotonic() < deadline:

@@ -533,7 +533,7 @@ def run_all(args: argparse.Namespace, work: Path, prof: Path, base_env: dict[str
         loads += [w for w in net_workloads(
             "/usr/bin/python3", str(Path(__file__).parent / "netload.py"), servers.port,
             BENCH_DNS, str(netprof), args.connects, args.lookups) if w.name in groups]
-    variants = make_variants(wrappers(str(work / "no-daemon.sock"), daemon.socket), loads,
+    variants = make_variants(wrappers(str(work / "no-daemon" / "gb.sock"), daemon.socket), loads,
                              args.glassbreak, ONLY)
     results: dict[str, dict[str, Any]] = {}
     envs: dict[str, dict[str, str]] = {}

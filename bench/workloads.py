@@ -529,7 +529,9 @@ def run_suite(*, reps: int = 10, warmup: int = 1, sizes: Sizes = FULL,
         cold_state = Path(tmp) / "cold-state"
         cold_state.mkdir()
         envs = {"bare": env,
-                "cold": dict(env, GLASSBREAK_SOCKET=str(Path(tmp) / "no-daemon.sock"),
+                # a socket path of its own directory: the socket's directory is one of
+                # glassbreak's trust anchors (never writable in a run), so not the data's parent
+                "cold": dict(env, GLASSBREAK_SOCKET=str(Path(tmp) / "no-daemon" / "gb.sock"),
                              GLASSBREAK_STATE_DIR=str(cold_state))}
         daemon = None
         if warm:

@@ -192,6 +192,18 @@ class FilesystemPolicy(Model):
                 raise ValueError(problem)
         return v
 
+    @field_validator("write")
+    @classmethod
+    def _no_devices(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            q = p.rstrip("/") or "/"
+            shm = "/dev/shm"  # noqa: S108 - a path rule, not a temporary file
+            if (q == "/dev" or q.startswith("/dev/")) and not (
+                    q == shm or q.startswith(shm + "/")):
+                raise ValueError(f"{p!r}: devices are never writable in a run; under /dev only "
+                                 f"{shm} (POSIX shared memory) may be listed")
+        return v
+
 
 SECCOMP_ACTION_RE = re.compile(
     r"^(allow|kill_process|kill_thread|kill|log|trap|notify|errno:[A-Z0-9]+|errno:\d+)$"

@@ -135,7 +135,8 @@ def static_inputs(rules: FsRules, anchors: Anchors, *, exec_all: bool, tmp_paren
     # write trees are readable too; the per-run temp dir through its (constant) parent
     for sp, w in rules.write:
         w = tmp_parent if sp == "$TMPDIR" else w
-        if not any(w == r or _beneath(w, r) for r in readable):
+        # (a write tree under /dev, i.e. /dev/shm, is listed on its own: "/" excludes /dev)
+        if not any(w == r or _beneath(w, r) for r in readable) or _beneath(w, "/dev"):
             readable.append(w)
     read = L.FS_READ | L.FS_REFER
     if monitor:  # the profile's rules are not enforced: only glassbreak's own protections
@@ -188,8 +189,10 @@ def run_inputs(rules: FsRules, anchors: Anchors, *, tmp: str, monitor: bool,
         # writable through $CWD or $HOME: only a profile that says "/" gets that
         roots = [r for (sp, _), r in zip(rules.write, roots, strict=True)
                  if r != "/" or not sp.startswith("$")]
-        grants = _tree_grants(roots, rw, hidden)
-        grants += _tree_grants([_real(p) for p in write_grants], rw, [])
+        # devices stay out of every write tree (a profile's "/" included): only the device
+        # rules and a listed /dev/shm reach below /dev
+        grants = _tree_grants(roots, rw, [*hidden, "/dev"])
+        grants += _tree_grants([_real(p) for p in write_grants], rw, ["/dev"])
     return LayerInputs(tuple(grants), anchors.hidden, anchors.read_only, L.RUN_FS, 0)
 
 

@@ -323,3 +323,32 @@ def test_a_daemon_caches_the_static_layer_and_sees_new_files(tmp_path: Path) -> 
             assert r.stdout == f"n{i}\n", r.stderr
     finally:
         dp.stop()
+
+
+SEMLOCK = ("import multiprocessing as mp\n"
+           "try:\n    l = mp.Lock(); l.acquire(); l.release(); print('lock=ok')\n"
+           "except OSError as e:\n    print('lock', e.errno)\n")
+
+
+def test_shared_memory_only_where_listed(tmp_path: Path) -> None:
+    """/dev/shm (Python's multiprocessing semaphores) is not reachable by default, like every
+    device; a profile that lists it in filesystem.write gets it (python-dev does), and the
+    other devices stay out even then."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").mkdir()
+    default = make_world(tmp_path / "d")
+    r = default.run("python3", "-c", SEMLOCK)
+    assert "lock 13" in r.stdout, (r.stdout, r.stderr)  # EACCES
+    b = default.blocks("filesystem")
+    assert b and b[0]["path"].startswith("/dev/shm") and b[0]["verdict"] == "deny"
+    listed = make_world(tmp_path / "l", 'filesystem:\n  write: ["$CWD", "$TMPDIR", "/dev/shm"]\n')
+    r = listed.run("python3", "-c", SEMLOCK + "try:\n    open('/dev/kmsg', 'w')\n"
+                   "    print('kmsg=ok')\nexcept OSError as e:\n    print('kmsg', e.errno)\n")
+    assert "lock=ok" in r.stdout and "kmsg 13" in r.stdout, (r.stdout, r.stderr)
+    assert not [e for e in listed.blocks("filesystem") if e["path"].startswith("/dev/shm")]
+
+
+def test_a_profile_cannot_make_devices_writable(tmp_path: Path) -> None:
+    w = make_world(tmp_path, 'filesystem:\n  write: ["$CWD", "/dev"]\n')
+    r = w.run("true")
+    assert r.returncode == 125 and "devices are never writable" in r.stderr, r.stderr
