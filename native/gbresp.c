@@ -91,6 +91,7 @@ struct gb_resp {
     uint8_t key[16];       // its SipHash key
     uint64_t cgid;
     uint64_t fast;
+    uint64_t missing;      // absolute exec paths answered ENOENT here (answer_missing)
     uint64_t forwarded;
     uint64_t busy_ns;      // time from a notification's receipt to its answer or forward
     char *queue;           // [u32 length][record] ... taken by gb_take (under mu)
@@ -188,7 +189,8 @@ int gb_set_allow(struct gb_resp *r, const char *buf, size_t len) {
 }
 
 uint64_t gb_stat(struct gb_resp *r, int which) {
-    return which == 0 ? r->fast : which == 1 ? r->forwarded : r->busy_ns;
+    return which == 0 ? r->fast : which == 1 ? r->forwarded : which == 3 ? r->missing
+                                                                         : r->busy_ns;
 }
 
 // Move the queued records ([u32 length][record]...) into buf (cap >= GB_QUEUE): their bytes.
@@ -412,6 +414,36 @@ static int map_op(int cmd, int map_fd, uint32_t key, const struct gb_expect *val
     return (int)syscall(SYS_bpf, cmd, &a, sizeof(a));
 }
 
+// An absolute exec path that is not fast-allowed and does not exist in the caller's root:
+// answered ENOENT here, as the kernel would (execvp walking PATH tries every directory before
+// the one that has the program: `make` makes ~750 such attempts a build). Nothing runs, so
+// there is nothing to judge or record; anything else (the file exists, a magic link, another
+// error) goes to Python. 1: answered; 0: forward; -1: error (*err).
+static int answer_missing(struct gb_resp *r, struct seccomp_notif *n, const char *path,
+                          int *err) {
+    char p[64];
+    snprintf(p, sizeof(p), "/proc/%u/root", n->pid);
+    int root = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root < 0)
+        return 0;
+    struct gb_open_how how = {.flags = O_PATH | O_CLOEXEC,
+                              .resolve = GB_RESOLVE_IN_ROOT | GB_RESOLVE_NO_MAGICLINKS};
+    int fd = (int)syscall(SYS_openat2, root, path, &how, sizeof(how));
+    int missing = fd < 0 && errno == ENOENT;
+    if (fd >= 0)
+        close(fd);
+    close(root);
+    if (!missing)
+        return 0;
+    struct seccomp_notif_resp resp = {.id = n->id, .error = -ENOENT, .flags = 0};
+    if (ioctl(r->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) != 0 && errno != ENOENT) {
+        *err = errno;  // (ENOENT: the caller is gone or was interrupted)
+        return -1;
+    }
+    r->missing++;
+    return 1;
+}
+
 // 1: answered CONTINUE here; 0: forward to Python; -1: error (*err).
 static int try_fast(struct gb_resp *r, struct seccomp_notif *n, struct win *w, char *rec,
                     int stop_fd, int *err) {
@@ -423,7 +455,7 @@ static int try_fast(struct gb_resp *r, struct seccomp_notif *n, struct win *w, c
     w->len = 0;
     if (w->fd < 0)
         return 0;
-    int ok = 0;
+    int ok = 0, miss = 0;
     size_t used = sizeof(struct gb_hdr) + 16, plen, ptr_bytes = 0;
     uint64_t id = n->id;
     struct gb_entry x;
@@ -436,7 +468,11 @@ static int try_fast(struct gb_resp *r, struct seccomp_notif *n, struct win *w, c
         goto out;
     char pbuf[GB_FAST_PATH];
     memcpy(pbuf, path, plen + 1);
-    if (!lookup(r, pbuf, &x) || append(rec, &used, pbuf, plen) != 0)
+    if (!lookup(r, pbuf, &x)) {
+        miss = 1;  // not a fast-allowed path: maybe one execvp tries on its way along PATH
+        goto out;
+    }
+    if (append(rec, &used, pbuf, plen) != 0)
         goto out;
     long argc = strings(w, n->data.args[1], &r->a, &ptr_bytes, rec, &used, 0);
     if (argc < 0 || strings(w, n->data.args[2], &r->e, &ptr_bytes, NULL, NULL, 1) < 0)
@@ -458,7 +494,7 @@ out:
     if (!ok) {
         buf_trim(&r->a);
         buf_trim(&r->e);
-        return 0;
+        return miss ? answer_missing(r, n, pbuf, err) : 0;
     }
     struct gb_expect exp = {
         .kdev = ((uint64_t)major(x.dev) << 20) | minor(x.dev),

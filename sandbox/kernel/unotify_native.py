@@ -145,6 +145,10 @@ class Responder:
         return (int(self._lib.gb_stat(self._h, 0)), int(self._lib.gb_stat(self._h, 1)),
                 int(self._lib.gb_stat(self._h, 2)))
 
+    def missing(self) -> int:
+        """Exec paths answered ENOENT natively (not fast-allowed and not there: PATH misses)."""
+        return int(self._lib.gb_stat(self._h, 3)) if self._h else 0
+
     def alive(self) -> bool:
         return self._thread.is_alive()
 

@@ -172,6 +172,33 @@ def test_native_continues_allowed_paths_and_forwards_the_rest(tracer: Any, cg: A
     assert verdicts and set(verdicts) == {"ok"}, verdicts
 
 
+def test_native_answers_path_misses_enoent(tracer: Any, cg: Any) -> None:
+    """execvp walking PATH: a directory without the program is answered ENOENT natively (the
+    kernel's own answer; nothing runs), the program is still found further along, a missing
+    absolute path is 'not found', and an existing file outside the set still goes to Python."""
+    lib = _lib()
+    cgdir, cgid = cg
+    child = _spawn(["/bin/sh", "-c", "PATH=/nonexistent-gb-a:/nonexistent-gb-b:/bin; "
+                    "/usr/bin/env true x; /nonexistent-gb-c/prog; [ $? = 127 ] || exit 7; "
+                    "/bin/echo hi; exit 5"],
+                   cgdir)
+    lst = Listener(child.listener_fd)  # type: ignore[arg-type]
+    resp = unotify_native.Responder(lib, lst.fd)
+    try:
+        resp.set_verify(tracer.expect_map_fd, tracer.key, cgid)
+        resp.set_allow(_entries("/bin/true"))
+        fast, forwarded, code = _serve_until_exit(resp, lst, child.pid, set(), tracer, cgid)
+        missing = resp.missing()
+    finally:
+        resp.close()
+        lst.close()
+    assert code == 5, code  # true found, the absolute miss was 127, echo ran (Python)
+    assert not [p for p in forwarded if p.startswith(b"/nonexistent-gb")], forwarded
+    assert b"/bin/echo" in forwarded and b"/usr/bin/env" in forwarded
+    assert missing == 3, missing  # env's two PATH directories for `true`, the absolute path
+    assert [list(r.argv) for r in fast] == [["true", "x"]]
+
+
 def test_native_with_an_empty_set_forwards_everything(tracer: Any, cg: Any) -> None:
     lib = _lib()
     cgdir, cgid = cg
