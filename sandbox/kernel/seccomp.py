@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -119,14 +120,27 @@ class CompiledFilter:
 _SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
 
 
+_LIB: Any = None
+_LIB_LOCK = threading.Lock()
+
+
 def _lib() -> Any:
     """Import pyseccomp; its import-time ctypes.util.find_library() runs ldconfig/gcc
     subprocesses (~15 ms on the cold path), so the two well-known sonames are tried with a
-    plain dlopen first and the slow search is the fallback."""
-    import sys
+    plain dlopen first and the slow search is the fallback. Under a lock: a daemon's first
+    concurrent runs all get here at once, and a thread that found the module in sys.modules
+    while another was still importing it got it half-initialized (and the find_library patch
+    of one thread could be restored by another)."""
+    if _LIB is not None:
+        return _LIB
+    with _LIB_LOCK:
+        return _import_lib()
 
-    if "pyseccomp" in sys.modules:
-        return sys.modules["pyseccomp"]
+
+def _import_lib() -> Any:
+    global _LIB
+    if _LIB is not None:
+        return _LIB
     import ctypes
     import ctypes.util
 
@@ -154,6 +168,7 @@ def _lib() -> Any:
         ) from e
     finally:
         ctypes.util.find_library = slow
+    _LIB = pyseccomp
     return pyseccomp
 
 
