@@ -380,16 +380,27 @@ struct gb_open_how {
 
 // Does `path` (absolute), resolved as the caller would (its root: chroot, mount namespace),
 // name the file of entry `x`? 1 yes, 0 no (or unsure).
-static int same_file(uint32_t tid, const char *path, const struct gb_entry *x) {
+// `path` opened O_PATH as task `tid` sees it (in its root, no magic links): an fd, or -1 with
+// errno from openat2 (EBADF: the task's root could not be opened).
+static int open_in_root(uint32_t tid, const char *path) {
     char p[64];
     snprintf(p, sizeof(p), "/proc/%u/root", tid);
     int root = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0)
-        return 0;
+    if (root < 0) {
+        errno = EBADF;
+        return -1;
+    }
     struct gb_open_how how = {.flags = O_PATH | O_CLOEXEC,
                               .resolve = GB_RESOLVE_IN_ROOT | GB_RESOLVE_NO_MAGICLINKS};
     int fd = (int)syscall(SYS_openat2, root, path, &how, sizeof(how));
+    int saved = errno;
     close(root);
+    errno = saved;
+    return fd;
+}
+
+static int same_file(uint32_t tid, const char *path, const struct gb_entry *x) {
+    int fd = open_in_root(tid, path);
     if (fd < 0)
         return 0;
     struct stat st;
@@ -421,18 +432,10 @@ static int map_op(int cmd, int map_fd, uint32_t key, const struct gb_expect *val
 // error) goes to Python. 1: answered; 0: forward; -1: error (*err).
 static int answer_missing(struct gb_resp *r, struct seccomp_notif *n, const char *path,
                           int *err) {
-    char p[64];
-    snprintf(p, sizeof(p), "/proc/%u/root", n->pid);
-    int root = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0)
-        return 0;
-    struct gb_open_how how = {.flags = O_PATH | O_CLOEXEC,
-                              .resolve = GB_RESOLVE_IN_ROOT | GB_RESOLVE_NO_MAGICLINKS};
-    int fd = (int)syscall(SYS_openat2, root, path, &how, sizeof(how));
+    int fd = open_in_root(n->pid, path);
     int missing = fd < 0 && errno == ENOENT;
     if (fd >= 0)
         close(fd);
-    close(root);
     if (!missing)
         return 0;
     struct seccomp_notif_resp resp = {.id = n->id, .error = -ENOENT, .flags = 0};
